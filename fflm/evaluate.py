@@ -1,0 +1,87 @@
+"""Ingredient V, evaluation: perplexity, computed the same way for every model.
+
+Perplexity = 10 ** (-(sum of log10 p) / N), where N counts every scored token: each word
+and one </s> per sentence, never <s>. Words outside the vocabulary are scored as <unk>
+(KenLM's "including OOVs"); the perplexity without them is reported too, with the count.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .vocab import Vocabulary
+
+
+@dataclass
+class Scores:
+    """Per-token log10 probabilities of one model on one text."""
+
+    log10: np.ndarray  # (T,) float64, one per scored token
+    targets: np.ndarray  # (T,) int ids of the scored tokens
+    sentences: int
+    ngram_length: np.ndarray | None = None  # n-gram models: the order that matched
+
+    @property
+    def oov(self):
+        return self.targets == Vocabulary.UNK_ID
+
+
+def perplexity(log10_probs):
+    """10 ** (-mean log10 p): the same number as exp(mean negative log-likelihood in nats)."""
+    log10_probs = np.asarray(log10_probs, dtype=np.float64)
+    if len(log10_probs) == 0:
+        return math.nan
+    mean = float(np.sum(log10_probs)) / len(log10_probs)
+    return math.inf if mean == -math.inf else 10.0 ** (-mean)
+
+
+def score_ngram(model, windows):
+    """Scores of an NGramLM on every (context, target) pair of `windows`."""
+    contexts, targets = windows.pairs()
+    log10, length = model.logprob_windows(contexts, targets)
+    return Scores(log10, targets, windows.num_sentences, length)
+
+
+def model_row(name, order, scores):
+    """One model's line of the report."""
+    oov = scores.oov
+    row = {
+        "name": name,
+        "order": order,
+        "ppl": perplexity(scores.log10),
+        "ppl_excluding_oov": perplexity(scores.log10[~oov]),
+        "log10_prob": float(np.sum(scores.log10)),
+    }
+    return row
+
+
+def report(scores_by_name):
+    """The perplexity report for models scored on the same tokens: {name: (order, Scores)}."""
+    first = next(iter(scores_by_name.values()))[1]
+    tokens = len(first.targets)
+    for _, s in scores_by_name.values():
+        assert len(s.targets) == tokens and (s.targets == first.targets).all(), "models scored different tokens"
+    oov = int(np.count_nonzero(first.oov))
+    return {
+        "tokens": tokens,
+        "sentences": first.sentences,
+        "oov": oov,
+        "oov_rate": oov / tokens if tokens else math.nan,
+        "models": [model_row(name, order, s) for name, (order, s) in scores_by_name.items()],
+    }
+
+
+def format_report(rep):
+    """The report as a table, with KenLM's summary wording in the header lines."""
+    lines = [
+        f"Tokens: {rep['tokens']}  (words + </s>, over {rep['sentences']} sentences)",
+        f"OOVs: {rep['oov']}  ({100 * rep['oov_rate']:.2f}% of tokens, scored as <unk>)",
+        "",
+        f"{'model':<14} {'order':>5} {'ppl (incl. OOVs)':>17} {'ppl (excl. OOVs)':>17} {'log10 prob':>14}",
+    ]
+    for m in rep["models"]:
+        lines.append(
+            f"{m['name']:<14} {m['order']:>5} {m['ppl']:>17.3f} {m['ppl_excluding_oov']:>17.3f} {m['log10_prob']:>14.2f}"
+        )
+    return "\n".join(lines)

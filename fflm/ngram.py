@@ -1,0 +1,517 @@
+"""The n-gram baseline: interpolated modified Kneser-Ney as KenLM's lmplz builds it, add-k, MLE.
+
+Every neural result is judged against this model, so it is exactly as strong as KenLM's:
+same counting conventions, same discounts, same interpolation, same ARPA output.
+
+Conventions (KenLM's, which follow Chen & Goodman 1998):
+- A sentence is <s> w1 .. wm </s>; an n-gram may start with <s> but never contains it
+  elsewhere, so at the start of a sentence the model uses the shorter n-grams <s> w1 ...
+- Highest order and n-grams that start with <s>: raw counts. Lower orders: the number of
+  distinct words seen to their left (the Kneser-Ney continuation count).
+- Three discounts per order, D_j = j - (j+1) Y n_{j+1} / n_j with Y = n_1 / (n_1 + 2 n_2).
+- p(w | h) = (a(hw) - D(a(hw))) / sum_v a(hv) + gamma(h) p(w | h'), and at the bottom the
+  uniform distribution over the vocabulary without <s>. gamma(h) is the ARPA back-off weight.
+
+Storage: order k keeps its distinct n-grams as sorted int64 keys, key = (index of the
+(k-1)-gram prefix in order k-1) * V + last word, so any order fits in 64 bits and lookups are
+vectorised binary searches. Order 1 is the whole vocabulary, key = word id.
+"""
+
+import json
+import re
+import warnings
+
+import numpy as np
+
+from .errors import FflmError, FflmWarning
+from .fileio import atomic_write, read_bytes
+from .text import decode
+from .vocab import Vocabulary
+
+SMOOTHINGS = ("kn", "add-k", "mle")
+MAX_ORDER = 10
+ARPA_LOG_ZERO = -99.0  # how ARPA files spell log10(0)
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's --discount_fallback defaults
+
+
+def _find(keys, query):
+    """Index of each query in the sorted `keys`, or -1."""
+    j = np.searchsorted(keys, query)
+    j_clipped = np.minimum(j, len(keys) - 1)
+    return np.where((j < len(keys)) & (keys[j_clipped] == query), j_clipped, -1)
+
+
+def _position_in_sentence(ids):
+    """Distance of each position from the last <s> at or before it (0 on <s> itself)."""
+    where = np.arange(len(ids))
+    last_bos = np.maximum.accumulate(np.where(ids == Vocabulary.BOS_ID, where, 0))
+    return where - last_bos
+
+
+def _count(ids, V, order):
+    """Distinct n-grams of orders 1..order in an id stream, with raw counts.
+
+    Returns per order a dict: keys (sorted), raw counts, prefix (index of the (k-1)-gram
+    prefix, order >= 2), suffix (index of the (k-1)-gram suffix, order >= 2), bos (starts with <s>).
+    """
+    ids64 = ids.astype(np.int64)
+    pos = _position_in_sentence(ids)
+    is_target = ids != Vocabulary.BOS_ID
+    tables = [
+        {
+            "keys": np.arange(V, dtype=np.int64),
+            "raw": np.bincount(ids64[is_target], minlength=V),
+            "bos": np.arange(V) == Vocabulary.BOS_ID,
+        }
+    ]
+    ending = ids64  # index (in order k-1) of the (k-1)-gram ending at each position
+    for k in range(2, order + 1):
+        p = np.flatnonzero(is_target & (pos >= k - 1))
+        if len(p) == 0:
+            longest = int(pos.max())
+            raise FflmError(
+                f"order {order} is larger than any sentence allows (the longest has {longest - 1} words "
+                f"plus </s>, so n-grams stop at order {longest + 1 if longest else 1})"
+            )
+        key = ending[p - 1] * V + ids64[p]
+        keys, first, inverse, raw = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+        prefix = keys // V
+        tables.append(
+            {
+                "keys": keys,
+                "raw": raw,
+                "prefix": prefix,
+                "suffix": ending[p[first]],  # the (k-1)-gram ending where this k-gram ends
+                "bos": tables[-1]["bos"][prefix],
+            }
+        )
+        ending = np.full(len(ids), -1, dtype=np.int64)
+        ending[p] = inverse.reshape(-1)
+    return tables
+
+
+def _kenlm_last_ngrams(ids, V, tables):
+    """Per lower order, the index of the n-gram KenLM's lmplz meets last (or -1).
+
+    lmplz (adjust_counts.cc) flushes the n-grams still open at the end of its pass with
+    their raw instead of their adjusted count into the count-of-counts behind the
+    discounts. They are the suffixes of the highest-order n-gram that is last in its
+    suffix order, with words numbered by first appearance after <unk>, <s>, </s>.
+    Reproducing this makes fflm's discounts equal KenLM's to the digit.
+    """
+    N = len(tables)
+    uniq, first = np.unique(ids, return_index=True)
+    rank = np.full(V, -1, dtype=np.int64)
+    rank[uniq[np.argsort(first)]] = np.arange(len(uniq)) + 3
+    rank[:3] = (0, 1, 2)  # <unk>, <s>, </s>: KenLM's fixed ids
+    last_word = int(np.argmax(np.where(ids != Vocabulary.BOS_ID, rank[ids], -1)))
+    last_word = int(ids[last_word])
+    # KenLM's highest-order stream also holds the <s>-padded n-grams that start a sentence:
+    # here those are the shorter entries that start with <s>.
+    best, best_at = None, None
+    for k in range(2, N + 1):
+        t = tables[k - 1]
+        cand = np.flatnonzero((t["keys"] % V == last_word) & ((k == N) | t["bos"]))
+        for i in cand.tolist():
+            words, j = [], i
+            for kk in range(k, 1, -1):
+                key = int(tables[kk - 1]["keys"][j])
+                words.append(int(rank[key % V]))
+                j = key // V
+            words.append(int(rank[j]))
+            seq = tuple(words) + (1,) * (N - k)  # reversed: last word first, padded with <s>
+            if best is None or seq > best:
+                best, best_at = seq, (k, i)
+    last = [-1] * N
+    if best_at is not None:
+        k, i = best_at
+        while k >= 1:
+            last[k - 1] = i
+            if k == 1:
+                break
+            i = int(tables[k - 1]["suffix"][i])
+            k -= 1
+    last[N - 1] = -1  # the highest order is counted correctly
+    return last
+
+
+def _kn_discounts(adjusted, order_k, fallback):
+    """Modified Kneser-Ney discounts (D1, D2, D3+) from counts of adjusted counts (C&G eq. 26)."""
+    n = [int(np.count_nonzero(adjusted == j)) for j in range(5)]
+    problem = None
+    if 0 in n[1:4]:
+        j = n[1:4].index(0) + 1
+        problem = f"no {order_k}-grams have adjusted count {j}"
+    else:
+        y = n[1] / (n[1] + 2.0 * n[2])
+        d = tuple(j - (j + 1) * y * n[j + 1] / n[j] for j in (1, 2, 3))
+        bad = [j for j in (1, 2, 3) if not 0.0 <= d[j - 1] <= j]
+        if not bad:
+            return d
+        problem = f"the {order_k}-gram discount for count {bad[0]} is out of range ({d[bad[0] - 1]:.4g})"
+    if fallback is None:
+        raise FflmError(f"cannot estimate Kneser-Ney discounts: {problem}; is the corpus very small?")
+    warnings.warn(
+        f"{problem} (the corpus is small); using fallback discounts {' '.join(map(str, fallback))} "
+        f"for order {order_k}",
+        FflmWarning,
+        stacklevel=3,
+    )
+    return tuple(float(x) for x in fallback)
+
+
+class NGramLM:
+    """A back-off n-gram model in ARPA form: log10 probabilities and back-off weights per n-gram.
+
+    >>> from fflm import Vocabulary, Windows
+    >>> sents = [["a", "b"], ["a", "c"], ["b", "a", "b"]]
+    >>> vocab = Vocabulary.build(sents)
+    >>> lm = NGramLM.estimate(Windows.from_sentences(sents, vocab, 2), vocab, 2, smoothing="add-k", k=1.0)
+    >>> p = 10 ** lm.distribution(["<s>"])   # p(w | <s>) for every w
+    >>> round(float(p.sum()), 6)
+    1.0
+    """
+
+    def __init__(self, vocab, order, keys, logprob, bow, smoothing, discounts=None, k=None, meta=None):
+        self.vocab = vocab
+        self.order = order
+        self.keys = keys  # per order: sorted int64 keys
+        self.logprob = logprob  # per order: float64 log10 p; NaN = a context-only entry
+        self.bow = bow  # per order: float64 log10 back-off weight (0 where not a context)
+        self.smoothing = smoothing
+        self.discounts = discounts  # per order (D1, D2, D3+) for Kneser-Ney
+        self.k = k
+        self.meta = meta or {}  # free-form facts kept in the ARPA header (text settings, corpus)
+
+    @property
+    def name(self):
+        if self.smoothing == "add-k":
+            return f"addk{self.order}" if self.k != 1 else f"laplace{self.order}"
+        return f"{self.smoothing}{self.order}"
+
+    @property
+    def sizes(self):
+        return [len(k) for k in self.keys]
+
+    # --- estimation ----------------------------------------------------------------------
+    @classmethod
+    def estimate(
+        cls, windows, vocab, order, smoothing="kn", k=1.0, discount_fallback=FALLBACK_DISCOUNTS, kenlm_compat=True
+    ):
+        """Estimate from a Windows stream (only its sentence structure and ids are used).
+
+        smoothing: "kn" (interpolated modified Kneser-Ney), "add-k" (k=1: Laplace), "mle".
+        discount_fallback: discounts used, with a warning, for an order whose count-of-counts
+        cannot give Kneser-Ney discounts (tiny corpora); None makes that an error.
+        kenlm_compat: count-of-counts exactly as KenLM's lmplz takes them (see
+        _kenlm_last_ngrams); False gives the textbook statistic. The two differ by one
+        n-gram per order, a change of about 1e-3 in the discounts.
+        """
+        if not 1 <= order <= MAX_ORDER:
+            raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
+        if smoothing not in SMOOTHINGS:
+            raise FflmError(f"unknown smoothing {smoothing!r} (choose from {', '.join(SMOOTHINGS)})")
+        if smoothing == "add-k" and not (k > 0 and np.isfinite(k)):
+            raise FflmError(f"--k must be a positive number, not {k}")
+        V = len(vocab)
+        if len(windows) == 0:
+            raise FflmError("cannot estimate an n-gram model from an empty corpus")
+        tables = _count(windows.ids, V, order)
+        if smoothing == "kn":
+            last = _kenlm_last_ngrams(windows.ids, V, tables) if kenlm_compat else [-1] * order
+            return cls._kneser_ney(vocab, order, tables, discount_fallback, last)
+        return cls._add_k(vocab, order, tables, 0.0 if smoothing == "mle" else float(k), smoothing)
+
+    @classmethod
+    def _kneser_ney(cls, vocab, order, tables, fallback, last):
+        V = len(vocab)
+        # Adjusted counts, top down: continuation counts below the highest order, except
+        # for n-grams that start with <s> (nothing can precede them), which keep raw counts.
+        adjusted = [None] * order
+        adjusted[-1] = tables[-1]["raw"]
+        for k in range(order - 1, 0, -1):  # order k, table index k-1
+            t = tables[k - 1]
+            a = np.bincount(tables[k]["suffix"], minlength=len(t["keys"]))
+            adjusted[k - 1] = np.where(t["bos"], t["raw"], a)
+        adjusted[0][Vocabulary.BOS_ID] = 0  # <s> is never predicted
+
+        discounts, logprob, bow = [], [], []
+        lower = np.full(V, 1.0 / (V - 1))  # order 0: uniform over the vocabulary without <s>
+        for k in range(1, order + 1):
+            t, a = tables[k - 1], adjusted[k - 1]
+            stats = a
+            if last[k - 1] >= 0:
+                stats = a.copy()
+                stats[last[k - 1]] = t["raw"][last[k - 1]]
+            d = _kn_discounts(stats, k, fallback)
+            discounts.append(d)
+            d_of = np.array((0.0,) + d)[np.minimum(a, 3)]
+            context = t["prefix"] if k > 1 else np.zeros(len(a), dtype=np.int64)
+            n_contexts = len(tables[k - 2]["keys"]) if k > 1 else 1
+            denominator = np.bincount(context, weights=a, minlength=n_contexts)
+            gamma = np.bincount(context, weights=d_of, minlength=n_contexts)
+            is_context = denominator > 0
+            gamma[is_context] /= denominator[is_context]
+            lower_here = lower if k == 1 else lower[t["suffix"]]
+            p = (a - d_of) / denominator[context] + gamma[context] * lower_here
+            if k > 1:  # gamma of a (k-1)-gram context is its ARPA back-off weight
+                bow[-1][is_context] = np.log10(gamma[is_context])
+            with np.errstate(divide="ignore"):
+                logprob.append(np.log10(p))
+            bow.append(np.zeros(len(a)))
+            lower = p
+        logprob[0][Vocabulary.BOS_ID] = -np.inf
+        keys = [t["keys"] for t in tables]
+        return cls(vocab, order, keys, logprob, bow, "kn", discounts=discounts)
+
+    @classmethod
+    def _add_k(cls, vocab, order, tables, k, smoothing):
+        """p(w | h) = (c(hw) + k) / (c(h) + k |V|), h the full history (shorter at a sentence start).
+
+        Stored in back-off form: the n-grams that are full-history events carry their add-k
+        probability, every other entry the uniform 1/|V| (0 for MLE), and each history's
+        back-off weight turns that uniform value into k / (c(h) + k |V|).
+        """
+        V = len(vocab)
+        n_words = V - 1  # <s> is never predicted
+        uniform = -np.inf if k == 0 else -np.log10(n_words)
+        logprob, bow = [], []
+        for kk in range(1, order + 1):
+            t = tables[kk - 1]
+            top = np.ones(len(t["keys"]), bool) if kk == order else (t["bos"] & (kk > 1))
+            lp = np.full(len(t["keys"]), uniform)
+            if top.any():
+                context = t["prefix"] if kk > 1 else np.zeros(len(t["keys"]), dtype=np.int64)
+                n_contexts = len(tables[kk - 2]["keys"]) if kk > 1 else 1
+                c_h = np.bincount(context, weights=t["raw"], minlength=n_contexts)
+                lp[top] = np.log10((t["raw"][top] + k) / (c_h[context[top]] + k * n_words))
+                if kk > 1 and k > 0:
+                    h = (c_h > 0) & ((tables[kk - 2]["bos"]) | (kk == order))
+                    bow[-1][h] = np.log10(k * n_words / (c_h[h] + k * n_words))
+            logprob.append(lp)
+            bow.append(np.zeros(len(t["keys"])))
+        logprob[0][Vocabulary.BOS_ID] = -np.inf
+        keys = [t["keys"] for t in tables]
+        return cls(vocab, order, keys, logprob, bow, smoothing, k=k)
+
+    # --- scoring -------------------------------------------------------------------------
+    def logprob_windows(self, contexts, targets):
+        """log10 p(target | context) for each row, and the length of the n-gram that matched.
+
+        contexts: (B, c) int ids, the last ones nearest the target; <s> marks a sentence start
+        and anything before the last <s> is ignored. Only the last order-1 columns are used.
+        """
+        N, V = self.order, len(self.vocab)
+        targets = np.asarray(targets, dtype=np.int64)
+        contexts = np.asarray(contexts, dtype=np.int64).reshape(len(targets), -1)
+        if contexts.shape[1] < N - 1:  # too short: pad on the left with <s>
+            pad = np.full((len(targets), N - 1 - contexts.shape[1]), Vocabulary.BOS_ID)
+            contexts = np.hstack([pad, contexts])
+        gram = np.hstack([contexts[:, contexts.shape[1] - (N - 1) :], targets[:, None]])  # (B, N)
+        if len(gram) and (gram.min() < 0 or gram.max() >= V):
+            raise FflmError("word id out of range for this model's vocabulary")
+        col = np.arange(N)
+        last_bos = np.maximum.accumulate(np.where(gram == Vocabulary.BOS_ID, col, -1), axis=1)
+        # ending[c][k-1]: index in order k of the k-gram ending at column c, or -1
+        ending = [[gram[:, 0]]]
+        for c in range(1, N):
+            row = [gram[:, c]]
+            for k in range(2, c + 2):
+                prev = ending[c - 1][k - 2]
+                ok = (prev >= 0) & (c - k + 1 >= last_bos[:, c])
+                found = _find(self.keys[k - 1], np.where(ok, prev, 0) * V + gram[:, c])
+                row.append(np.where(ok, found, -1))
+            ending.append(row)
+        logp = np.full(len(gram), np.nan)
+        length = np.zeros(len(gram), dtype=np.int64)
+        for k in range(N, 0, -1):
+            i = ending[N - 1][k - 1]
+            lp = np.where(i >= 0, self.logprob[k - 1][np.maximum(i, 0)], np.nan)
+            take = (length == 0) & ~np.isnan(lp)
+            logp[take] = lp[take]
+            length[take] = k
+        for L in range(1, N):  # back-off weights of the contexts longer than the one that matched
+            i = ending[N - 2][L - 1]
+            b = np.where(i >= 0, self.bow[L - 1][np.maximum(i, 0)], 0.0)
+            logp += np.where(length <= L, b, 0.0)
+        return logp, length
+
+    def distribution(self, context):
+        """log10 p(w | context) for every w in the vocabulary (context: words or ids)."""
+        ids = [self.vocab.id(w) if isinstance(w, str) else int(w) for w in context]
+        V = len(self.vocab)
+        contexts = np.tile(np.array(ids, dtype=np.int64).reshape(1, -1), (V, 1))
+        logp, _ = self.logprob_windows(contexts, np.arange(V))
+        return logp
+
+    # --- ARPA ----------------------------------------------------------------------------
+    def _ngram_strings(self):
+        words = self.vocab.words
+        strings = [list(words)]
+        V = len(words)
+        for k in range(2, self.order + 1):
+            keys = self.keys[k - 1]
+            prev = strings[-1]
+            strings.append([prev[p] + " " + words[w] for p, w in zip((keys // V).tolist(), (keys % V).tolist())])
+        return strings
+
+    def save_arpa(self, path):
+        """Write the model as an ARPA file (gzipped if `path` ends in .gz), atomically."""
+        header = {"smoothing": self.smoothing, "order": self.order}
+        if self.discounts:
+            header["discounts"] = [[round(d, 6) for d in ds] for ds in self.discounts]
+        if self.k is not None:
+            header["k"] = self.k
+        if self.meta:
+            header["meta"] = self.meta
+        strings = self._ngram_strings()
+        with atomic_write(path) as f:
+            f.write("# fflm " + json.dumps(header) + "\n\n\\data\\\n")
+            for k in range(1, self.order + 1):
+                f.write(f"ngram {k}={len(self.keys[k - 1])}\n")
+            for k in range(1, self.order + 1):
+                f.write(f"\n\\{k}-grams:\n")
+                lp = np.nan_to_num(self.logprob[k - 1], nan=ARPA_LOG_ZERO, neginf=ARPA_LOG_ZERO).tolist()
+                if k < self.order:
+                    bw = np.nan_to_num(self.bow[k - 1], neginf=ARPA_LOG_ZERO).tolist()
+                    f.write("".join(f"{p:.7g}\t{s}\t{b:.7g}\n" for p, s, b in zip(lp, strings[k - 1], bw)))
+                else:
+                    f.write("".join(f"{p:.7g}\t{s}\n" for p, s in zip(lp, strings[k - 1])))
+            f.write("\n\\end\\\n")
+
+    @classmethod
+    def load_arpa(cls, path):
+        """Read an ARPA file (plain or .gz) written by fflm, KenLM, SRILM or any other tool."""
+        return _read_arpa(path)
+
+
+_NGRAM_COUNT = re.compile(r"^ngram\s+(\d+)\s*=\s*(\d+)$")
+_SECTION = re.compile(r"^\\(\d+)-grams:$")
+
+
+def _read_arpa(path):
+    lines = decode(read_bytes(path), path).splitlines()
+    where = lambda i: f"{path}: line {i + 1}"  # noqa: E731
+    header = {}
+    i = 0
+    while i < len(lines) and lines[i].strip() != "\\data\\":
+        if lines[i].startswith("# fflm "):
+            try:
+                header = json.loads(lines[i][7:])
+            except json.JSONDecodeError:
+                header = {}
+            if not isinstance(header, dict):
+                header = {}
+        i += 1
+    if i == len(lines):
+        raise FflmError(f"{path}: not an ARPA file (no \\data\\ line)")
+    i += 1
+    counts = {}
+    while i < len(lines) and lines[i].strip():
+        m = _NGRAM_COUNT.match(lines[i].strip())
+        if not m:
+            raise FflmError(f"{where(i)}: expected 'ngram N=COUNT', found {lines[i][:60]!r}")
+        counts[int(m.group(1))] = int(m.group(2))
+        i += 1
+    order = max(counts, default=0)
+    if order < 1 or sorted(counts) != list(range(1, order + 1)):
+        raise FflmError(f"{path}: the \\data\\ section must list ngram 1= .. ngram N= counts")
+    if order > MAX_ORDER:
+        raise FflmError(f"{path}: order {order} is above fflm's maximum of {MAX_ORDER}")
+
+    sections = {}
+    marks = [j for j, line in enumerate(lines[i:], i) if line.startswith("\\")]  # section headers, \end\\
+    for n, j in enumerate(marks):
+        line = lines[j].strip()
+        if line == "\\end\\":
+            break
+        m = _SECTION.match(line)
+        if not m or int(m.group(1)) not in counts:
+            raise FflmError(f"{where(j)}: expected a '\\N-grams:' section header, found {line[:60]!r}")
+        stop = marks[n + 1] if n + 1 < len(marks) else len(lines)
+        while stop > j + 1 and not lines[stop - 1].strip():
+            stop -= 1
+        sections[int(m.group(1))] = (j + 1, lines[j + 1 : stop])
+    else:
+        raise FflmError(f"{path}: the file is truncated (no \\end\\ line)")
+    for k in range(1, order + 1):
+        got = len(sections.get(k, (0, []))[1])
+        if got != counts[k]:
+            raise FflmError(f"{path}: the header says ngram {k}={counts[k]} but the file has {got} {k}-grams")
+
+    def parse(k):
+        """(words (M, k) as a flat list, log10 probs, log10 back-offs) of the k-gram section."""
+        start, body = sections[k]
+        fields = " ".join(body).split()
+        m = len(body)
+        if len(fields) in (m * (k + 1), m * (k + 2)):  # the usual case: every line alike
+            width = len(fields) // m if m else k + 1
+            try:
+                probs = np.array(fields[0::width], dtype=np.float64)
+                bows = np.array(fields[k + 1 :: width], dtype=np.float64) if width == k + 2 else np.zeros(m)
+            except ValueError:
+                probs = None  # find the bad line below
+            words = [w for j in range(1, k + 1) for w in fields[j::width]]  # column by column
+            if probs is not None:
+                return _checked(k, words, probs, bows)
+        probs, bows, columns = np.empty(m), np.zeros(m), [[] for _ in range(k)]
+        for j, line in enumerate(body):
+            parts = line.split()
+            if len(parts) not in (k + 1, k + 2):
+                raise FflmError(f"{where(start + j)}: a {k}-gram line needs {k + 1} or {k + 2} fields")
+            try:
+                probs[j] = float(parts[0])
+                if len(parts) == k + 2:
+                    bows[j] = float(parts[-1])
+            except ValueError:
+                raise FflmError(f"{where(start + j)}: not a number in {line[:60]!r}") from None
+            for c in range(k):
+                columns[c].append(parts[1 + c])
+        return _checked(k, [w for col in columns for w in col], probs, bows)
+
+    def _checked(k, words, probs, bows):
+        if np.isnan(probs).any() or np.isnan(bows).any() or np.isposinf(probs).any() or np.isposinf(bows).any():
+            raise FflmError(f"{path}: the {k}-grams contain numbers that are not finite")
+        if (probs > 1e-6).any():
+            raise FflmError(f"{path}: the {k}-grams contain a log10 probability above 0")
+        probs[probs <= ARPA_LOG_ZERO] = -np.inf
+        bows[bows <= ARPA_LOG_ZERO] = -np.inf
+        return words, probs, bows
+
+    words, probs1, bows1 = parse(1)
+    if len(set(words)) != len(words):
+        raise FflmError(f"{path}: a word is listed twice in the 1-grams")
+    others = [w for w in words if w not in Vocabulary.SPECIALS]
+    vocab = Vocabulary(others)
+    V = len(vocab)
+    # Specials missing from the file: <unk> and </s> then have probability 0, <s> is a context only.
+    lp1, bw1 = np.full(V, -np.inf), np.zeros(V)
+    ids1 = np.array([vocab.index[w] for w in words], dtype=np.int64)
+    lp1[ids1], bw1[ids1] = probs1, bows1
+    lp1[Vocabulary.BOS_ID] = -np.inf
+    keys, logprob, bow = [np.arange(V, dtype=np.int64)], [lp1], [bw1]
+    for k in range(2, order + 1):
+        flat, probs, bows = parse(k)
+        try:
+            index = vocab.index
+            ids = np.array([index[w] for w in flat], dtype=np.int64).reshape(k, -1).T  # (M, k)
+        except KeyError as e:
+            raise FflmError(f"{path}: the {k}-grams use the word {e.args[0]!r}, which is not a 1-gram") from None
+        prefix = ids[:, 0]
+        for c in range(1, k - 1):
+            prefix = _find(keys[c], np.where(prefix >= 0, prefix, 0) * V + ids[:, c])
+        if (prefix < 0).any():
+            bad = vocab.decode(ids[int(np.flatnonzero(prefix < 0)[0])])
+            raise FflmError(f"{path}: the {k}-gram '{' '.join(bad)}' has no entry for its context '{' '.join(bad[:-1])}'")
+        key = prefix * V + ids[:, -1]
+        order_ = np.argsort(key, kind="stable")
+        key = key[order_]
+        if (np.diff(key) == 0).any():
+            raise FflmError(f"{path}: a {k}-gram is listed twice")
+        keys.append(key)
+        logprob.append(probs[order_])
+        bow.append(bows[order_])
+    smoothing = header.get("smoothing", "arpa") if header.get("order") == order else "arpa"
+    discounts = [tuple(d) for d in header["discounts"]] if smoothing == "kn" and "discounts" in header else None
+    meta = header.get("meta") if isinstance(header.get("meta"), dict) else {}
+    return NGramLM(vocab, order, keys, logprob, bow, smoothing, discounts=discounts, k=header.get("k"), meta=meta)
