@@ -1,0 +1,184 @@
+"""The embedded corpus: text from a small probabilistic process whose entropy we know exactly.
+
+Every word belongs to one of a few classes (like parts of speech). A sentence is a walk of a
+second-order Markov chain over classes that ends when it emits </s>; each word is then drawn
+from its class's Zipf-like distribution. The true conditional probability of a word given its
+history is p(class | two previous classes) * p(word | class), so the best perplexity any model
+can reach is exactly computable: exp(expected log-loss per sentence / expected tokens per sentence),
+both found by solving a linear system over the chain's states.
+
+A neural model shines here for Bengio's reason: words of one class share behaviour, so their
+embeddings can share statistics that an n-gram model must learn word by word.
+
+Only uniform draws (`Generator.random`) are used, whose stream NumPy keeps stable across
+versions, so the same seed gives the same corpus everywhere.
+"""
+
+import hashlib
+import json
+import math
+import os
+
+import numpy as np
+
+from .fileio import atomic_write
+
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+# (name, number of words, suffix that makes the class visible in samples)
+CLASSES = (
+    ("det", 6, ""),
+    ("noun", 120, "o"),
+    ("verb", 80, "ar"),
+    ("adj", 60, "en"),
+    ("adv", 25, "ly"),
+    ("prep", 10, "u"),
+    ("name", 40, "ix"),
+    ("conj", 5, "e"),
+)
+END_PROB = 0.14  # chance of </s> after any class (other than right after <s>)
+
+
+def make_process(seed=2003):
+    """The generating process: class transition table, word distributions, spellings."""
+    rng = np.random.default_rng(seed)
+    K = len(CLASSES)
+    START, END = K, K  # START is a history symbol, END an outcome: both use index K
+    # Sparse transitions: from each state (two previous classes), a few classes are likely.
+    trans = np.zeros((K + 1, K + 1, K + 1))  # [c_{t-2}, c_{t-1}, c_t or END]
+    for a in range(K + 1):
+        for b in range(K + 1):
+            if b == START and a != START:
+                continue  # impossible state: <s> is only ever followed by a word
+            u = rng.random(K)
+            w = (-np.log(u)) ** 3  # heavy-tailed weights: a few classes take most mass
+            w = w / w.sum()
+            if b == START:
+                trans[a, b, :K] = w
+            else:
+                trans[a, b, :K] = w * (1 - END_PROB)
+                trans[a, b, END] = END_PROB
+    words, word_class, word_prob = [], [], []
+    seen = set()
+    for c, (_, size, suffix) in enumerate(CLASSES):
+        ranks = np.arange(size)
+        p = 1.0 / (ranks + 1.5)
+        word_prob.append(p / p.sum())
+        for _ in range(size):
+            while True:
+                n_syll = 1 + int(rng.random() * 2)
+                stem = "".join(
+                    CONSONANTS[int(rng.random() * len(CONSONANTS))] + VOWELS[int(rng.random() * len(VOWELS))]
+                    for _ in range(n_syll)
+                )
+                word = stem + suffix
+                if word not in seen:
+                    break
+            seen.add(word)
+            words.append(word)
+            word_class.append(c)
+    return {"trans": trans, "words": words, "word_class": np.array(word_class), "word_prob": word_prob}
+
+
+def _class_offsets(process):
+    sizes = [len(p) for p in process["word_prob"]]
+    return np.concatenate(([0], np.cumsum(sizes)))
+
+
+def sample(process, n_sentences, rng):
+    """Sentences of words drawn from the process."""
+    trans, word_prob = process["trans"], process["word_prob"]
+    K = len(word_prob)
+    offsets = _class_offsets(process)
+    cum_trans = np.cumsum(trans, axis=2)
+    cum_words = [np.cumsum(p) for p in word_prob]
+    sentences = []
+    for _ in range(n_sentences):
+        a = b = K
+        sentence = []
+        while True:
+            c = min(int(np.searchsorted(cum_trans[a, b], rng.random() * cum_trans[a, b, -1], side="right")), K)
+            if c == K:
+                break
+            r = min(int(np.searchsorted(cum_words[c], rng.random() * cum_words[c][-1], side="right")), len(cum_words[c]) - 1)
+            sentence.append(process["words"][offsets[c] + r])
+            a, b = b, c
+        sentences.append(sentence)
+    return sentences
+
+
+def entropy_rate(process):
+    """True entropy in nats per scored token (words and </s>), and expected tokens per sentence."""
+    trans, word_prob = process["trans"], process["word_prob"]
+    K = len(word_prob)
+    h_word = np.array([-(p * np.log(p)).sum() for p in word_prob] + [0.0])  # </s> carries no word choice
+    states = [(a, b) for a in range(K + 1) for b in range(K + 1) if trans[a, b].sum() > 0]
+    index = {s: i for i, s in enumerate(states)}
+    Q = np.zeros((len(states), len(states)))  # Q[i, j] = p(state j next | state i), END absorbing
+    h = np.zeros(len(states))  # expected log-loss of the token emitted from each state
+    for (a, b), i in index.items():
+        p = trans[a, b]
+        nz = p > 0
+        h[i] = -(p[nz] * np.log(p[nz])).sum() + (p * h_word).sum()
+        for c in range(K):
+            if p[c] > 0:
+                Q[i, index[(b, c)]] += p[c]
+    start = np.zeros(len(states))
+    start[index[(K, K)]] = 1.0
+    visits = np.linalg.solve(np.eye(len(states)) - Q.T, start)  # expected visits per sentence
+    return float(visits @ h / visits.sum()), float(visits.sum())
+
+
+def true_log_probs(process, sentences):
+    """Natural-log probability of every token (words and </s>) under the true process."""
+    trans, word_prob = process["trans"], process["word_prob"]
+    K = len(word_prob)
+    offsets = _class_offsets(process)
+    lookup = {w: i for i, w in enumerate(process["words"])}
+    out = []
+    for s in sentences:
+        a = b = K
+        for w in s:
+            i = lookup[w]
+            c = int(process["word_class"][i])
+            out.append(math.log(trans[a, b, c]) + math.log(word_prob[c][i - offsets[c]]))
+            a, b = b, c
+        out.append(math.log(trans[a, b, K]))
+    return np.array(out)
+
+
+SPLITS = (("train", 6000), ("valid", 1000), ("test", 1000))
+
+
+def write_corpus(folder, seed=2003):
+    """Write train/valid/test.txt and manifest.json (sizes, sha256, true entropy) into `folder`."""
+    process = make_process(seed)
+    rng = np.random.default_rng(seed + 1)
+    entropy, mean_tokens = entropy_rate(process)
+    manifest = {
+        "generator": "fflm.synth.write_corpus",
+        "seed": seed,
+        "classes": [{"name": n, "words": s} for n, s, _ in CLASSES],
+        "vocabulary": len(process["words"]),
+        "entropy_nats_per_token": round(entropy, 6),
+        "perplexity_floor": round(math.exp(entropy), 4),
+        "expected_tokens_per_sentence": round(mean_tokens, 4),
+        "files": {},
+    }
+    os.makedirs(folder, exist_ok=True)
+    for name, n in SPLITS:
+        sentences = sample(process, n, rng)
+        text = "".join(" ".join(s) + "\n" for s in sentences)
+        with atomic_write(os.path.join(folder, f"{name}.txt")) as f:
+            f.write(text)
+        lp = true_log_probs(process, sentences)
+        manifest["files"][f"{name}.txt"] = {
+            "sentences": n,
+            "tokens": int(len(lp)),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "true_model_perplexity": round(float(np.exp(-lp.mean())), 4),
+        }
+    with atomic_write(os.path.join(folder, "manifest.json")) as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    return manifest
