@@ -253,6 +253,32 @@ def _write_per_token(path, sentences, vocab, scores):
 
 
 @cli.group()
+def bench():
+    """Benchmarks: speed and memory, each part in a fresh process (figures go to BENCHMARKS.md)."""
+
+
+@bench.command("ngram")
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--orders", default="3,5", show_default=True, help="Comma-separated n-gram orders.")
+@click.option("--nltk-tokens", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Test tokens NLTK's KneserNeyInterpolated scores (0: skip NLTK).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench_ngram(data_dir, orders, nltk_tokens, as_json):
+    """Build and score Kneser-Ney models on Brown, beside the kenlm module and NLTK."""
+    from .bench import format_ngram, run_ngram
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    if not os.path.isdir(os.path.join(data_dir, "brown")):
+        raise FflmError(f"{data_dir}: no brown/ folder here; pass --data or set FFLM_DATA")
+    try:
+        order_list = [int(o) for o in orders.split(",")]
+    except ValueError:
+        raise FflmError(f"--orders takes numbers separated by commas, not {orders!r}") from None
+    result = run_ngram(data_dir, order_list, nltk_tokens)
+    _echo_json(result) if as_json else click.echo(format_ngram(result))
+
+
+@cli.group()
 def data():
     """Corpora: the embedded synthetic corpus."""
 
