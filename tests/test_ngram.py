@@ -70,7 +70,7 @@ def test_kneser_ney_equals_independent_reference(synth_sentences, N):
     prob, discounts = reference_kn(train, vocab, N)
     for k in range(1, N + 1):
         assert np.allclose(lm.discounts[k - 1], discounts[k][1:], atol=1e-12)
-    test = synth_sentences["test"][:150]
+    test = synth_sentences["test"][:150] + [["ZZZ-unseen", "and", "ZZZ-other"]]  # OOVs: <unk>'s mass
     w = Windows.from_sentences(test, vocab, N)
     got, _ = lm.logprob_windows(*w.pairs())
     expected = []
