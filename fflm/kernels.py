@@ -1,0 +1,259 @@
+"""Ingredients II-IV as Numba kernels: each layer's forward beside its backward.
+
+Plain arrays in, plain arrays out, nothing allocated: the caller owns every buffer and
+reuses it for every batch. Backward passes are the chain rule written out by hand; each
+pair is checked against float64 central differences in tests/test_kernels.py.
+Matrix products are not here: they go to BLAS through numpy (see model.py).
+
+Shapes: B batch rows, c = n-1 context words, m embedding size, H hidden units, V vocabulary.
+"""
+
+import math
+import os
+
+# Numba's OpenMP threads spin while idle by default, fighting OpenBLAS's threads for the cores
+# between a GEMM and the next kernel (measured: a step 70x slower on 2 cores). Idle threads
+# should sleep. Must be set before Numba starts its thread pool; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+TANH, RELU, SIGMOID = 0, 1, 2
+ACTIVATIONS = {"tanh": TANH, "relu": RELU, "sigmoid": SIGMOID}
+
+
+# --- ingredient I: (x, y) pairs for a batch, copied out of the id stream ------------------------
+@njit(cache=True)
+def gather_windows(ids, positions, index, x, y):
+    """x[b] = the c ids before target position positions[index[b]], y[b] = the target."""
+    c = x.shape[1]
+    for b in range(index.shape[0]):
+        p = positions[index[b]]
+        for i in range(c):
+            x[b, i] = ids[p - c + i]
+        y[b] = ids[p]
+
+
+# --- embedding: gather rows of E / scatter-add into them ---------------------------------------
+@njit(cache=True)
+def embedding_forward(E, x, out):
+    """out[b, i*m:(i+1)*m] = E[x[b, i]]: (V, m), (B, c) int -> (B, c*m), the concatenated context."""
+    B, c = x.shape
+    m = E.shape[1]
+    for b in range(B):
+        for i in range(c):
+            row = x[b, i]
+            for j in range(m):
+                out[b, i * m + j] = E[row, j]
+
+
+@njit(cache=True)
+def embedding_backward(dout, x, dE):
+    """dE[x[b, i]] += dout[b, i*m:(i+1)*m]. Only the rows in the batch are touched; a word
+    seen twice in a batch gets both contributions (sequential, so no races)."""
+    B, c = x.shape
+    m = dE.shape[1]
+    for b in range(B):
+        for i in range(c):
+            row = x[b, i]
+            for j in range(m):
+                dE[row, j] += dout[b, i * m + j]
+
+
+@njit(cache=True)
+def touched_rows(x, mark, rows):
+    """Distinct ids of x into rows[:count] (mark: a zeroed int8 buffer of size V, left zeroed)."""
+    count = 0
+    for v in x.ravel():
+        if mark[v] == 0:
+            mark[v] = 1
+            rows[count] = v
+            count += 1
+    for k in range(count):
+        mark[rows[k]] = 0
+    return count
+
+
+# --- bias: broadcast add / column sum ---------------------------------------------------------
+@njit(cache=True, parallel=True)
+def bias_forward(out, bias):
+    """out[b, :] += bias: the `+ b` of an affine layer, after BLAS computed x @ W into out."""
+    for b in prange(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[b, j] += bias[j]
+
+
+@njit(cache=True, parallel=True)
+def bias_backward(dout, dbias):
+    """dbias = sum over the batch of dout: each row used the same bias."""
+    B, n = dout.shape
+    for j in prange(n):
+        s = 0.0
+        for b in range(B):
+            s += dout[b, j]
+        dbias[j] = s
+
+
+# --- activations g: in place, the backward written with the forward's output h = g(a) --------
+@njit(cache=True, parallel=True)
+def activation_forward(a, kind):
+    """a := g(a) with g = tanh, relu or the logistic sigmoid."""
+    for b in prange(a.shape[0]):
+        for j in range(a.shape[1]):
+            v = a[b, j]
+            if kind == TANH:
+                a[b, j] = math.tanh(v)
+            elif kind == RELU:
+                a[b, j] = v if v > 0 else 0.0
+            else:  # sigmoid, stable for large |v|
+                if v >= 0:
+                    a[b, j] = 1.0 / (1.0 + math.exp(-v))
+                else:
+                    t = math.exp(v)
+                    a[b, j] = t / (1.0 + t)
+
+
+@njit(cache=True, parallel=True)
+def activation_backward(dh, h, kind):
+    """dh := dh * g'(a), using h = g(a): tanh' = 1 - h², relu' = [h > 0], sigmoid' = h (1 - h)."""
+    for b in prange(dh.shape[0]):
+        for j in range(dh.shape[1]):
+            v = h[b, j]
+            if kind == TANH:
+                dh[b, j] *= 1.0 - v * v
+            elif kind == RELU:
+                if v <= 0:
+                    dh[b, j] = 0.0
+            else:
+                dh[b, j] *= v * (1.0 - v)
+
+
+# --- softmax and cross-entropy, fused ------------------------------------------------------
+@njit(cache=True, parallel=True)
+def softmax_xent_forward(z, y, skip, nll):
+    """nll[b] = logsumexp(z[b]) - z[b, y[b]]: the cross-entropy of the softmax of the logits.
+
+    Column `skip` (<s>, never a target) is left out of the softmax. The maximum is subtracted
+    before exponentiating, so no logit can overflow.
+    """
+    B, V = z.shape
+    for b in prange(B):
+        mx = -np.inf
+        for j in range(V):
+            if j != skip and z[b, j] > mx:
+                mx = z[b, j]
+        s = 0.0
+        for j in range(V):
+            if j != skip:
+                s += math.exp(z[b, j] - mx)
+        nll[b] = mx + math.log(s) - z[b, y[b]]
+
+
+@njit(cache=True, parallel=True)
+def softmax_xent_backward(z, y, skip, scale):
+    """z := scale * (softmax(z) - onehot(y)): dL/dz for L = scale * sum of the rows' nll.
+
+    With scale = 1/B this is the gradient of the mean loss over the batch. Overwrites the
+    logits in place, as the forward no longer needs them.
+    """
+    B, V = z.shape
+    for b in prange(B):
+        mx = -np.inf
+        for j in range(V):
+            if j != skip and z[b, j] > mx:
+                mx = z[b, j]
+        s = 0.0
+        for j in range(V):
+            if j != skip:
+                e = math.exp(z[b, j] - mx)
+                z[b, j] = e
+                s += e
+        inv = scale / s
+        for j in range(V):
+            z[b, j] = z[b, j] * inv if j != skip else 0.0
+        z[b, y[b]] -= scale
+
+
+@njit(cache=True, parallel=True)
+def softmax_xent_fused(z, y, skip, scale, nll):
+    """The forward and the backward in one pass over the logits (what training runs):
+    nll[b] as softmax_xent_forward, then z := scale * (softmax(z) - onehot(y))."""
+    B, V = z.shape
+    for b in prange(B):
+        mx = -np.inf
+        for j in range(V):
+            if j != skip and z[b, j] > mx:
+                mx = z[b, j]
+        zy = z[b, y[b]]
+        s = 0.0
+        for j in range(V):
+            if j != skip:
+                e = math.exp(z[b, j] - mx)
+                z[b, j] = e
+                s += e
+        nll[b] = mx + math.log(s) - zy
+        inv = scale / s
+        for j in range(V):
+            z[b, j] = z[b, j] * inv if j != skip else 0.0
+        z[b, y[b]] -= scale
+
+
+@njit(cache=True, parallel=True)
+def softmax_forward(z, skip, probs):
+    """probs[b] = softmax(z[b]) over every column but `skip` (whose probability is 0)."""
+    B, V = z.shape
+    for b in prange(B):
+        mx = -np.inf
+        for j in range(V):
+            if j != skip and z[b, j] > mx:
+                mx = z[b, j]
+        s = 0.0
+        for j in range(V):
+            e = math.exp(z[b, j] - mx) if j != skip else 0.0
+            probs[b, j] = e
+            s += e
+        for j in range(V):
+            probs[b, j] /= s
+
+
+# --- ingredient IV: the SGD step -------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def sgd_update(p, g, lr, weight_decay):
+    """p -= lr * (g + weight_decay * p), elementwise over flat arrays."""
+    for i in prange(p.shape[0]):
+        p[i] -= lr * (g[i] + weight_decay * p[i])
+
+
+@njit(cache=True)
+def sgd_update_rows(E, dE, rows, count, lr, weight_decay):
+    """The same step for the embedding rows in `rows[:count]` only, which are then zeroed in dE.
+
+    Rows no word of the batch touched have a zero gradient; skipping them (and their weight
+    decay) is what makes an embedding step cost the batch, not the vocabulary.
+    """
+    m = E.shape[1]
+    for k in range(count):
+        r = rows[k]
+        for j in range(m):
+            E[r, j] -= lr * (dE[r, j] + weight_decay * E[r, j])
+            dE[r, j] = 0.0
+
+
+@njit(cache=True)
+def sum_squares_rows(dE, rows, count):
+    """Squared norm of the touched rows of dE (for gradient-norm clipping)."""
+    s = 0.0
+    for k in range(count):
+        r = rows[k]
+        for j in range(dE.shape[1]):
+            s += dE[r, j] * dE[r, j]
+    return s
+
+
+@njit(cache=True)
+def scale_rows(dE, rows, count, factor):
+    for k in range(count):
+        r = rows[k]
+        for j in range(dE.shape[1]):
+            dE[r, j] *= factor

@@ -1,0 +1,223 @@
+"""Every kernel pair against float64 central differences, plus the course's worked examples."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fflm import kernels as K
+from fflm.model import FFNNLM, ModelConfig, Workspace
+from fflm.vocab import Vocabulary
+
+RNG = np.random.default_rng(0)
+EPS = 1e-6
+
+
+def numeric_grad(f, x):
+    """Central differences of the scalar f() with respect to every entry of x (changed in place)."""
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + EPS
+        up = f()
+        flat[i] = old - EPS
+        down = f()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * EPS)
+    return g
+
+
+def assert_close(analytic, numeric):
+    assert np.allclose(analytic, numeric, rtol=1e-5, atol=1e-7), np.abs(analytic - numeric).max()
+
+
+# --- the course's worked examples ------------------------------------------------------------
+def test_chain_rule_worked_example():
+    """d = 2b, e = a + d, L = c * e at a=3, b=1, c=-2: the computation graph from the course."""
+    a, b, c = 3.0, 1.0, -2.0
+    d = 2 * b
+    e = a + d
+    L = c * e
+    dL_de = c  # L = c e
+    dL_dc = e
+    dL_da = dL_de * 1.0  # e = a + d
+    dL_dd = dL_de * 1.0
+    dL_db = dL_dd * 2.0  # d = 2b
+    assert (L, dL_da, dL_db, dL_dc) == (-10.0, -2.0, -4.0, 5.0)
+    f = lambda a, b, c: c * (a + 2 * b)  # noqa: E731
+    for got, i in ((dL_da, 0), (dL_db, 1), (dL_dc, 2)):
+        args = [a, b, c]
+        up, down = list(args), list(args)
+        up[i] += EPS
+        down[i] -= EPS
+        assert got == pytest.approx((f(*up) - f(*down)) / (2 * EPS), abs=1e-6)
+
+
+def test_softmax_worked_example():
+    z = np.array([[0.6, 1.1, -1.5, 1.2, 3.2, -1.1]])
+    p = np.empty_like(z)
+    K.softmax_forward(z, -1, p)
+    assert np.allclose(p, [[0.055, 0.090, 0.0067, 0.10, 0.74, 0.010]], atol=6e-3, rtol=0)
+    assert p.sum() == pytest.approx(1.0)
+
+
+# --- kernel pairs ----------------------------------------------------------------------------
+def test_embedding_pair():
+    V, m, B, c = 7, 3, 5, 4
+    E = RNG.standard_normal((V, m))
+    x = RNG.integers(0, V, size=(B, c)).astype(np.int32)
+    x[0, 0] = x[1, 2] = 3  # a word twice in a batch: both contributions must arrive
+    G = RNG.standard_normal((B, c * m))  # L = sum(G * out)
+    out = np.empty((B, c * m))
+
+    def loss():
+        K.embedding_forward(E, x, out)
+        return float((G * out).sum())
+
+    loss()
+    assert np.array_equal(out.reshape(B, c, m), E[x])
+    dE = np.zeros_like(E)
+    K.embedding_backward(G, x, dE)
+    assert_close(dE, numeric_grad(loss, E))
+    rows = np.empty(B * c, dtype=np.int64)
+    mark = np.zeros(V, dtype=np.int8)
+    n = K.touched_rows(x, mark, rows)
+    assert sorted(rows[:n].tolist()) == sorted(set(x.ravel().tolist())) and not mark.any()
+    untouched = np.setdiff1d(np.arange(V), x)
+    assert (dE[untouched] == 0).all()
+
+
+def test_bias_pair():
+    a0 = RNG.standard_normal((6, 4))
+    bias = RNG.standard_normal(4)
+    G = RNG.standard_normal((6, 4))
+
+    def loss():
+        a = a0.copy()
+        K.bias_forward(a, bias)
+        return float((G * a).sum())
+
+    db = np.empty(4)
+    K.bias_backward(G, db)
+    assert_close(db, numeric_grad(loss, bias))
+
+
+@pytest.mark.parametrize("name", ["tanh", "relu", "sigmoid"])
+def test_activation_pair(name):
+    kind = K.ACTIVATIONS[name]
+    a = RNG.standard_normal((5, 7)) * 2
+    a[np.abs(a) < 1e-3] = 0.5  # keep relu away from its kink
+    G = RNG.standard_normal((5, 7))
+
+    def loss():
+        h = a.copy()
+        K.activation_forward(h, kind)
+        return float((G * h).sum())
+
+    h = a.copy()
+    K.activation_forward(h, kind)
+    ref = {"tanh": np.tanh(a), "relu": np.maximum(a, 0), "sigmoid": 1 / (1 + np.exp(-a))}[name]
+    assert np.allclose(h, ref)
+    dh = G.copy()
+    K.activation_backward(dh, h, kind)
+    assert_close(dh, numeric_grad(loss, a))
+
+
+def test_sigmoid_is_stable_for_large_inputs():
+    a = np.array([[-800.0, 800.0, 0.0]])
+    K.activation_forward(a, K.SIGMOID)
+    assert np.allclose(a, [[0.0, 1.0, 0.5]])
+
+
+@pytest.mark.parametrize("skip", [-1, 1])
+def test_softmax_cross_entropy_pair(skip):
+    B, V = 4, 6
+    z = RNG.standard_normal((B, V)) * 3
+    y = np.array([0, 2, 5, 3], dtype=np.int32)
+    nll = np.empty(B)
+
+    def loss():
+        K.softmax_xent_forward(z, y, skip, nll)
+        return float(nll.sum() / B)
+
+    L = loss()
+    keep = np.arange(V) != skip
+    lse = np.log(np.exp(z[:, keep]).sum(axis=1))
+    assert L == pytest.approx(float((lse - z[np.arange(B), y]).mean()))
+    numeric = numeric_grad(loss, z)
+    dz = z.copy()
+    K.softmax_xent_backward(dz, y, skip, 1.0 / B)
+    assert_close(dz, numeric)
+    fused, nll2 = z.copy(), np.empty(B)
+    K.softmax_xent_fused(fused, y, skip, 1.0 / B, nll2)
+    assert np.allclose(fused, dz) and np.allclose(nll2, nll)
+    p = np.empty_like(z)
+    K.softmax_forward(z, skip, p)
+    assert np.allclose(p.sum(axis=1), 1.0) and (skip < 0 or (p[:, skip] == 0).all())
+    # gradient is (p - onehot) / B
+    onehot = np.zeros_like(z)
+    onehot[np.arange(B), y] = 1
+    assert np.allclose(dz, (p - onehot) / B)
+
+
+def test_softmax_does_not_overflow():
+    z = np.array([[1000.0, 999.0, -1000.0]])
+    nll = np.empty(1)
+    K.softmax_xent_forward(z, np.array([1], dtype=np.int32), -1, nll)
+    assert nll[0] == pytest.approx(1 + math.log(1 + math.exp(-1)))
+
+
+def test_sgd_update_pair_is_a_descent_step():
+    p = RNG.standard_normal(10)
+    g = RNG.standard_normal(10)
+    expect = p - 0.1 * (g + 0.01 * p)
+    K.sgd_update(p, g, 0.1, 0.01)
+    assert np.allclose(p, expect)
+    E = RNG.standard_normal((5, 3))
+    dE = RNG.standard_normal((5, 3))
+    rows = np.array([4, 1], dtype=np.int64)
+    E0, dE0 = E.copy(), dE.copy()
+    K.sgd_update_rows(E, dE, rows, 2, 0.5, 0.0)
+    assert np.allclose(E[[4, 1]], E0[[4, 1]] - 0.5 * dE0[[4, 1]]) and np.allclose(E[[0, 2, 3]], E0[[0, 2, 3]])
+    assert (dE[[4, 1]] == 0).all()
+
+
+# --- the whole model, end to end ---------------------------------------------------------
+CONFIGS = [
+    ModelConfig(order=3, embed_dim=3, hidden=(), activation="tanh"),  # logistic regression
+    ModelConfig(order=3, embed_dim=3, hidden=(5,), activation="tanh"),
+    ModelConfig(order=4, embed_dim=2, hidden=(4, 3), activation="relu"),
+    ModelConfig(order=3, embed_dim=3, hidden=(4,), activation="sigmoid", direct=True),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}")
+def test_whole_model_gradient(config):
+    vocab = Vocabulary(["a", "b", "c", "d"])
+    model = FFNNLM(vocab, config, dtype=np.float64, seed=3)
+    for p in model.params.values():  # random biases too, so no gradient is trivially zero
+        p[...] += RNG.standard_normal(p.shape) * 0.3
+    B = 6
+    x = RNG.integers(0, len(vocab), size=(B, config.order - 1)).astype(np.int32)
+    x[0, 0] = x[0, 1] = 4  # repeated word in one context
+    y = np.array([3, 4, 2, 5, 6, 2], dtype=np.int32)
+    ws = Workspace(model, B)
+
+    def loss():
+        return float(model.nll(x, y).mean())
+
+    model.dE[...] = 0
+    L = model.loss_and_grad(x, y, ws)
+    assert L == pytest.approx(loss(), rel=1e-12)
+    for name, p in model.params.items():
+        assert_close(model.grads[name], numeric_grad(loss, p))
+
+
+def test_smaller_last_batch_uses_the_same_buffers():
+    vocab = Vocabulary(["a", "b", "c"])
+    model = FFNNLM(vocab, ModelConfig(order=3, embed_dim=4, hidden=(6,)), dtype=np.float64, seed=1)
+    x = RNG.integers(0, 6, size=(5, 2)).astype(np.int32)
+    y = RNG.integers(2, 6, size=5).astype(np.int32)
+    full = model.nll(x, y, batch_size=5)
+    assert np.allclose(model.nll(x, y, batch_size=2), full)  # batches of 2, 2 and 1
