@@ -85,3 +85,35 @@ def format_report(rep):
             f"{m['name']:<14} {m['order']:>5} {m['ppl']:>17.3f} {m['ppl_excluding_oov']:>17.3f} {m['log10_prob']:>14.2f}"
         )
     return "\n".join(lines)
+
+
+def score_neural(model, windows, batch_size=1024):
+    """Scores of an FFNNLM (exact softmax) on every pair of `windows` (order >= the model's)."""
+    contexts, targets = windows.pairs()
+    c = model.config.order - 1
+    log10 = model.log10_probs(contexts[:, contexts.shape[1] - c :], targets, batch_size)
+    return Scores(log10, targets, windows.num_sentences)
+
+
+def interpolate(a, b, lam):
+    """Per-token log10 of lam * p_a + (1 - lam) * p_b (Bengio's mixture of the two models)."""
+    ln10 = math.log(10)
+    with np.errstate(divide="ignore"):
+        la = np.log(lam) + a.log10 * ln10 if lam > 0 else np.full(len(a.log10), -np.inf)
+        lb = np.log1p(-lam) + b.log10 * ln10 if lam < 1 else np.full(len(b.log10), -np.inf)
+    return Scores(np.logaddexp(la, lb) / ln10, a.targets, a.sentences)
+
+
+def tune_lambda(a, b):
+    """The weight of model a that maximises the likelihood of the mixture on these scores.
+
+    The log-likelihood is concave in lambda, so a bounded 1-D search finds the maximum; the
+    end points are checked too, so the mixture is never worse than the better model alone.
+    """
+    from scipy.optimize import minimize_scalar
+
+    def cost(lam):
+        return -float(np.sum(interpolate(a, b, lam).log10))
+
+    best = minimize_scalar(cost, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-5})
+    return min((best.x, 0.0, 1.0), key=cost)

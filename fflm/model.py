@@ -1,0 +1,357 @@
+"""Ingredient II, the model: Bengio et al.'s (2003) feedforward neural language model.
+
+    e = concat(E[w_{t-n+1}], ..., E[w_{t-1}])         the context's embeddings   (B, c*m)
+    h_l = g(h_{l-1} W_l + b_l),  h_0 = e                hidden layers, g = tanh | relu | sigmoid
+    z = h_L U + c  (+ e W_d with direct connections)   logits                     (B, V)
+    p = softmax(z)                                      over the vocabulary without <s>
+
+With no hidden layer (L = 0) this is multinomial logistic regression on the concatenated
+embeddings. Forward and backward are composed from the kernels in kernels.py, with the
+three big matrix products done by BLAS; parameters and gradients live in one allocation
+each (plus the embedding table), with named views, as in llm.c.
+
+Initialisation: E ~ N(0, 1); each weight matrix ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's
+Linear default); hidden biases 0; the output bias c = log of the add-one unigram distribution of
+the training corpus, so an untrained model is the unigram model rather than a uniform one.
+"""
+
+import json
+import math
+import zipfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import kernels as K
+from .errors import FflmError
+from .fileio import atomic_write, check_readable
+from .vocab import Vocabulary
+
+FORMAT = "fflm-model"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture. `hidden` lists the hidden layers' sizes; () is logistic regression."""
+
+    order: int = 5  # n: the model sees n-1 previous words
+    embed_dim: int = 128  # m
+    hidden: tuple = (512,)
+    activation: str = "tanh"  # tanh | relu | sigmoid
+    direct: bool = False  # Bengio's direct connections from the embeddings to the output
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    def check(self):
+        if self.order < 2:
+            raise FflmError(f"--order must be at least 2 for a neural model (it needs a context), not {self.order}")
+        if self.order > 64:
+            raise FflmError(f"--order {self.order} is beyond any useful context (at most 64)")
+        if self.embed_dim < 1:
+            raise FflmError(f"--embed-dim must be positive, not {self.embed_dim}")
+        if any(h < 1 for h in self.hidden):
+            raise FflmError(f"hidden layer sizes must be positive, not {list(self.hidden)}")
+        if self.activation not in K.ACTIVATIONS:
+            raise FflmError(f"unknown activation {self.activation!r} (choose from {', '.join(K.ACTIVATIONS)})")
+        if self.direct and not self.hidden:
+            raise FflmError("direct connections need a hidden layer (without one the model is already direct)")
+
+    @property
+    def context_width(self):
+        return (self.order - 1) * self.embed_dim
+
+    def shapes(self, V):
+        """Every parameter's name and shape, weights before biases (weight decay skips biases)."""
+        weights, biases = [], []
+        width = self.context_width
+        for l, h in enumerate(self.hidden, 1):
+            weights.append((f"W{l}", (width, h)))
+            biases.append((f"b{l}", (h,)))
+            width = h
+        weights.append(("U", (width, V)))
+        if self.direct:
+            weights.append(("Wd", (self.context_width, V)))
+        biases.append(("c", (V,)))
+        return [("E", (V, self.embed_dim))] + weights + biases
+
+    def n_params(self, V):
+        return sum(math.prod(s) for _, s in self.shapes(V))
+
+    def to_dict(self):
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{k: d[k] for k in ("order", "embed_dim", "hidden", "activation", "direct") if k in d})
+
+
+def memory_estimate(config, V, batch_size, dtype=np.float32):
+    """Bytes that training needs: parameters, gradients, a best copy, and the batch buffers."""
+    item = np.dtype(dtype).itemsize
+    params = config.n_params(V) * item
+    batch = batch_size * (2 * config.context_width + 2 * sum(config.hidden) + V) * item
+    if config.direct:
+        batch += 2 * batch_size * (config.hidden[-1] + config.context_width) * item
+    return 3 * params + batch
+
+
+class Workspace:
+    """Every activation and gradient buffer for batches of up to `batch_size` rows, made once."""
+
+    def __init__(self, model, batch_size):
+        cfg, dt, V = model.config, model.dtype, len(model.vocab)
+        B = batch_size
+        self.batch_size = B
+        self.x = np.empty((B, cfg.order - 1), dtype=np.int32)
+        self.y = np.empty(B, dtype=np.int32)
+        self.e = np.empty((B, cfg.context_width), dtype=dt)
+        self.de = np.empty((B, cfg.context_width), dtype=dt)
+        self.h = [np.empty((B, h), dtype=dt) for h in cfg.hidden]
+        self.dh = [np.empty((B, h), dtype=dt) for h in cfg.hidden]
+        if cfg.direct:  # the output layer reads [h_L, e] as one matrix, so one GEMM does U and W_d
+            width = cfg.hidden[-1] + cfg.context_width
+            self.out_in = np.empty((B, width), dtype=dt)
+            self.d_out_in = np.empty((B, width), dtype=dt)
+        self.z = np.empty((B, V), dtype=dt)
+        self.nll = np.empty(B, dtype=dt)
+        self.mark = np.zeros(V, dtype=np.int8)
+        self.rows = np.empty(B * (cfg.order - 1), dtype=np.int64)
+
+
+class FFNNLM:
+    """The feedforward neural language model: parameters, forward, backward, files.
+
+    >>> from fflm import Vocabulary
+    >>> vocab = Vocabulary(["a", "b", "c"])
+    >>> lm = FFNNLM(vocab, ModelConfig(order=3, embed_dim=4, hidden=(8,)), seed=0)
+    >>> p = lm.probs(np.array([[1, 1]]))        # p(w | <s> <s>) for every w
+    >>> p.shape, round(float(p.sum()), 5), float(p[0, vocab.BOS_ID])
+    ((1, 6), 1.0, 0.0)
+    """
+
+    def __init__(self, vocab, config=ModelConfig(), dtype=np.float32, seed=0, unigram_counts=None):
+        config.check()
+        self.vocab = vocab
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.kind = K.ACTIVATIONS[config.activation]
+        V = len(vocab)
+        shapes = config.shapes(V)
+        self.E = np.empty(shapes[0][1], dtype=self.dtype)
+        self.dE = np.zeros_like(self.E)
+        dense = shapes[1:]
+        total = sum(math.prod(s) for _, s in dense)
+        self.dense = np.empty(total, dtype=self.dtype)  # every parameter but E, in one allocation
+        self.grad = np.zeros(total, dtype=self.dtype)
+        self.params, self.grads = {"E": self.E}, {"E": self.dE}
+        offset, starts = 0, {}
+        for name, shape in dense:
+            size = math.prod(shape)
+            starts[name] = offset
+            self.params[name] = self.dense[offset : offset + size].reshape(shape)
+            self.grads[name] = self.grad[offset : offset + size].reshape(shape)
+            offset += size
+        self.n_weights = sum(math.prod(s) for n, s in dense if not n.startswith(("b", "c")))
+        self.W = [self.params[f"W{l}"] for l in range(1, len(config.hidden) + 1)]
+        self.b = [self.params[f"b{l}"] for l in range(1, len(config.hidden) + 1)]
+        self.dW = [self.grads[f"W{l}"] for l in range(1, len(config.hidden) + 1)]
+        self.db = [self.grads[f"b{l}"] for l in range(1, len(config.hidden) + 1)]
+        # U and W_d are consecutive in `dense`, so [U; W_d] is one (H + c*m, V) matrix
+        out_rows = (config.hidden[-1] if config.hidden else config.context_width) + (
+            config.context_width if config.direct else 0
+        )
+        start = starts["U"]
+        self.U_all = self.dense[start : start + out_rows * V].reshape(out_rows, V)
+        self.dU_all = self.grad[start : start + out_rows * V].reshape(out_rows, V)
+        self.c, self.dc = self.params["c"], self.grads["c"]
+        self._init(np.random.default_rng(seed), unigram_counts)
+        self._eval_ws = None
+
+    def _init(self, rng, unigram_counts):
+        self.E[...] = rng.standard_normal(self.E.shape)
+        for name, p in self.params.items():
+            if name == "E":
+                continue
+            if p.ndim == 2:
+                bound = 1.0 / math.sqrt(p.shape[0])
+                p[...] = rng.uniform(-bound, bound, p.shape)
+            else:
+                p[...] = 0.0
+        counts = np.asarray(unigram_counts if unigram_counts is not None else self.vocab.counts, dtype=np.float64)
+        self.c[...] = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+
+    # --- forward and backward ------------------------------------------------------------------
+    def forward(self, x, ws):
+        """Logits for contexts x (B, n-1) into ws.z[:B]; keeps what the backward needs."""
+        B = len(x)
+        e = ws.e[:B]
+        K.embedding_forward(self.E, x, e)  # (B, n-1) int32 -> (B, (n-1)*m)
+        inp = e
+        for l in range(len(self.W)):
+            a = ws.h[l][:B]
+            np.dot(inp, self.W[l], out=a)  # (B, in) @ (in, H) -> (B, H)
+            K.bias_forward(a, self.b[l])
+            K.activation_forward(a, self.kind)
+            inp = a
+        if self.config.direct:
+            out_in = ws.out_in[:B]
+            H = inp.shape[1]
+            out_in[:, :H] = inp
+            out_in[:, H:] = e
+            inp = out_in
+        z = ws.z[:B]
+        np.dot(inp, self.U_all, out=z)  # (B, H) @ (H, V) -> (B, V): the biggest product
+        K.bias_forward(z, self.c)
+        return z
+
+    def backward(self, x, ws, scale):
+        """Gradients of scale * (sum of the rows' losses), given ws.z already holding dL/dz.
+
+        Writes every dense gradient (overwritten, not accumulated) and adds the embedding rows'
+        gradients into dE (the optimizer zeroes those rows after its step).
+        """
+        B = len(x)
+        dz = ws.z[:B]
+        e = ws.e[:B]
+        hidden = [h[:B] for h in ws.h]
+        out_in = ws.out_in[:B] if self.config.direct else (hidden[-1] if hidden else e)
+        np.dot(out_in.T, dz, out=self.dU_all)  # (H, B) @ (B, V) -> (H, V)
+        K.bias_backward(dz, self.dc)
+        if not hidden:
+            de = ws.de[:B]
+            np.dot(dz, self.U_all.T, out=de)  # (B, V) @ (V, c*m)
+        else:
+            d_out = ws.d_out_in[:B] if self.config.direct else ws.dh[-1][:B]
+            np.dot(dz, self.U_all.T, out=d_out)  # (B, V) @ (V, H)
+            if self.config.direct:
+                ws.dh[-1][:B] = d_out[:, : hidden[-1].shape[1]]
+            for l in range(len(hidden) - 1, -1, -1):
+                dh = ws.dh[l][:B]
+                K.activation_backward(dh, hidden[l], self.kind)  # dL/da = dL/dh * g'(a)
+                below = hidden[l - 1] if l > 0 else e
+                np.dot(below.T, dh, out=self.dW[l])
+                K.bias_backward(dh, self.db[l])
+                d_below = ws.dh[l - 1][:B] if l > 0 else ws.de[:B]
+                np.dot(dh, self.W[l].T, out=d_below)
+            de = ws.de[:B]
+            if self.config.direct:
+                de += d_out[:, hidden[-1].shape[1] :]
+        K.embedding_backward(de, x, self.dE)
+
+    def loss_and_grad(self, x, y, ws):
+        """Mean cross-entropy (nats) of the batch, with its gradient in grad / dE."""
+        B = len(x)
+        z = self.forward(x, ws)
+        nll = ws.nll[:B]
+        K.softmax_xent_fused(z, y, Vocabulary.BOS_ID, 1.0 / B, nll)  # z := dL/dz
+        self.backward(x, ws, 1.0 / B)
+        return float(nll.sum(dtype=np.float64)) / B
+
+    # --- inference -----------------------------------------------------------------------------
+    def _workspace(self, B):
+        if self._eval_ws is None or self._eval_ws.batch_size < B:
+            self._eval_ws = Workspace(self, B)
+        return self._eval_ws
+
+    def nll(self, contexts, targets, batch_size=1024):
+        """Negative log-likelihood in nats of each target, with the exact softmax (float64 out)."""
+        contexts = np.ascontiguousarray(contexts, dtype=np.int32)
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        out = np.empty(len(targets), dtype=np.float64)
+        step = max(1, min(batch_size, len(targets)))
+        ws = self._workspace(step)
+        for s in range(0, len(targets), step):
+            x, y = contexts[s : s + step], targets[s : s + step]
+            z = self.forward(x, ws)
+            nll = ws.nll[: len(x)]
+            K.softmax_xent_forward(z, y, Vocabulary.BOS_ID, nll)
+            out[s : s + len(x)] = nll
+        return out
+
+    def log10_probs(self, contexts, targets, batch_size=1024):
+        """log10 p(target | context) per row: what the perplexity report sums."""
+        return -self.nll(contexts, targets, batch_size) / math.log(10)
+
+    def probs(self, contexts, temperature=1.0):
+        """p(w | context) for every w, one row per context (B, V); <s> always gets 0."""
+        contexts = np.ascontiguousarray(contexts, dtype=np.int32)
+        ws = self._workspace(len(contexts))
+        z = self.forward(contexts, ws)
+        if temperature != 1.0:
+            z /= temperature
+        p = np.empty(z.shape, dtype=np.float64)
+        K.softmax_forward(z.astype(np.float64), Vocabulary.BOS_ID, p)
+        return p
+
+    # --- files ---------------------------------------------------------------------------------
+    def save(self, path, meta=None):
+        """One .npz file, no pickle: the weights and a JSON 'meta' entry (config, vocabulary, ...)."""
+        info = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "dtype": self.dtype.name,
+            "vocab": self.vocab.to_dict(),
+        }
+        info.update(meta or {})
+        arrays = {name: p for name, p in self.params.items()}
+        arrays["meta"] = np.array(json.dumps(info, ensure_ascii=False))
+        with atomic_write(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path):
+        """Load and validate a model file; returns (model, meta). Never unpickles anything."""
+        path = str(path)
+        check_readable(path)
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise FflmError(f"{path}: not a readable fflm model file (not an .npz archive)")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                names = set(f.files)
+                if "meta" not in names:
+                    raise FflmError(f"{path}: not an fflm model (no metadata)")
+                meta = json.loads(str(f["meta"][()]))
+                arrays = {n: f[n] for n in names if n != "meta"}
+        except FflmError:
+            raise
+        except ValueError as e:
+            if "pickle" in str(e).lower() or "object" in str(e).lower():
+                raise FflmError(f"{path}: contains object arrays, which would need pickle; refused") from None
+            raise FflmError(f"{path}: not an fflm model file ({e})") from None
+        except (zipfile.BadZipFile, OSError, EOFError, KeyError, json.JSONDecodeError) as e:
+            raise FflmError(f"{path}: not a readable fflm model file ({type(e).__name__})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise FflmError(f"{path}: not an fflm model file")
+        version = meta.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise FflmError(
+                f"{path}: model format version {version} is newer than this fflm reads ({FORMAT_VERSION}); upgrade fflm"
+            )
+        try:
+            config = ModelConfig.from_dict(meta["config"])
+            vocab = Vocabulary.from_dict(meta["vocab"], source=path)
+            dtype = np.dtype(meta.get("dtype", "float32"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FflmError(f"{path}: damaged model metadata ({e})") from None
+        if dtype not in (np.float32, np.float64):
+            raise FflmError(f"{path}: unsupported parameter type {dtype}")
+        model = cls(vocab, config, dtype=dtype)
+        expected = dict(config.shapes(len(vocab)))
+        if set(arrays) != set(expected):
+            missing = sorted(set(expected) - set(arrays)) or sorted(set(arrays) - set(expected))
+            raise FflmError(f"{path}: weights do not match the configuration ({', '.join(missing)})")
+        for name, shape in expected.items():
+            a = arrays[name]
+            if a.shape != tuple(shape) or a.dtype.kind != "f":
+                raise FflmError(f"{path}: {name} has shape {a.shape} {a.dtype}, expected {tuple(shape)} {dtype}")
+            if not np.isfinite(a).all():
+                raise FflmError(f"{path}: {name} contains NaN or infinite values")
+            model.params[name][...] = a
+        return model, meta
+

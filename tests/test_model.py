@@ -1,0 +1,201 @@
+"""The neural model and its training: determinism, the schedule, files, and quality on the synthetic corpus."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import SYNTH
+from fflm import FflmError, NGramLM, Vocabulary, Windows
+from fflm.evaluate import perplexity, score_ngram, score_neural
+from fflm.model import FFNNLM, ModelConfig
+from fflm.train import SGD, TrainConfig, evaluate_ppl, set_threads, train
+
+SMALL = ModelConfig(order=3, embed_dim=8, hidden=(16,))
+
+
+@pytest.fixture(scope="module")
+def data(synth_sentences):
+    train_s = synth_sentences["train"][:1500]
+    vocab = Vocabulary.build(train_s)
+    W = lambda s: Windows.from_sentences(s, vocab, 3)  # noqa: E731
+    return vocab, W(train_s), W(synth_sentences["valid"][:300])
+
+
+def fit(vocab, tw, vw, seed=1, epochs=2, **kw):
+    model = FFNNLM(vocab, SMALL, seed=seed)
+    history = train(model, tw, vw, TrainConfig(epochs=epochs, batch_size=32, lr=0.5, seed=seed, **kw))
+    return model, history
+
+
+def test_same_seed_and_threads_give_a_bit_identical_model(data):
+    set_threads(2)
+    a, ha = fit(*data)
+    b, hb = fit(*data)
+    assert np.array_equal(a.E, b.E) and np.array_equal(a.dense, b.dense)
+    assert [r["valid_ppl"] for r in ha] == [r["valid_ppl"] for r in hb]
+    c, _ = fit(*data, seed=2)
+    assert not np.array_equal(a.dense, c.dense)
+
+
+def test_training_lowers_validation_perplexity_and_history_has_the_fields(data):
+    vocab, tw, vw = data
+    untrained = evaluate_ppl(FFNNLM(vocab, SMALL, seed=1), vw)
+    model, history = fit(vocab, tw, vw, epochs=3)
+    assert set(history[0]) == {"epoch", "train_ppl", "valid_ppl", "lr", "seconds", "tokens_per_s"}
+    assert history[-1]["valid_ppl"] < untrained
+    assert evaluate_ppl(model, vw) == pytest.approx(min(r["valid_ppl"] for r in history), rel=1e-6)
+
+
+def test_learning_rate_halves_when_validation_stalls_and_training_stops(data):
+    vocab, tw, vw = data
+    model = FFNNLM(vocab, SMALL, seed=1)
+    # a learning rate so small that validation cannot improve by 0.3%: after the first epoch
+    # (which improves on nothing) it halves every epoch, and the third halving stops training
+    history = train(model, tw, vw, TrainConfig(epochs=10, batch_size=64, lr=1e-7, max_halvings=2))
+    assert [r["lr"] for r in history] == [1e-7, 1e-7, 5e-8, 2.5e-8]
+
+
+def test_best_weights_are_kept_when_validation_gets_worse(data):
+    vocab, tw, vw = data
+    model = FFNNLM(vocab, SMALL, seed=1)
+    history = train(model, tw, vw, TrainConfig(epochs=6, batch_size=8, lr=3.0, max_halvings=10))
+    best = min(r["valid_ppl"] for r in history)
+    assert any(r["valid_ppl"] > best for r in history)  # this lr overshoots at some epoch
+    assert evaluate_ppl(model, vw) == pytest.approx(best, rel=1e-6)
+
+
+def test_a_step_moves_only_the_embedding_rows_in_the_batch(data):
+    vocab, tw, _ = data
+    model = FFNNLM(vocab, SMALL, seed=1)
+    sgd = SGD(model, 4)
+    E0 = model.E.copy()
+    index = np.arange(4)
+    sgd.step(index, tw, 0.1, 0.01, 0.0)
+    x, _ = tw.pairs(index)
+    moved = np.flatnonzero(np.any(model.E != E0, axis=1))
+    assert set(moved.tolist()) == set(np.unique(x).tolist())
+    assert not model.dE.any()  # gradient rows are cleared after the step
+
+
+def test_gradient_norm_clipping(data):
+    vocab, tw, _ = data
+    model = FFNNLM(vocab, SMALL, dtype=np.float64, seed=1)
+    before = np.concatenate([model.E.ravel(), model.dense.ravel()])
+    SGD(model, 16).step(np.arange(16), tw, 1.0, 0.0, 1e-3)
+    after = np.concatenate([model.E.ravel(), model.dense.ravel()])
+    assert np.linalg.norm(after - before) == pytest.approx(1e-3, rel=1e-9)
+
+
+def test_save_load_round_trip_without_pickle(tmp_path, data):
+    vocab, tw, vw = data
+    model, history = fit(vocab, tw, vw, epochs=1)
+    path = tmp_path / "m.npz"
+    model.save(path, {"training": {"history": history}})
+    with np.load(path, allow_pickle=False) as f:  # readable with pickle off
+        assert json.loads(str(f["meta"][()]))["training"]["history"] == json.loads(json.dumps(history))
+    back, meta = FFNNLM.load(path)
+    assert back.vocab == vocab and back.config == model.config
+    x, y = vw.pairs()
+    assert np.array_equal(back.nll(x, y), model.nll(x, y))
+
+
+def _bad_model(tmp_path, good, how):
+    p = tmp_path / f"{how}.npz"
+    with np.load(good, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"][()]))
+    if how == "truncated":
+        p.write_bytes(good.read_bytes()[:2000])
+        return p
+    if how == "newer":
+        meta["version"] = 99
+    elif how == "nan":
+        arrays["U"] = arrays["U"].copy()
+        arrays["U"][0, 0] = np.nan
+    elif how == "shape":
+        arrays["W1"] = arrays["W1"][:-1]
+    elif how == "missing":
+        del arrays["c"]
+    elif how == "foreign":
+        arrays, meta = {"weights": np.zeros(3)}, None
+    elif how == "object":
+        np.savez(p, meta=arrays["meta"], E=np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        return p
+    if meta is not None:
+        arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(p, **arrays)
+    return p
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [("truncated", "not a readable"), ("newer", "newer than this fflm"), ("nan", "NaN"), ("shape", "shape"),
+     ("missing", "do not match"), ("foreign", "not an fflm model"), ("object", "pickle")],
+)
+def test_damaged_or_foreign_model_files_are_refused(tmp_path, data, how, message):
+    vocab, tw, vw = data
+    good = tmp_path / "good.npz"
+    FFNNLM(vocab, SMALL, seed=1).save(good)
+    with pytest.raises(FflmError, match=message):
+        FFNNLM.load(_bad_model(tmp_path, good, how))
+
+
+def test_probabilities_sum_to_one_and_never_give_s(data):
+    vocab, tw, _ = data
+    model = FFNNLM(vocab, ModelConfig(order=3, embed_dim=4, hidden=(8, 8), activation="sigmoid", direct=True), seed=2)
+    x, _ = tw.pairs(np.arange(50))
+    p = model.probs(x)
+    assert np.allclose(p.sum(axis=1), 1.0) and (p[:, vocab.BOS_ID] == 0).all()
+    # log10_probs is exactly the log of those probabilities
+    y = np.full(50, 5, dtype=np.int32)
+    assert np.allclose(model.log10_probs(x, y), np.log10(p[:, 5]))
+
+
+def test_untrained_model_is_the_unigram_model(data):
+    """Output bias = log add-one unigram frequencies: the first perplexity is near the unigram model's."""
+    vocab, tw, vw = data
+    model = FFNNLM(vocab, ModelConfig(order=3, embed_dim=4, hidden=(8,)), seed=1)
+    model.params["U"][...] = 0  # switch off the context: the bias alone
+    uni = NGramLM.estimate(tw, vocab, 1, smoothing="add-k", k=1.0)
+    assert evaluate_ppl(model, vw) == pytest.approx(perplexity(score_ngram(uni, vw).log10), rel=1e-4)
+
+
+def test_within_ten_percent_of_the_true_floor_on_the_embedded_corpus(synth_sentences):
+    """The data's best possible perplexity is known: a trained model gets close, KN and add-one do not."""
+    manifest = json.loads((SYNTH / "manifest.json").read_text())
+    floor = manifest["files"]["test.txt"]["true_model_perplexity"]
+    vocab = Vocabulary.build(synth_sentences["train"])
+    W = lambda s: Windows.from_sentences(s, vocab, 3)  # noqa: E731
+    set_threads(1)
+    model = FFNNLM(vocab, ModelConfig(order=3, embed_dim=16, hidden=(64,), activation="relu"), seed=1)
+    train(model, W(synth_sentences["train"]), W(synth_sentences["valid"]),
+          TrainConfig(epochs=30, batch_size=32, lr=0.5, weight_decay=3e-4))
+    test = W(synth_sentences["test"])
+    ppl = perplexity(score_neural(model, test).log10)
+    addone = NGramLM.estimate(W(synth_sentences["train"]), vocab, 3, smoothing="add-k", k=1.0)
+    assert ppl <= 1.10 * floor, (ppl, floor)
+    assert ppl < perplexity(score_ngram(addone, test).log10)
+    assert ppl >= 0.97 * floor  # no model can beat the truth by more than sampling noise
+
+
+def test_float64_model_trains(data):
+    vocab, tw, vw = data
+    model = FFNNLM(vocab, SMALL, dtype=np.float64, seed=1)
+    history = train(model, tw, vw, TrainConfig(epochs=1, batch_size=32, lr=0.5))
+    assert math.isfinite(history[0]["valid_ppl"]) and model.E.dtype == np.float64
+
+
+@pytest.mark.parametrize("bad", [dict(order=1), dict(embed_dim=0), dict(hidden=(0,)), dict(activation="gelu"),
+                                 dict(hidden=(), direct=True)])
+def test_impossible_configs(bad):
+    with pytest.raises(FflmError):
+        ModelConfig(**bad).check()
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=0.0), dict(lr=float("nan")),
+                                 dict(clip=-1.0), dict(threads=-1)])
+def test_impossible_training_settings(bad):
+    with pytest.raises(FflmError):
+        TrainConfig(**bad).check()
