@@ -27,14 +27,14 @@ CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
 # (name, number of words, suffix that makes the class visible in samples)
 CLASSES = (
-    ("det", 6, ""),
-    ("noun", 120, "o"),
-    ("verb", 80, "ar"),
-    ("adj", 60, "en"),
-    ("adv", 25, "ly"),
-    ("prep", 10, "u"),
-    ("name", 40, "ix"),
-    ("conj", 5, "e"),
+    ("det", 5, ""),
+    ("noun", 50, "o"),
+    ("verb", 35, "ar"),
+    ("adj", 25, "en"),
+    ("adv", 12, "ly"),
+    ("prep", 8, "u"),
+    ("name", 12, "ix"),
+    ("conj", 3, "e"),
 )
 END_PROB = 0.14  # chance of </s> after any class (other than right after <s>)
 
@@ -147,7 +147,7 @@ def true_log_probs(process, sentences):
     return np.array(out)
 
 
-SPLITS = (("train", 6000), ("valid", 1000), ("test", 1000))
+SPLITS = (("train", 10000), ("valid", 1000), ("test", 1000))
 
 
 def write_corpus(folder, seed=2003):
