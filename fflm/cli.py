@@ -100,9 +100,290 @@ def cli():
     """fflm: feedforward neural language models, measured against Kneser-Ney.
 
     \b
+    fflm train corpus.txt --valid valid.txt -o model.npz
+    fflm eval model.npz test.txt --tune-on valid.txt
+    fflm generate model.npz --prompt "The" --seed 1
     fflm ngram train corpus.txt -o kn5.arpa --order 5
     fflm ngram eval kn5.arpa test.txt
     """
+
+
+def _sha256(path):
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _parse_hidden(text):
+    """'512' -> (512,), '512,256' -> (512, 256), '0' or '' -> () (logistic regression)."""
+    try:
+        sizes = tuple(int(h) for h in text.replace(" ", "").split(",") if h)
+    except ValueError:
+        raise FflmError(f"--hidden takes sizes separated by commas (e.g. 512 or 512,256), not {text!r}") from None
+    if sizes == (0,):
+        return ()
+    if any(h < 1 for h in sizes):
+        raise FflmError(f"--hidden sizes must be positive (0 alone means no hidden layer), not {text!r}")
+    return sizes
+
+
+def _available_memory():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _load_model(path):
+    from .model import FFNNLM
+    from .text import TextConfig
+
+    model, meta = FFNNLM.load(path)
+    return model, meta, TextConfig.from_dict(meta.get("text", {}))
+
+
+@cli.command(epilog=EPILOG_DATA)
+@click.argument("corpus")
+@click.option("-o", "--output", required=True, help="The model file to write (.npz).")
+@click.option("--valid", default=None, help="Validation text: learning-rate halving, early stop, best model kept.")
+@click.option("--order", type=int, default=5, show_default=True, help="n: the model sees n-1 previous words.")
+@click.option("--embed-dim", type=int, default=128, show_default=True, help="m, the word embedding size.")
+@click.option("--hidden", default="512", show_default=True, help="Hidden layer sizes, e.g. 512 or 512,256; 0: none.")
+@click.option("--activation", type=click.Choice(["tanh", "relu", "sigmoid"]), default="tanh", show_default=True)
+@click.option("--direct", is_flag=True, help="Bengio's direct connections from the embeddings to the output.")
+@click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
+@click.option("--max-halvings", type=int, default=4, show_default=True, help="Stop after this many halvings.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 penalty on weights and embeddings.")
+@click.option("--clip", type=float, default=0.0, show_default=True, help="Clip the gradient norm to this (0: off).")
+@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
+@click.option("--max-vocab", type=click.IntRange(min=4), default=None, help="Cap on vocabulary size (specials included).")
+@text_options
+@click.option("--seed", type=int, default=1, show_default=True, help="Initialisation and shuffling seed.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, epochs, batch_size, lr, max_halvings,
+          weight_decay, clip, min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
+    """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
+
+    \b
+    The model file is rewritten (atomically) after every epoch with the best weights so far.
+    Example (Brown, about 25 minutes on 2 cores):
+      fflm train ../shared/data/brown/train.txt --valid ../shared/data/brown/valid.txt -o brown.npz
+    """
+    from . import train as training
+    from .model import FFNNLM, ModelConfig, memory_estimate
+    from .text import read_sentences
+    from .vocab import Vocabulary
+    from .windows import Windows
+
+    _check_output(output)
+    if json_log:
+        _check_output(json_log)
+    config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
+                         direct=direct)
+    config.check()
+    tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_halvings=max_halvings,
+                                   weight_decay=weight_decay, clip=clip, seed=seed, threads=threads)
+    tconfig.check()
+    text = _text_config(None, tokenizer, lowercase, encoding_errors)
+    sentences = read_sentences(corpus, text)
+    vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
+    windows = Windows.from_sentences(sentences, vocab, order)
+    words = len(windows) - windows.num_sentences
+    if words < order - 1:
+        raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
+    valid_windows = Windows.from_sentences(read_sentences(valid, text), vocab, order) if valid else None
+    need = memory_estimate(config, len(vocab), batch_size)
+    have = _available_memory()
+    if have is not None and need > have:
+        raise FflmError(
+            f"this model needs about {need / 2**30:.1f} GiB to train but {have / 2**30:.1f} GiB is available; "
+            "use a smaller --hidden, --embed-dim, --batch-size or --max-vocab"
+        )
+    used = training.set_threads(threads)
+    model = FFNNLM(vocab, config, seed=seed)
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    say(f"vocabulary {len(vocab)}, {len(windows)} training tokens, {config.n_params(len(vocab)):,} parameters, "
+        f"{used} thread(s)")
+    compile_seconds = training.warm_up(model)
+    meta = {
+        "text": text.to_dict(),
+        "training": {
+            "corpus": os.path.abspath(corpus),
+            "sha256": _sha256(corpus),
+            "valid": os.path.abspath(valid) if valid else None,
+            "config": tconfig.to_dict(),
+            "compile_seconds": round(compile_seconds, 3),
+            "history": [],
+        },
+    }
+
+    def on_epoch(model, history):
+        row = history[-1]
+        meta["training"]["history"] = history
+        model.save(output, meta)
+        say(f"epoch {row['epoch']:>2}: train ppl {row['train_ppl']:8.2f}  valid ppl {row['valid_ppl']:8.2f}  "
+            f"lr {row['lr']:.4g}  {row['seconds']:7.1f} s  {row['tokens_per_s']:,.0f} tokens/s")
+        if json_log:
+            with open(json_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    if json_log and os.path.exists(json_log):
+        os.remove(json_log)  # a fresh log per run
+    start = time.perf_counter()
+    history = training.train(model, windows, valid_windows, tconfig, progress=None if quiet else _progress(quiet),
+                             on_epoch=on_epoch)
+    best = min((r["valid_ppl"] for r in history), default=float("nan")) if valid else None
+    say(f"wrote {output} after {len(history)} epochs in {time.perf_counter() - start:.0f} s"
+        + (f"; best valid ppl {best:.2f}" if best is not None else ""))
+
+
+@cli.command("eval")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("text")
+@click.option("--baseline", type=click.Choice(["kn", "add-k", "none"]), default="kn", show_default=True,
+              help="The n-gram model beside the neural one, built on the model's training corpus.")
+@click.option("--baseline-order", type=click.IntRange(1, 10), default=None, help="Its order (default: the model's n).")
+@click.option("--baseline-train", default=None, help="Build the baseline on this corpus instead.")
+@click.option("--k", "add_k", type=float, default=1.0, show_default=True, help="k for --baseline add-k.")
+@click.option("--tune-on", default=None, help="Validation text: add the interpolation of both, its weight tuned there.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--per-token", type=click.Path(dir_okay=False), default=None, help="Write every token's log10 p (TSV).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tune_on, as_json, per_token, threads,
+          quiet):
+    """Perplexity of a neural MODEL on TEXT, beside an n-gram baseline, on exactly the same tokens.
+
+    \b
+    Every word and one </s> per sentence is scored with the exact softmax; OOV words are
+    scored as <unk>. Rows: fflm, the baseline (kn5, laplace5, ...) and, with --tune-on,
+    their linear interpolation with the weight that is best on the tuning text.
+    Example:
+      fflm eval brown.npz ../shared/data/brown/test.txt --tune-on ../shared/data/brown/valid.txt
+    """
+    from . import evaluate as ev
+    from .ngram import NGramLM
+    from .text import read_sentences
+    from .train import set_threads
+    from .windows import Windows
+
+    if per_token:
+        _check_output(per_token)
+    set_threads(threads)
+    model, meta, config = _load_model(model_path)
+    n = model.config.order
+    N = baseline_order or n
+    width = max(n, N)
+    sentences = read_sentences(text, config)
+    windows = Windows.from_sentences(sentences, model.vocab, width)
+    scores = {"fflm": (n, ev.score_neural(model, windows))}
+    lm = None
+    if baseline != "none":
+        source = baseline_train or meta.get("training", {}).get("corpus")
+        if not source or not os.path.exists(source):
+            raise FflmError(f"the training corpus {source!r} recorded in the model is not here; "
+                            "pass --baseline-train FILE or --baseline none")
+        train_windows = Windows.from_sentences(read_sentences(source, config), model.vocab, N)
+        lm = NGramLM.estimate(train_windows, model.vocab, N, smoothing=baseline, k=add_k)
+        scores[lm.name] = (N, ev.score_ngram(lm, windows))
+    lam = None
+    if tune_on:
+        if lm is None:
+            raise FflmError("--tune-on needs a baseline to interpolate with (not --baseline none)")
+        tune = Windows.from_sentences(read_sentences(tune_on, config), model.vocab, width)
+        lam = ev.tune_lambda(ev.score_neural(model, tune), ev.score_ngram(lm, tune))
+        scores["interpolated"] = (n, ev.interpolate(scores["fflm"][1], scores[lm.name][1], lam))
+    rep = ev.report(scores)
+    if lam is not None:
+        rep["models"][-1]["lambda"] = lam
+    if per_token:
+        from .fileio import atomic_write
+
+        words = [w for s in sentences for w in s + ["</s>"]]
+        names = list(scores)
+        with atomic_write(per_token) as f:
+            f.write("word\t" + "\t".join(f"{name}_log10" for name in names) + "\toov\n")
+            columns = [scores[name][1].log10.tolist() for name in names]
+            oov = scores["fflm"][1].oov.tolist()
+            for i, w in enumerate(words):
+                f.write(w + "\t" + "\t".join(f"{c[i]:.6f}" for c in columns) + f"\t{int(oov[i])}\n")
+    if as_json:
+        _echo_json(rep)
+    else:
+        click.echo(ev.format_report(rep))
+        if lam is not None:
+            click.echo(f"\ninterpolated = {lam:.4f} * fflm + {1 - lam:.4f} * {lm.name}  (weight tuned on {tune_on})")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--prompt", default="", help="Text the samples continue (tokenized like the training text).")
+@click.option("--num-words", type=int, default=30, show_default=True, help="At most this many words per sample.")
+@click.option("--num-samples", type=int, default=5, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="<1 sharper, >1 flatter.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sample only from the k likeliest words (0: all).")
+@click.option("--seed", type=int, default=None, help="Same seed, same samples.")
+@click.option("--no-unk", is_flag=True, help="Never produce <unk>.")
+@click.option("--json", "as_json", is_flag=True, help="Print the samples as a JSON list.")
+def generate(model_path, prompt, num_words, num_samples, temperature, top_k, seed, no_unk, as_json):
+    """Sample sentences from a neural MODEL, word by word, until </s>.
+
+    \b
+    Example:
+      fflm generate brown.npz --prompt "The jury" --num-samples 3 --temperature 0.8 --top-k 50 --seed 1
+    """
+    from .generate import sample
+
+    model, _, config = _load_model(model_path)
+    words = config.tokenize(prompt) if prompt.strip() else []
+    samples = sample(model, num_samples, words, num_words, temperature, top_k, seed, no_unk)
+    if as_json:
+        _echo_json([" ".join(s) for s in samples])
+    else:
+        for s in samples:
+            click.echo(" ".join(s))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def info(model_path, as_json):
+    """What a model file holds: architecture, vocabulary, text settings, training corpus and history."""
+    model, meta, _ = _load_model(model_path)
+    V = len(model.vocab)
+    summary = {k: v for k, v in meta.items() if k != "vocab"}
+    summary["vocabulary_size"] = V
+    summary["parameters"] = model.config.n_params(V)
+    if as_json:
+        _echo_json(summary)
+        return
+    c = model.config
+    click.echo(f"{model_path}: fflm model format {meta['version']}, {meta.get('dtype')}")
+    click.echo(f"architecture: n={c.order}, embedding {c.embed_dim}, hidden {list(c.hidden) or 'none'}, "
+               f"{c.activation}{', direct connections' if c.direct else ''}; {summary['parameters']:,} parameters")
+    click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
+    click.echo(f"text: {meta.get('text')}")
+    tr = meta.get("training", {})
+    if tr:
+        click.echo(f"trained on: {tr.get('corpus')} (sha256 {str(tr.get('sha256'))[:16]}…)")
+        if tr.get("valid"):
+            click.echo(f"validated on: {tr['valid']}")
+        click.echo(f"settings: {tr.get('config')}")
+        for row in tr.get("history", []):
+            click.echo(f"  epoch {row['epoch']:>2}: train ppl {row['train_ppl']:8.2f}  valid ppl {row['valid_ppl']:8.2f}  "
+                       f"lr {row['lr']:.4g}  {row['seconds']:7.1f} s")
 
 
 @cli.group()

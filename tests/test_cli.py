@@ -119,3 +119,99 @@ def test_console_script_runs_as_a_program(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().startswith("fflm: error:") and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "fflm.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "fflm" in r.stdout
+
+
+# --- the neural model's commands ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    lines = (SYNTH / "train.txt").read_text().splitlines()
+    (d / "train.txt").write_text("\n".join(lines[:800]) + "\n")
+    (d / "valid.txt").write_text("\n".join((SYNTH / "valid.txt").read_text().splitlines()[:200]) + "\n")
+    return d
+
+
+def _train(run_cli, corpus, out, *extra):
+    return run_cli("train", corpus / "train.txt", "--valid", corpus / "valid.txt", "-o", out, "--order", "3",
+                   "--embed-dim", "8", "--hidden", "16", "--batch-size", "32", "--epochs", "2", "--threads", "1", *extra)
+
+
+def test_train_eval_generate_info(tmp_path, run_cli, small_corpus):
+    model = tmp_path / "m.npz"
+    log = tmp_path / "log.jsonl"
+    code, out, err = _train(run_cli, small_corpus, model, "--json-log", log)
+    assert code == 0, err
+    assert "epoch  1: train ppl" in err and model.exists()
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "train_ppl", "valid_ppl", "lr", "seconds", "tokens_per_s"}
+
+    code, out, err = run_cli("eval", model, SYNTH / "test.txt", "--tune-on", small_corpus / "valid.txt", "--json",
+                             "--per-token", tmp_path / "tok.tsv")
+    assert code == 0, err
+    rep = json.loads(out)
+    names = [m["name"] for m in rep["models"]]
+    assert names == ["fflm", "kn3", "interpolated"]
+    interp = rep["models"][2]
+    assert 0.0 <= interp["lambda"] <= 1.0
+    assert interp["ppl"] <= min(m["ppl"] for m in rep["models"][:2]) * 1.01  # tuned on other text: near the best
+    rows = (tmp_path / "tok.tsv").read_text().splitlines()
+    assert rows[0] == "word\tfflm_log10\tkn3_log10\tinterpolated_log10\toov" and len(rows) == rep["tokens"] + 1
+
+    code, out, err = run_cli("eval", model, SYNTH / "test.txt", "--baseline", "add-k", "--baseline-order", "2")
+    assert code == 0 and "laplace2" in out
+
+    code, out, _ = run_cli("generate", model, "--seed", "7", "--num-samples", "3", "--json")
+    samples = json.loads(out)
+    assert code == 0 and len(samples) == 3
+    assert json.loads(run_cli("generate", model, "--seed", "7", "--num-samples", "3", "--json")[1]) == samples
+
+    code, out, _ = run_cli("info", model, "--json")
+    meta = json.loads(out)
+    assert meta["config"]["order"] == 3 and len(meta["training"]["history"]) == 2
+    assert meta["training"]["sha256"] and meta["text"]["tokenizer"] == "whitespace"
+
+
+def test_eval_without_the_training_corpus_needs_a_baseline_source(tmp_path, run_cli, small_corpus):
+    import shutil
+
+    corpus = tmp_path / "c"
+    shutil.copytree(small_corpus, corpus)
+    model = tmp_path / "m.npz"
+    assert _train(run_cli, corpus, model)[0] == 0
+    (corpus / "train.txt").unlink()
+    code, _, err = run_cli("eval", model, SYNTH / "test.txt")
+    assert code == 1 and "--baseline-train" in err
+    code, out, _ = run_cli("eval", model, SYNTH / "test.txt", "--baseline", "none", "--json")
+    assert code == 0 and [m["name"] for m in json.loads(out)["models"]] == ["fflm"]
+
+
+def test_neural_bad_input(tmp_path, run_cli, small_corpus):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "short.txt").write_text("a\n")
+    (tmp_path / "notours.npz").write_bytes(b"PK\x03\x04 nonsense")
+    (tmp_path / "text.npz").write_text("hello\n")
+    out = tmp_path / "out.npz"
+    train_ok = small_corpus / "train.txt"
+    cases = [
+        (["train", tmp_path / "missing.txt", "-o", out], "no such file"),
+        (["train", tmp_path / "empty.txt", "-o", out], "no text"),
+        (["train", tmp_path / "short.txt", "-o", out, "--order", "5"], "fewer than the 4 context words"),
+        (["train", train_ok, "-o", out, "--order", "1"], "--order must be at least 2"),
+        (["train", train_ok, "-o", out, "--hidden", "100000000"], "GiB"),
+        (["train", train_ok, "-o", out, "--hidden", "-3"], "--hidden"),
+        (["train", train_ok, "-o", out, "--embed-dim", "0"], "--embed-dim"),
+        (["train", train_ok, "-o", out, "--batch-size", "0"], "--batch-size"),
+        (["train", train_ok, "-o", out, "--lr", "-1"], "--lr"),
+        (["train", train_ok, "-o", out, "--valid", tmp_path / "missing.txt"], "no such file"),
+        (["eval", tmp_path / "notours.npz", train_ok], "not a readable fflm model"),
+        (["eval", tmp_path / "text.npz", train_ok], "not a readable fflm model"),
+        (["eval", tmp_path / "missing.npz", train_ok], "no such file"),
+        (["generate", tmp_path / "notours.npz"], "not a readable fflm model"),
+        (["info", tmp_path / "missing.npz"], "no such file"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(*args)
+        assert code != 0, args
+        assert len(err.strip().splitlines()) == 1 and message in err, (args, err)
+        assert "Traceback" not in err and not out.exists(), args
