@@ -6,10 +6,11 @@ every parameter against the gradient of the batch's mean cross-entropy:
     theta <- theta - lr * (grad + weight_decay * theta)     (no decay on biases)
 
 optionally after scaling the whole gradient down to a norm of at most `clip`. The learning
-rate follows the classic recipe (Mikolov's RNNLM toolkit): after each epoch the model is
-scored on validation text; when that perplexity stops improving by at least
-`min_improvement`, the best weights so far are kept and the learning rate is halved, and
-training stops after `max_halvings` halvings or `epochs` epochs.
+rate follows the classic recipe (`Schedule`, as in Mikolov's RNNLM toolkit): after each epoch
+the model is scored on validation text; an epoch that makes it worse is undone (the best
+weights are kept). The first time perplexity improves by less than `min_improvement`, the
+learning rate starts halving, and from then on it halves after every epoch; training stops
+when it stalls a second time, after `max_halvings` halvings, or after `epochs` epochs.
 """
 
 import math
@@ -51,6 +52,35 @@ class TrainConfig:
 
     def to_dict(self):
         return asdict(self)
+
+
+class Schedule:
+    """The learning rate from epoch to epoch, given each epoch's validation perplexity.
+
+    >>> s = Schedule(lr=1.0, min_improvement=0.01, max_halvings=5)
+    >>> [(s.update(ppl), s.lr) for ppl in (100.0, 90.0, 89.5, 85.0, 84.9)]
+    [(False, 1.0), (False, 1.0), (False, 0.5), (False, 0.25), (True, 0.25)]
+    """
+
+    def __init__(self, lr, min_improvement, max_halvings):
+        self.lr = lr
+        self.min_improvement = min_improvement
+        self.max_halvings = max_halvings
+        self.best = math.inf
+        self.halvings = 0
+
+    def update(self, valid_ppl):
+        """Record an epoch's perplexity; returns True when training should stop."""
+        enough = valid_ppl < self.best * (1 - self.min_improvement)
+        self.best = min(self.best, valid_ppl)
+        if not enough and self.halvings > 0:
+            return True  # stalled again, even at a smaller rate: converged
+        if not enough or self.halvings > 0:
+            if self.halvings == self.max_halvings:
+                return True
+            self.halvings += 1
+            self.lr /= 2
+        return False
 
 
 def set_threads(threads):
@@ -130,20 +160,20 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
         raise FflmError("the training windows' order differs from the model's")
     rng = np.random.default_rng(config.seed)
     sgd = SGD(model, config.batch_size)
-    lr = config.lr
-    history, best_ppl, halvings = [], math.inf, 0
-    best = None
+    schedule = Schedule(config.lr, config.min_improvement, config.max_halvings)
+    history, best = [], None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         total, seen, recent = 0.0, 0, []
         bar = progress(total=len(train_windows), desc=f"epoch {epoch}", unit="tok", unit_scale=True) if progress else None
         for step, index in enumerate(train_windows.batches(config.batch_size, rng)):
-            loss = sgd.step(index, train_windows, lr, config.weight_decay, config.clip)
+            loss = sgd.step(index, train_windows, schedule.lr, config.weight_decay, config.clip)
             if not math.isfinite(loss):
                 if bar:
                     bar.close()
                 raise FflmError(
-                    f"training diverged in epoch {epoch} (the loss became {loss}); try a smaller --lr than {lr:g}"
+                    f"training diverged in epoch {epoch} (the loss became {loss}); "
+                    f"try a smaller --lr than {schedule.lr:g}"
                 )
             total += loss * len(index)
             seen += len(index)
@@ -151,7 +181,7 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
                 recent.append(loss)
                 bar.update(len(index))
                 if step % 20 == 0:
-                    bar.set_postfix(loss=f"{np.mean(recent[-100:]):.3f}", lr=f"{lr:.3g}", refresh=False)
+                    bar.set_postfix(loss=f"{np.mean(recent[-100:]):.3f}", lr=f"{schedule.lr:.3g}", refresh=False)
         if bar:
             bar.close()
         seconds = time.perf_counter() - start
@@ -160,7 +190,7 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
             "epoch": epoch,
             "train_ppl": math.exp(total / seen),
             "valid_ppl": valid_ppl,
-            "lr": lr,
+            "lr": schedule.lr,
             "seconds": round(time.perf_counter() - start, 3),
             "tokens_per_s": round(seen / seconds, 1),
         }
@@ -169,17 +199,11 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
         if valid_windows is not None and len(valid_windows):
             if not math.isfinite(valid_ppl):
                 raise FflmError(f"validation perplexity became {valid_ppl} in epoch {epoch}; try a smaller --lr")
-            improved = valid_ppl < best_ppl
-            enough = valid_ppl < best_ppl * (1 - config.min_improvement)
-            if improved:
-                best_ppl = valid_ppl
+            if valid_ppl < schedule.best:
                 best = (model.E.copy(), model.dense.copy())
             else:  # worse than before: go back to the best weights
                 model.E[...], model.dense[...] = best
-            if not enough:
-                halvings += 1
-                stop = halvings > config.max_halvings
-                lr /= 2
+            stop = schedule.update(valid_ppl)
         if on_epoch:
             on_epoch(model, history)
         if stop:

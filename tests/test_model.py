@@ -10,7 +10,7 @@ from conftest import SYNTH
 from fflm import FflmError, NGramLM, Vocabulary, Windows
 from fflm.evaluate import perplexity, score_ngram, score_neural
 from fflm.model import FFNNLM, ModelConfig
-from fflm.train import SGD, TrainConfig, evaluate_ppl, set_threads, train
+from fflm.train import Schedule, SGD, TrainConfig, evaluate_ppl, set_threads, train
 
 SMALL = ModelConfig(order=3, embed_dim=8, hidden=(16,))
 
@@ -51,10 +51,31 @@ def test_training_lowers_validation_perplexity_and_history_has_the_fields(data):
 def test_learning_rate_halves_when_validation_stalls_and_training_stops(data):
     vocab, tw, vw = data
     model = FFNNLM(vocab, SMALL, seed=1)
-    # a learning rate so small that validation cannot improve by 0.3%: after the first epoch
-    # (which improves on nothing) it halves every epoch, and the third halving stops training
-    history = train(model, tw, vw, TrainConfig(epochs=10, batch_size=64, lr=1e-7, max_halvings=2))
-    assert [r["lr"] for r in history] == [1e-7, 1e-7, 5e-8, 2.5e-8]
+    # a learning rate so small that validation cannot improve by 0.3%: the second epoch stalls
+    # and halves the rate, the third stalls again and stops training
+    history = train(model, tw, vw, TrainConfig(epochs=10, batch_size=64, lr=1e-7, max_halvings=4))
+    assert [r["lr"] for r in history] == [1e-7, 1e-7, 5e-8]
+
+
+@pytest.mark.parametrize(
+    "ppls, max_halvings, lrs, stops_at",
+    [
+        ((100, 90, 89.9, 80, 70, 60, 50), 2, [1, 1, 0.5, 0.25, 0.25], 4),  # halves every epoch, then the cap
+        ((100, 90, 89.9, 80, 70, 60, 50), 9, [1, 1, 0.5, 0.25, 0.125, 0.0625, 0.03125], None),
+        ((100, 120, 99.9), 9, [1, 0.5, 0.5], 2),  # a worse epoch is a stall; so is too small a gain after it
+        ((100, 101), 0, [1, 1], 1),  # no halving allowed: the first stall stops
+    ],
+)
+def test_schedule_halves_every_epoch_once_validation_stalls(ppls, max_halvings, lrs, stops_at):
+    s = Schedule(1.0, 0.003, max_halvings)
+    seen = []
+    for i, ppl in enumerate(ppls):
+        stop = s.update(ppl)
+        seen.append(s.lr)
+        if stop:
+            break
+    assert seen == lrs
+    assert (i if stop else None) == stops_at
 
 
 def test_best_weights_are_kept_when_validation_gets_worse(data):
