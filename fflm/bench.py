@@ -180,3 +180,73 @@ def format_ngram(result):
             f"on {n['scored_tokens']} tokens, {n['infinite_scores']} infinite, peak {n['peak_rss_mb']:.0f} MB"
         )
     return "\n".join(lines)
+
+
+# --- the neural recipes: train, then evaluate beside KN on the test text --------------------------
+# The README's recipes, one place: `fflm bench recipe brown` reruns exactly what BENCHMARKS.md reports.
+CORPORA = {
+    "brown": ("brown", "train.txt", "valid.txt", "test.txt"),
+    "ptb": ("ptb", "ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"),
+}
+RECIPES = {
+    "brown": ["--order", "5", "--embed-dim", "128", "--hidden", "256", "--epochs", "10"],
+}
+
+
+def recipe_paths(data_dir, corpus):
+    folder, *files = CORPORA[corpus]
+    return [os.path.join(data_dir, folder, f) for f in files]
+
+
+def _run(cmd):
+    """Run a command in a fresh process; returns its stdout, wall seconds and peak memory (MB)."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        from .errors import FflmError
+
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        raise FflmError(f"the benchmark's `fflm {cmd[3]}` failed: {last}")
+    return r.stdout, seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def run_recipe(data_dir, corpus, threads=0, extra=(), work_dir="out/bench"):
+    """Train the corpus's recipe with `fflm train`, then `fflm eval` it on test beside KN."""
+    train, valid, test = recipe_paths(data_dir, corpus)
+    os.makedirs(work_dir, exist_ok=True)
+    model, log = os.path.join(work_dir, f"{corpus}.npz"), os.path.join(work_dir, f"{corpus}.jsonl")
+    args = RECIPES[corpus] + list(extra) + ["--threads", str(threads)]
+    fflm = [sys.executable, "-m", "fflm"]
+    _, train_seconds, train_rss = _run(fflm + ["train", train, "--valid", valid, "-o", model, "--quiet",
+                                               "--json-log", log] + args)
+    out, eval_seconds, _ = _run(fflm + ["eval", model, test, "--tune-on", valid, "--json",
+                                        "--threads", str(threads)])
+    with open(log, encoding="utf-8") as f:
+        curve = [json.loads(line) for line in f]
+    return {
+        "benchmark": "recipe",
+        "corpus": corpus,
+        "machine": machine(),
+        "command": "fflm train TRAIN --valid VALID -o MODEL " + " ".join(args),
+        "train_seconds": train_seconds,
+        "train_peak_rss_mb": train_rss,
+        "eval_seconds": eval_seconds,
+        "epochs": curve,
+        "report": json.loads(out),
+    }
+
+
+def format_recipe(result):
+    lines = [f"recipe {result['corpus']}: {result['command']}",
+             f"trained in {result['train_seconds']:.0f} s (peak {result['train_peak_rss_mb']:.0f} MB), "
+             f"evaluated in {result['eval_seconds']:.0f} s",
+             "epoch  train ppl  valid ppl      lr  seconds  tokens/s"]
+    for r in result["epochs"]:
+        lines.append(f"{r['epoch']:>5}  {r['train_ppl']:9.2f}  {r['valid_ppl']:9.2f}  {r['lr']:6.4g}  "
+                     f"{r['seconds']:7.1f}  {r['tokens_per_s']:8,.0f}")
+    lines.append("test:")
+    for m in result["report"]["models"]:
+        extra = f"  (lambda {m['lambda']:.3f})" if "lambda" in m else ""
+        lines.append(f"  {m['name']:<14} ppl {m['ppl']:8.2f}{extra}")
+    return "\n".join(lines)

@@ -559,6 +559,25 @@ def bench_ngram(data_dir, orders, nltk_tokens, as_json):
     _echo_json(result) if as_json else click.echo(format_ngram(result))
 
 
+@bench.command("recipe")
+@click.argument("corpus", type=click.Choice(["brown"]))
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def bench_recipe(corpus, data_dir, threads, as_json, extra):
+    """Train the README's recipe for CORPUS and evaluate it on test beside KN (options after -- go to
+    fflm train, e.g. `fflm bench recipe brown -- --hidden 512`)."""
+    from .bench import format_recipe, recipe_paths, run_recipe
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    for path in recipe_paths(data_dir, corpus):
+        if not os.path.isfile(path):
+            raise FflmError(f"{path}: not found; pass --data or set FFLM_DATA")
+    result = run_recipe(data_dir, corpus, threads, extra)
+    _echo_json(result) if as_json else click.echo(format_recipe(result))
+
+
 @cli.group()
 def data():
     """Corpora: the embedded synthetic corpus."""

@@ -1,0 +1,5 @@
+"""`python -m fflm` is the `fflm` command."""
+
+from .cli import main
+
+main()
