@@ -189,7 +189,7 @@ CORPORA = {
     "ptb": ("ptb", "ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"),
 }
 RECIPES = {
-    "brown": ["--order", "5", "--embed-dim", "128", "--hidden", "256", "--epochs", "10"],
+    "brown": ["--order", "5", "--embed-dim", "128", "--hidden", "256", "--batch-size", "256", "--lr", "0.5"],
 }
 
 

@@ -32,17 +32,29 @@ def _progress(quiet):
     return bar
 
 
-def _echo_json(obj):
-    def clean(x):  # JSON has no inf/nan: write them as strings a reader can still parse
-        if isinstance(x, float) and not math.isfinite(x):
-            return str(x)
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
+def _json_safe(x):
+    """JSON has no inf/nan: write them as strings a reader can still parse."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
 
-    click.echo(json.dumps(clean(obj), indent=2))
+
+def _echo_json(obj):
+    click.echo(json.dumps(_json_safe(obj), indent=2))
+
+
+def _epoch_line(row):
+    """One epoch of a training history, as `fflm train` and `fflm info` print it."""
+    if row.get("train_ppl") is not None:
+        train = f"train ppl {row['train_ppl']:8.2f}"
+    else:  # a sampled objective's loss is not a perplexity
+        train = f"train loss {row['train_loss']:7.4f}"
+    return (f"epoch {row['epoch']:>2}: {train}  valid ppl {row['valid_ppl']:8.2f}  "
+            f"lr {row['lr']:.4g}  {row['seconds']:7.1f} s")
 
 
 # --- shared options -------------------------------------------------------------------------
@@ -156,7 +168,7 @@ def _load_model(path):
 @click.option("--valid", default=None, help="Validation text: learning-rate halving, early stop, best model kept.")
 @click.option("--order", type=int, default=5, show_default=True, help="n: the model sees n-1 previous words.")
 @click.option("--embed-dim", type=int, default=128, show_default=True, help="m, the word embedding size.")
-@click.option("--hidden", default="512", show_default=True, help="Hidden layer sizes, e.g. 512 or 512,256; 0: none.")
+@click.option("--hidden", default="256", show_default=True, help="Hidden layer sizes, e.g. 512 or 512,256; 0: none.")
 @click.option("--activation", type=click.Choice(["tanh", "relu", "sigmoid"]), default="tanh", show_default=True)
 @click.option("--direct", is_flag=True, help="Bengio's direct connections from the embeddings to the output.")
 @click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
@@ -164,6 +176,12 @@ def _load_model(path):
 @click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
 @click.option("--max-halvings", type=int, default=4, show_default=True, help="Stop after this many halvings.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 penalty on weights and embeddings.")
+@click.option("--loss", type=click.Choice(["softmax", "nce", "neg"]), default="softmax", show_default=True,
+              help="Training objective: exact softmax cross-entropy, or the cheaper sampled nce / neg "
+                   "(negative sampling). Evaluation always uses the exact softmax.")
+@click.option("--noise-samples", type=int, default=100, show_default=True, help="k noise words a batch (nce, neg).")
+@click.option("--noise-power", type=float, default=0.75, show_default=True,
+              help="Noise distribution: unigram counts to this power (nce, neg).")
 @click.option("--clip", type=float, default=0.0, show_default=True, help="Clip the gradient norm to this (0: off).")
 @click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
 @click.option("--max-vocab", type=click.IntRange(min=4), default=None, help="Cap on vocabulary size (specials included).")
@@ -173,7 +191,7 @@ def _load_model(path):
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, epochs, batch_size, lr, max_halvings,
-          weight_decay, clip, min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
+          weight_decay, loss, noise_samples, noise_power, clip, min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
     \b
@@ -194,7 +212,8 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, e
                          direct=direct)
     config.check()
     tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_halvings=max_halvings,
-                                   weight_decay=weight_decay, clip=clip, seed=seed, threads=threads)
+                                   weight_decay=weight_decay, loss=loss, noise_samples=noise_samples,
+                                   noise_power=noise_power, clip=clip, seed=seed, threads=threads)
     tconfig.check()
     text = _text_config(None, tokenizer, lowercase, encoding_errors)
     sentences = read_sentences(corpus, text)
@@ -204,7 +223,7 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, e
     if words < order - 1:
         raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
     valid_windows = Windows.from_sentences(read_sentences(valid, text), vocab, order) if valid else None
-    need = memory_estimate(config, len(vocab), batch_size)
+    need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0)
     have = _available_memory()
     if have is not None and need > have:
         raise FflmError(
@@ -216,7 +235,7 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, e
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     say(f"vocabulary {len(vocab)}, {len(windows)} training tokens, {config.n_params(len(vocab)):,} parameters, "
         f"{used} thread(s)")
-    compile_seconds = training.warm_up(model)
+    compile_seconds = training.warm_up(model, tconfig)
     meta = {
         "text": text.to_dict(),
         "training": {
@@ -233,11 +252,10 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, e
         row = history[-1]
         meta["training"]["history"] = history
         model.save(output, meta)
-        say(f"epoch {row['epoch']:>2}: train ppl {row['train_ppl']:8.2f}  valid ppl {row['valid_ppl']:8.2f}  "
-            f"lr {row['lr']:.4g}  {row['seconds']:7.1f} s  {row['tokens_per_s']:,.0f} tokens/s")
+        say(_epoch_line(row) + f"  {row['tokens_per_s']:,.0f} tokens/s")
         if json_log:
             with open(json_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(_json_safe(row)) + "\n")
 
     if json_log and os.path.exists(json_log):
         os.remove(json_log)  # a fresh log per run
@@ -382,8 +400,7 @@ def info(model_path, as_json):
             click.echo(f"validated on: {tr['valid']}")
         click.echo(f"settings: {tr.get('config')}")
         for row in tr.get("history", []):
-            click.echo(f"  epoch {row['epoch']:>2}: train ppl {row['train_ppl']:8.2f}  valid ppl {row['valid_ppl']:8.2f}  "
-                       f"lr {row['lr']:.4g}  {row['seconds']:7.1f} s")
+            click.echo("  " + _epoch_line(row))
 
 
 @cli.group()

@@ -235,6 +235,125 @@ def softmax_forward(z, skip, probs):
             probs[b, j] *= inv
 
 
+# --- sampled objectives (ingredient III's cheaper losses): negative sampling and NCE ------------
+# Instead of normalising over all V words, each row becomes binary classification: its target
+# against k noise words drawn from q (shared by the whole batch, so the logits are still one
+# GEMM, over the S <= B + k columns the batch needs: `sampled_columns`). With s = z - offset,
+#   L_b = -log sigmoid(s[b, pos[b]]) - sum_j negw[j] * log sigmoid(-s[b, j])
+# negw[j] counts how often column j was drawn as noise. Negative sampling (word2vec) uses
+# offset 0; NCE uses offset = log(k q(w)), which makes exp(z) come out nearly normalised.
+@njit(cache=True)
+def sampled_columns(y, noise, mark, cols, pos, negw):
+    """The distinct words of targets y (B,) and noise (k,) into cols[:S]; pos[b] = y[b]'s column,
+    negw[:S] = how often each column was drawn as noise. Returns S. (mark: zeroed int32 buffer
+    of size V, left zeroed.)"""
+    S = 0
+    for v in y:
+        if mark[v] == 0:
+            cols[S] = v
+            negw[S] = 0.0
+            S += 1
+            mark[v] = S  # column + 1, so 0 means unseen
+    for v in noise:
+        if mark[v] == 0:
+            cols[S] = v
+            negw[S] = 0.0
+            S += 1
+            mark[v] = S
+        negw[mark[v] - 1] += 1.0
+    for b in range(y.shape[0]):
+        pos[b] = mark[y[b]] - 1
+    for k in range(S):
+        mark[cols[k]] = 0
+    return S
+
+
+@njit(cache=True)
+def draw_noise(cdf, u, out):
+    """out[i] = the word whose cumulative-probability interval holds u[i] (binary search):
+    u uniform in [0, 1) gives words distributed as the cdf's increments."""
+    V = cdf.shape[0]
+    for i in range(u.shape[0]):
+        lo, hi = 0, V - 1
+        while lo < hi:  # the first j with cdf[j] > u[i]
+            mid = (lo + hi) // 2
+            if cdf[mid] > u[i]:
+                hi = mid
+            else:
+                lo = mid + 1
+        out[i] = lo
+
+
+@njit(cache=True)
+def gather_columns(U, c, cols, S, Us, cs):
+    """Us[:, k] = U[:, cols[k]], cs[k] = c[cols[k]] for k < S: the output layer for the sample."""
+    for i in range(U.shape[0]):
+        for k in range(S):
+            Us[i, k] = U[i, cols[k]]
+    for k in range(S):
+        cs[k] = c[cols[k]]
+
+
+@njit(cache=True, inline="always")
+def _log_sigmoid(x):
+    """log(1 / (1 + exp(-x))) without overflow for either sign."""
+    return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(x):
+    e = math.exp(-abs(x))
+    return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+
+
+@njit(cache=True, parallel=True)
+def sampled_loss_forward(z, pos, negw, offset, nll):
+    """nll[b] = L_b above, for logits z (B, S) over the sampled columns."""
+    for b in prange(z.shape[0]):
+        total = -_log_sigmoid(z[b, pos[b]] - offset[pos[b]])
+        for j in range(z.shape[1]):
+            total -= negw[j] * _log_sigmoid(-(z[b, j] - offset[j]))
+        nll[b] = total
+
+
+@njit(cache=True, parallel=True)
+def sampled_loss_backward(z, pos, negw, offset, scale):
+    """z := scale * dL_b/dz: sigmoid(s) - 1 at the target, negw * sigmoid(s) at noise columns."""
+    for b in prange(z.shape[0]):
+        p = pos[b]
+        sp = z[b, p] - offset[p]
+        for j in range(z.shape[1]):
+            z[b, j] = scale * negw[j] * _sigmoid(z[b, j] - offset[j])
+        z[b, p] += scale * (_sigmoid(sp) - 1.0)
+
+
+@njit(cache=True, parallel=True)
+def sampled_loss_fused(z, pos, negw, offset, scale, nll):
+    """Forward and backward in one pass (what training runs)."""
+    for b in prange(z.shape[0]):
+        p = pos[b]
+        sp = z[b, p] - offset[p]
+        total = -_log_sigmoid(sp)
+        for j in range(z.shape[1]):
+            s = z[b, j] - offset[j]
+            total -= negw[j] * _log_sigmoid(-s)
+            z[b, j] = scale * negw[j] * _sigmoid(s)
+        z[b, p] += scale * (_sigmoid(sp) - 1.0)
+        nll[b] = total
+
+
+@njit(cache=True)
+def sgd_update_columns(U, c, dUs, dcs, cols, S, lr, weight_decay):
+    """The SGD step for the sampled output columns only: U[:, cols[k]] and c[cols[k]], k < S
+    (weight decay on U, not on the bias c). Columns outside the sample had no gradient."""
+    for i in range(U.shape[0]):
+        for k in range(S):
+            j = cols[k]
+            U[i, j] -= lr * (dUs[i, k] + weight_decay * U[i, j])
+    for k in range(S):
+        c[cols[k]] -= lr * dcs[k]
+
+
 @njit(cache=True, parallel=True)
 def sgd_update(p, g, lr, weight_decay):
     """p -= lr * (g + weight_decay * p), elementwise over flat arrays."""

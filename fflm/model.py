@@ -37,7 +37,7 @@ class ModelConfig:
 
     order: int = 5  # n: the model sees n-1 previous words
     embed_dim: int = 128  # m
-    hidden: tuple = (512,)
+    hidden: tuple = (256,)
     activation: str = "tanh"  # tanh | relu | sigmoid
     direct: bool = False  # Bengio's direct connections from the embeddings to the output
 
@@ -89,20 +89,23 @@ class ModelConfig:
         return cls(**{k: d[k] for k in ("order", "embed_dim", "hidden", "activation", "direct") if k in d})
 
 
-def memory_estimate(config, V, batch_size, dtype=np.float32):
-    """Bytes that training needs: parameters, gradients, a best copy, and the batch buffers."""
+def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0):
+    """Bytes that training needs: parameters, gradients, a best copy, and the batch buffers
+    (the logits are (B, V) for the softmax, (B, B + k) for a sampled objective), and the
+    1024-row logits that scoring validation text uses."""
     item = np.dtype(dtype).itemsize
     params = config.n_params(V) * item
-    batch = batch_size * (2 * config.context_width + 2 * sum(config.hidden) + V) * item
+    S = batch_size + noise_samples if noise_samples else V
+    batch = batch_size * (2 * config.context_width + 2 * sum(config.hidden) + S) * item
     if config.direct:
         batch += 2 * batch_size * (config.hidden[-1] + config.context_width) * item
-    return 3 * params + batch
+    return 3 * params + batch + 1024 * V * item
 
 
 class Workspace:
     """Every activation and gradient buffer for batches of up to `batch_size` rows, made once."""
 
-    def __init__(self, model, batch_size):
+    def __init__(self, model, batch_size, noise_samples=0):
         cfg, dt, V = model.config, model.dtype, len(model.vocab)
         B = batch_size
         self.batch_size = B
@@ -116,10 +119,19 @@ class Workspace:
             width = cfg.hidden[-1] + cfg.context_width
             self.out_in = np.empty((B, width), dtype=dt)
             self.d_out_in = np.empty((B, width), dtype=dt)
-        self.z = np.empty((B, V), dtype=dt)
         self.nll = np.empty(B, dtype=dt)
         self.mark = np.zeros(V, dtype=np.int8)
         self.rows = np.empty(B * (cfg.order - 1), dtype=np.int64)
+        if noise_samples:  # the sampled objectives: at most B targets + k noise words a batch
+            S, H = B + noise_samples, model.U_all.shape[0]
+            self.col_mark = np.zeros(V, dtype=np.int32)
+            self.cols = np.empty(S, dtype=np.int64)
+            self.pos = np.empty(B, dtype=np.int64)
+            self.negw = np.empty(S, dtype=dt)
+            self.Us, self.dUs = np.empty(H * S, dtype=dt), np.empty(H * S, dtype=dt)
+            self.cs, self.dcs, self.offset = np.empty(S, dtype=dt), np.empty(S, dtype=dt), np.empty(S, dtype=dt)
+            self.zs = np.empty(B * S, dtype=dt)
+        self.z = np.empty((B, V), dtype=dt) if not noise_samples else None
 
 
 class FFNNLM:
@@ -168,6 +180,8 @@ class FFNNLM:
         self.U_all = self.dense[start : start + out_rows * V].reshape(out_rows, V)
         self.dU_all = self.grad[start : start + out_rows * V].reshape(out_rows, V)
         self.c, self.dc = self.params["c"], self.grads["c"]
+        # dense = [hidden weights | U (and W_d) | hidden biases | c]: the regions an update treats apart
+        self.U_start, self.c_start = start, starts["c"]
         self._init(np.random.default_rng(seed), unigram_counts)
         self._eval_ws = None
 
@@ -185,8 +199,8 @@ class FFNNLM:
         self.c[...] = np.log((counts + 1.0) / (counts.sum() + len(counts)))
 
     # --- forward and backward ------------------------------------------------------------------
-    def forward(self, x, ws):
-        """Logits for contexts x (B, n-1) into ws.z[:B]; keeps what the backward needs."""
+    def hidden_forward(self, x, ws):
+        """Everything below the output layer: returns what the output layer reads (B, H)."""
         B = len(x)
         e = ws.e[:B]
         K.embedding_forward(self.E, x, e)  # (B, n-1) int32 -> (B, (n-1)*m)
@@ -203,7 +217,12 @@ class FFNNLM:
             out_in[:, :H] = inp
             out_in[:, H:] = e
             inp = out_in
-        z = ws.z[:B]
+        return inp
+
+    def forward(self, x, ws):
+        """Logits for contexts x (B, n-1) into ws.z[:B]; keeps what the backward needs."""
+        inp = self.hidden_forward(x, ws)
+        z = ws.z[: len(x)]
         np.dot(inp, self.U_all, out=z)  # (B, H) @ (H, V) -> (B, V): the biggest product
         K.bias_forward(z, self.c)
         return z
@@ -216,18 +235,30 @@ class FFNNLM:
         """
         B = len(x)
         dz = ws.z[:B]
+        np.dot(self._out_in(ws, B).T, dz, out=self.dU_all)  # (H, B) @ (B, V) -> (H, V)
+        K.bias_backward(dz, self.dc)
+        np.dot(dz, self.U_all.T, out=self._d_out_in(ws, B))  # (B, V) @ (V, H)
+        self.hidden_backward(x, ws)
+
+    def _out_in(self, ws, B):
+        """The output layer's input: [h_L, e] with direct connections, else h_L (or e)."""
+        if self.config.direct:
+            return ws.out_in[:B]
+        return ws.h[-1][:B] if ws.h else ws.e[:B]
+
+    def _d_out_in(self, ws, B):
+        if self.config.direct:
+            return ws.d_out_in[:B]
+        return ws.dh[-1][:B] if ws.dh else ws.de[:B]
+
+    def hidden_backward(self, x, ws):
+        """From dL/d(output layer's input), in _d_out_in, down to the embeddings."""
+        B = len(x)
         e = ws.e[:B]
         hidden = [h[:B] for h in ws.h]
-        out_in = ws.out_in[:B] if self.config.direct else (hidden[-1] if hidden else e)
-        np.dot(out_in.T, dz, out=self.dU_all)  # (H, B) @ (B, V) -> (H, V)
-        K.bias_backward(dz, self.dc)
-        if not hidden:
-            de = ws.de[:B]
-            np.dot(dz, self.U_all.T, out=de)  # (B, V) @ (V, c*m)
-        else:
-            d_out = ws.d_out_in[:B] if self.config.direct else ws.dh[-1][:B]
-            np.dot(dz, self.U_all.T, out=d_out)  # (B, V) @ (V, H)
+        if hidden:
             if self.config.direct:
+                d_out = ws.d_out_in[:B]
                 ws.dh[-1][:B] = d_out[:, : hidden[-1].shape[1]]
             for l in range(len(hidden) - 1, -1, -1):
                 dh = ws.dh[l][:B]
@@ -237,10 +268,9 @@ class FFNNLM:
                 K.bias_backward(dh, self.db[l])
                 d_below = ws.dh[l - 1][:B] if l > 0 else ws.de[:B]
                 np.dot(dh, self.W[l].T, out=d_below)
-            de = ws.de[:B]
             if self.config.direct:
-                de += d_out[:, hidden[-1].shape[1] :]
-        K.embedding_backward(de, x, self.dE)
+                ws.de[:B] += d_out[:, hidden[-1].shape[1] :]
+        K.embedding_backward(ws.de[:B], x, self.dE)
 
     def loss_and_grad(self, x, y, ws):
         """Mean cross-entropy (nats) of the batch, with its gradient in grad / dE."""
@@ -250,6 +280,31 @@ class FFNNLM:
         K.softmax_xent_fused(z, y, Vocabulary.BOS_ID, 1.0 / B, nll)  # z := dL/dz
         self.backward(x, ws, 1.0 / B)
         return float(nll.sum(dtype=np.float64)) / B
+
+    def sampled_loss_and_grad(self, x, y, noise, log_kq, ws):
+        """Mean sampled loss (negative sampling, or NCE when log_kq holds log(k q(w))) and its
+        gradient: the hidden layers' in grad / dE as usual, the output layer's only for the
+        S sampled columns, in ws.dUs[:, :S] and ws.dcs[:S]. Returns (loss, S)."""
+        B = len(x)
+        inp = self.hidden_forward(x, ws)
+        pos = ws.pos[:B]
+        S = K.sampled_columns(y, noise, ws.col_mark, ws.cols, pos, ws.negw)
+        cols, negw = ws.cols[:S], ws.negw[:S]
+        H = self.U_all.shape[0]
+        Us, dUs = ws.Us[: H * S].reshape(H, S), ws.dUs[: H * S].reshape(H, S)
+        cs, dcs, offset = ws.cs[:S], ws.dcs[:S], ws.offset[:S]
+        K.gather_columns(self.U_all, self.c, cols, S, Us, cs)
+        np.take(log_kq, cols, out=offset)
+        z = ws.zs[: B * S].reshape(B, S)
+        np.dot(inp, Us, out=z)  # (B, H) @ (H, S): the sample's logits, one GEMM
+        K.bias_forward(z, cs)
+        nll = ws.nll[:B]
+        K.sampled_loss_fused(z, pos, negw, offset, 1.0 / B, nll)  # z := dL/dz
+        np.dot(inp.T, z, out=dUs)
+        K.bias_backward(z, dcs)
+        np.dot(z, Us.T, out=self._d_out_in(ws, B))
+        self.hidden_backward(x, ws)
+        return float(nll.sum(dtype=np.float64)) / B, S
 
     # --- inference -----------------------------------------------------------------------------
     def _workspace(self, B):

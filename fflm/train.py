@@ -24,6 +24,9 @@ from .errors import FflmError
 from .model import Workspace
 
 
+LOSSES = ("softmax", "nce", "neg")
+
+
 @dataclass
 class TrainConfig:
     """Optimization settings; the defaults are a good recipe for about a million words."""
@@ -34,6 +37,9 @@ class TrainConfig:
     min_improvement: float = 0.003  # relative validation gain below which the learning rate halves
     max_halvings: int = 4  # stop after this many halvings
     weight_decay: float = 0.0
+    loss: str = "softmax"  # softmax (exact cross-entropy) | nce | neg (sampled, cheaper)
+    noise_samples: int = 100  # k, noise words per batch for nce / neg
+    noise_power: float = 0.75  # noise distribution: unigram counts ** power
     clip: float = 0.0  # maximum gradient norm; 0 = no clipping
     seed: int = 1
     threads: int = 0  # 0 = all cores
@@ -47,6 +53,12 @@ class TrainConfig:
             raise FflmError(f"--lr must be a positive number, not {self.lr}")
         if self.weight_decay < 0 or self.clip < 0:
             raise FflmError("--weight-decay and --clip cannot be negative")
+        if self.loss not in LOSSES:
+            raise FflmError(f"unknown --loss {self.loss!r} (choose from {', '.join(LOSSES)})")
+        if self.noise_samples < 1:
+            raise FflmError(f"--noise-samples must be at least 1, not {self.noise_samples}")
+        if not (self.noise_power >= 0 and math.isfinite(self.noise_power)):
+            raise FflmError(f"--noise-power must be a number >= 0, not {self.noise_power}")
         if self.threads < 0:
             raise FflmError(f"--threads cannot be negative, not {self.threads}")
 
@@ -97,12 +109,46 @@ def set_threads(threads):
     return n
 
 
-class SGD:
-    """The update step, with buffers made once: weights decayed, biases not, embeddings by row."""
+class Noise:
+    """k noise words per batch for the sampled objectives, from q(w) proportional to
+    count(w) ** power (word2vec's 3/4 flattens the unigram distribution), seeded; one draw is
+    shared by every row of the batch. `log_kq` is NCE's offset log(k q(w)); zero for neg."""
 
-    def __init__(self, model, batch_size):
+    def __init__(self, counts, k, power, loss, seed, dtype):
+        from .vocab import Vocabulary
+
+        q = np.asarray(counts, dtype=np.float64) ** power
+        q[Vocabulary.BOS_ID] = 0.0  # never a target, never noise
+        if q.sum() <= 0:
+            raise FflmError("the noise distribution is empty (no word has a count)")
+        q /= q.sum()
+        self.q = q
+        self.cdf = np.cumsum(q)
+        self.cdf[-1] = np.inf  # rounding can leave the last sum just below any u < 1
+        with np.errstate(divide="ignore"):
+            log_kq = np.log(k * q) if loss == "nce" else np.zeros_like(q)
+        self.log_kq = np.maximum(log_kq, -1e4).astype(dtype)  # <s>'s -inf is never read
+        self.rng = np.random.default_rng([seed, 1])  # a stream apart from the shuffling's
+        self.u = np.empty(k)
+        self.words = np.empty(k, dtype=np.int64)
+
+    def draw(self):
+        self.rng.random(out=self.u)
+        K.draw_noise(self.cdf, self.u, self.words)
+        return self.words
+
+
+class SGD:
+    """The update step, with buffers made once: weights decayed, biases not, embeddings by row.
+
+    With a sampled objective (noise given), only the output columns in the batch's sample
+    move, like the embedding rows: a step costs the sample, not the vocabulary.
+    """
+
+    def __init__(self, model, batch_size, noise=None):
         self.model = model
-        self.ws = Workspace(model, batch_size)
+        self.noise = noise
+        self.ws = Workspace(model, batch_size, noise_samples=len(noise.words) if noise else 0)
         self.n_weights = model.n_weights
 
     def step(self, index, windows, lr, weight_decay, clip):
@@ -111,6 +157,8 @@ class SGD:
         B = len(index)
         x, y = ws.x[:B], ws.y[:B]
         K.gather_windows(windows.ids, windows.positions, index, x, y)
+        if self.noise is not None:
+            return self._sampled_step(x, y, lr, weight_decay, clip)
         loss = m.loss_and_grad(x, y, ws)
         count = K.touched_rows(x, ws.mark, ws.rows)
         if clip > 0:
@@ -124,8 +172,35 @@ class SGD:
         K.sgd_update_rows(m.E, m.dE, ws.rows, count, lr, weight_decay)
         return loss
 
+    def _sampled_step(self, x, y, lr, weight_decay, clip):
+        m, ws = self.model, self.ws
+        loss, S = m.sampled_loss_and_grad(x, y, self.noise.draw(), self.noise.log_kq, ws)
+        count = K.touched_rows(x, ws.mark, ws.rows)
+        H = m.U_all.shape[0]
+        dUs, dcs = ws.dUs[: H * S].reshape(H, S), ws.dcs[:S]
+        hidden_w, hidden_b = slice(0, m.U_start), slice(self.n_weights, m.c_start)
+        if clip > 0:
+            parts = (m.grad[hidden_w], m.grad[hidden_b], dUs.ravel(), dcs)
+            norm = math.sqrt(sum(float(np.dot(g, g)) for g in parts) + K.sum_squares_rows(m.dE, ws.rows, count))
+            if norm > clip:
+                for g in parts:
+                    g *= clip / norm
+                K.scale_rows(m.dE, ws.rows, count, clip / norm)
+        K.sgd_update(m.dense[hidden_w], m.grad[hidden_w], lr, weight_decay)
+        K.sgd_update(m.dense[hidden_b], m.grad[hidden_b], lr, 0.0)
+        K.sgd_update_columns(m.U_all, m.c, dUs, dcs, ws.cols, S, lr, weight_decay)
+        K.sgd_update_rows(m.E, m.dE, ws.rows, count, lr, weight_decay)
+        return loss
 
-def warm_up(model):
+
+def make_noise(model, config):
+    """The noise sampler a config's loss needs (None for the full softmax)."""
+    if config.loss == "softmax":
+        return None
+    return Noise(model.vocab.counts, config.noise_samples, config.noise_power, config.loss, config.seed, model.dtype)
+
+
+def warm_up(model, config=None):
     """Compile every kernel training uses (cached on disk after the first run); returns seconds."""
     start = time.perf_counter()
     from .vocab import Vocabulary
@@ -133,7 +208,8 @@ def warm_up(model):
 
     n = model.config.order
     tiny = Windows(np.array([Vocabulary.BOS_ID] * max(n - 1, 1) + [Vocabulary.EOS_ID], dtype=np.int32), n)
-    sgd = SGD(model, 1)
+    noise = make_noise(model, config) if config is not None else None
+    sgd = SGD(model, 1, noise)  # its own sampler: the run's noise stream stays untouched
     sgd.step(np.zeros(1, dtype=np.int64), tiny, 0.0, 0.0, 1e30)  # lr 0: nothing changes
     model.nll(*tiny.pairs())
     return time.perf_counter() - start
@@ -159,7 +235,7 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
     if train_windows.order != model.config.order:
         raise FflmError("the training windows' order differs from the model's")
     rng = np.random.default_rng(config.seed)
-    sgd = SGD(model, config.batch_size)
+    sgd = SGD(model, config.batch_size, make_noise(model, config))
     schedule = Schedule(config.lr, config.min_improvement, config.max_halvings)
     history, best = [], None
     for epoch in range(1, config.epochs + 1):
@@ -188,7 +264,9 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
         valid_ppl = evaluate_ppl(model, valid_windows)
         row = {
             "epoch": epoch,
-            "train_ppl": math.exp(total / seen),
+            # the training loss is a perplexity only for the full softmax
+            "train_ppl": math.exp(total / seen) if config.loss == "softmax" else None,
+            "train_loss": total / seen,
             "valid_ppl": valid_ppl,
             "lr": schedule.lr,
             "seconds": round(time.perf_counter() - start, 3),

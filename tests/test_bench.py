@@ -26,7 +26,7 @@ def test_recipe_reports_the_curve_and_the_test_rows(run_cli, fake_data, tmp_path
     code, out, err = run_cli("bench", "recipe", "brown", "--data", fake_data, "--threads", "1", "--json", *TINY)
     assert code == 0, err
     r = json.loads(out)
-    assert r["command"].endswith("--epochs 2 --batch-size 64 --threads 1")
+    assert r["command"].endswith("--epochs 2 --batch-size 64 --threads 1")  # extra options win: they come last
     assert [e["epoch"] for e in r["epochs"]] == [1, 2]
     rows = {m["name"]: m for m in r["report"]["models"]}
     assert set(rows) == {"fflm", "kn5", "interpolated"}

@@ -144,7 +144,7 @@ def test_train_eval_generate_info(tmp_path, run_cli, small_corpus):
     assert "epoch  1: train ppl" in err and model.exists()
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "train_ppl", "valid_ppl", "lr", "seconds", "tokens_per_s"}
+    assert set(rows[0]) == {"epoch", "train_ppl", "train_loss", "valid_ppl", "lr", "seconds", "tokens_per_s"}
 
     code, out, err = run_cli("eval", model, SYNTH / "test.txt", "--tune-on", small_corpus / "valid.txt", "--json",
                              "--per-token", tmp_path / "tok.tsv")
@@ -170,6 +170,17 @@ def test_train_eval_generate_info(tmp_path, run_cli, small_corpus):
     meta = json.loads(out)
     assert meta["config"]["order"] == 3 and len(meta["training"]["history"]) == 2
     assert meta["training"]["sha256"] and meta["text"]["tokenizer"] == "whitespace"
+
+
+def test_train_with_a_sampled_loss_logs_its_loss_not_a_perplexity(tmp_path, run_cli, small_corpus):
+    model, log = tmp_path / "m.npz", tmp_path / "log.jsonl"
+    code, _, err = _train(run_cli, small_corpus, model, "--loss", "nce", "--noise-samples", "10", "--json-log", log)
+    assert code == 0, err
+    assert "epoch  1: train loss" in err
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows[0]["train_ppl"] is None and rows[0]["train_loss"] > 0 and rows[0]["valid_ppl"] > 1
+    code, out, _ = run_cli("info", model, "--json")
+    assert json.loads(out)["training"]["config"]["loss"] == "nce"
 
 
 def test_eval_without_the_training_corpus_needs_a_baseline_source(tmp_path, run_cli, small_corpus):
@@ -203,6 +214,8 @@ def test_neural_bad_input(tmp_path, run_cli, small_corpus):
         (["train", train_ok, "-o", out, "--embed-dim", "0"], "--embed-dim"),
         (["train", train_ok, "-o", out, "--batch-size", "0"], "--batch-size"),
         (["train", train_ok, "-o", out, "--lr", "-1"], "--lr"),
+        (["train", train_ok, "-o", out, "--loss", "hinge"], "--loss"),
+        (["train", train_ok, "-o", out, "--loss", "nce", "--noise-samples", "0"], "--noise-samples"),
         (["train", train_ok, "-o", out, "--valid", tmp_path / "missing.txt"], "no such file"),
         (["eval", tmp_path / "notours.npz", train_ok], "not a readable fflm model"),
         (["eval", tmp_path / "text.npz", train_ok], "not a readable fflm model"),

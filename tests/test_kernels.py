@@ -168,6 +168,70 @@ def test_softmax_does_not_overflow():
     assert nll[0] == pytest.approx(1 + math.log(1 + math.exp(-1)))
 
 
+# --- sampled objectives --------------------------------------------------------------------
+def test_sampled_columns_take_the_union_of_targets_and_noise():
+    y = np.array([5, 2, 5, 7], dtype=np.int32)
+    noise = np.array([2, 9, 9, 0], dtype=np.int64)
+    mark = np.zeros(10, dtype=np.int32)
+    cols, pos, negw = np.empty(8, np.int64), np.empty(4, np.int64), np.empty(8)
+    S = K.sampled_columns(y, noise, mark, cols, pos, negw)
+    assert S == 5 and sorted(cols[:S]) == [0, 2, 5, 7, 9]
+    assert (cols[pos] == y).all() and not mark.any()
+    drawn = {int(c): w for c, w in zip(cols[:S], negw[:S])}
+    assert drawn == {5: 0, 2: 1, 7: 0, 9: 2, 0: 1}
+
+
+@pytest.mark.parametrize("nce", [False, True])
+def test_sampled_loss_pair(nce):
+    B, S = 4, 7
+    z = RNG.standard_normal((B, S)) * 3
+    pos = np.array([0, 3, 3, 6], dtype=np.int64)
+    negw = np.array([0, 1, 2, 0, 1, 3, 1], dtype=np.float64)
+    offset = RNG.standard_normal(S) if nce else np.zeros(S)
+    nll = np.empty(B)
+
+    def loss():
+        K.sampled_loss_forward(z, pos, negw, offset, nll)
+        return float(nll.sum() / B)
+
+    # the definition, written with numpy: -log sig(s_target) - sum_j negw_j log sig(-s_j)
+    s = z - offset
+    logsig = lambda x: -np.log1p(np.exp(-x))  # noqa: E731
+    expect = -logsig(s[np.arange(B), pos]) - (negw * logsig(-s)).sum(axis=1)
+    assert loss() == pytest.approx(float(expect.mean()))
+    numeric = numeric_grad(loss, z)
+    dz = z.copy()
+    K.sampled_loss_backward(dz, pos, negw, offset, 1.0 / B)
+    assert_close(dz, numeric)
+    fused, nll2 = z.copy(), np.empty(B)
+    K.sampled_loss_fused(fused, pos, negw, offset, 1.0 / B, nll2)
+    assert np.allclose(fused, dz) and np.allclose(nll2, nll)
+
+
+def test_sampled_loss_is_stable_for_large_logits():
+    z = np.array([[800.0, -800.0, 30.0]])
+    nll = np.empty(1)
+    K.sampled_loss_forward(z, np.array([0]), np.array([0.0, 1.0, 1.0]), np.zeros(3), nll)
+    assert nll[0] == pytest.approx(0.0 + 0.0 + 30.0 + math.log1p(math.exp(-30.0)))
+    K.sampled_loss_fused(z, np.array([0]), np.array([0.0, 1.0, 1.0]), np.zeros(3), 1.0, nll)
+    assert np.isfinite(z).all() and z[0, 0] == 0.0 and z[0, 2] == pytest.approx(1.0)
+
+
+def test_gather_and_update_columns():
+    U, c = RNG.standard_normal((3, 6)), RNG.standard_normal(6)
+    cols = np.array([4, 1, 0, 0], dtype=np.int64)
+    Us, cs = np.empty((3, 4)), np.empty(4)
+    K.gather_columns(U, c, cols, 2, Us, cs)
+    assert np.array_equal(Us[:, :2], U[:, [4, 1]]) and np.array_equal(cs[:2], c[[4, 1]])
+    dUs, dcs = RNG.standard_normal((3, 4)), RNG.standard_normal(4)
+    U0, c0 = U.copy(), c.copy()
+    K.sgd_update_columns(U, c, dUs, dcs, cols, 2, 0.5, 0.1)
+    assert np.allclose(U[:, [4, 1]], U0[:, [4, 1]] - 0.5 * (dUs[:, :2] + 0.1 * U0[:, [4, 1]]))
+    assert np.allclose(c[[4, 1]], c0[[4, 1]] - 0.5 * dcs[:2])
+    others = [0, 2, 3, 5]
+    assert np.array_equal(U[:, others], U0[:, others]) and np.array_equal(c[others], c0[others])
+
+
 def test_sgd_update_pair_is_a_descent_step():
     p = RNG.standard_normal(10)
     g = RNG.standard_normal(10)
@@ -221,3 +285,42 @@ def test_smaller_last_batch_uses_the_same_buffers():
     y = RNG.integers(2, 6, size=5).astype(np.int32)
     full = model.nll(x, y, batch_size=5)
     assert np.allclose(model.nll(x, y, batch_size=2), full)  # batches of 2, 2 and 1
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}")
+def test_whole_model_gradient_with_a_sampled_loss(config):
+    """NCE / negative sampling through the whole model: every gradient, the output layer's only
+    for the sampled columns, against central differences of the same sampled loss."""
+    vocab = Vocabulary(["a", "b", "c", "d", "e", "f"])
+    V = len(vocab)
+    model = FFNNLM(vocab, config, dtype=np.float64, seed=3)
+    for p in model.params.values():
+        p[...] += RNG.standard_normal(p.shape) * 0.3
+    B = 5
+    x = RNG.integers(0, V, size=(B, config.order - 1)).astype(np.int32)
+    y = np.array([3, 4, 4, 2, 6], dtype=np.int32)
+    noise = np.array([5, 2, 7, 5], dtype=np.int64)
+    log_kq = RNG.standard_normal(V)
+    ws = Workspace(model, B, noise_samples=len(noise))
+
+    def loss():  # the definition, over the full output layer, with numpy
+        inp = model.hidden_forward(x, Workspace(model, B, noise_samples=len(noise)))
+        z = inp @ model.U_all + model.c - log_kq
+        logsig = lambda t: -np.logaddexp(0, -t)  # noqa: E731
+        counts = np.bincount(noise, minlength=V)
+        return float((-logsig(z[np.arange(B), y]) - (counts * logsig(-z)).sum(axis=1)).mean())
+
+    model.dE[...] = 0
+    L, S = model.sampled_loss_and_grad(x, y, noise, log_kq, ws)
+    assert L == pytest.approx(loss(), rel=1e-12)
+    cols = ws.cols[:S]
+    assert sorted(cols) == sorted(set(y) | set(noise))
+    H = model.U_all.shape[0]
+    numeric_U, numeric_c = numeric_grad(loss, model.U_all), numeric_grad(loss, model.c)
+    assert_close(ws.dUs[: H * S].reshape(H, S), numeric_U[:, cols])
+    assert_close(ws.dcs[:S], numeric_c[cols])
+    others = np.setdiff1d(np.arange(V), cols)
+    assert not numeric_U[:, others].any() and not numeric_c[others].any()  # nothing else has a gradient
+    for name, p in model.params.items():
+        if name not in ("U", "Wd", "c"):
+            assert_close(model.grads[name], numeric_grad(loss, p))

@@ -10,7 +10,7 @@ from conftest import SYNTH
 from fflm import FflmError, NGramLM, Vocabulary, Windows
 from fflm.evaluate import perplexity, score_ngram, score_neural
 from fflm.model import FFNNLM, ModelConfig
-from fflm.train import Schedule, SGD, TrainConfig, evaluate_ppl, set_threads, train
+from fflm.train import Noise, Schedule, SGD, make_noise, TrainConfig, evaluate_ppl, set_threads, train
 
 SMALL = ModelConfig(order=3, embed_dim=8, hidden=(16,))
 
@@ -43,7 +43,7 @@ def test_training_lowers_validation_perplexity_and_history_has_the_fields(data):
     vocab, tw, vw = data
     untrained = evaluate_ppl(FFNNLM(vocab, SMALL, seed=1), vw)
     model, history = fit(vocab, tw, vw, epochs=3)
-    assert set(history[0]) == {"epoch", "train_ppl", "valid_ppl", "lr", "seconds", "tokens_per_s"}
+    assert set(history[0]) == {"epoch", "train_ppl", "train_loss", "valid_ppl", "lr", "seconds", "tokens_per_s"}
     assert history[-1]["valid_ppl"] < untrained
     assert evaluate_ppl(model, vw) == pytest.approx(min(r["valid_ppl"] for r in history), rel=1e-6)
 
@@ -216,7 +216,50 @@ def test_impossible_configs(bad):
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=0.0), dict(lr=float("nan")),
-                                 dict(clip=-1.0), dict(threads=-1)])
+                                 dict(clip=-1.0), dict(threads=-1), dict(loss="hinge"), dict(noise_samples=0),
+                                 dict(noise_power=-1.0)])
 def test_impossible_training_settings(bad):
     with pytest.raises(FflmError):
         TrainConfig(**bad).check()
+
+
+# --- the sampled objectives ---------------------------------------------------------------------
+@pytest.mark.parametrize("loss", ["nce", "neg"])
+def test_sampled_objectives_train_deterministically_and_are_scored_exactly(data, loss):
+    vocab, tw, vw = data
+    set_threads(2)
+    untrained = evaluate_ppl(FFNNLM(vocab, SMALL, seed=1), vw)
+    a, ha = fit(vocab, tw, vw, epochs=3, loss=loss, noise_samples=20)
+    b, _ = fit(vocab, tw, vw, epochs=3, loss=loss, noise_samples=20)
+    assert np.array_equal(a.dense, b.dense) and np.array_equal(a.E, b.E)
+    # learns, as measured with the exact softmax; negative sampling's logits estimate
+    # log p(w|c) - log(k q(w)), not log p, so its softmax is the worse language model
+    assert ha[-1]["valid_ppl"] < (0.8 if loss == "nce" else 0.95) * untrained
+    assert ha[0]["train_ppl"] is None and ha[0]["train_loss"] > 0  # a sampled loss is no perplexity
+    assert evaluate_ppl(a, vw) == pytest.approx(min(r["valid_ppl"] for r in ha), rel=1e-6)
+
+
+def test_a_sampled_step_moves_only_the_sampled_output_columns(data):
+    vocab, tw, _ = data
+    model = FFNNLM(vocab, SMALL, seed=1)
+    noise = make_noise(model, TrainConfig(loss="nce", noise_samples=5))
+    sgd = SGD(model, 8, noise)
+    U0, c0 = model.U_all.copy(), model.c.copy()
+    sgd.step(np.arange(8), tw, 0.5, 1e-3, 0.0)
+    _, y = tw.pairs(np.arange(8))
+    sampled = set(y.tolist()) | set(noise.words.tolist())
+    moved = set(np.flatnonzero(np.any(model.U_all != U0, axis=0)).tolist())
+    assert moved == sampled and set(np.flatnonzero(model.c != c0).tolist()) == sampled
+
+
+def test_noise_follows_the_flattened_unigram_distribution(data):
+    vocab, _, _ = data
+    noise = Noise(vocab.counts, 4000, 0.75, "nce", seed=1, dtype=np.float32)
+    draws = np.concatenate([noise.draw().copy() for _ in range(25)])  # 100,000 words
+    q = np.asarray(vocab.counts, dtype=float) ** 0.75
+    q[Vocabulary.BOS_ID] = 0
+    q /= q.sum()
+    freq = np.bincount(draws, minlength=len(vocab)) / len(draws)
+    assert freq[Vocabulary.BOS_ID] == 0
+    assert np.abs(freq - q).max() < 4 * np.sqrt(q.max() / len(draws))  # within sampling noise
+    assert np.allclose(noise.log_kq[q > 0], np.log(4000 * q[q > 0]), rtol=1e-5)
