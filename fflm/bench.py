@@ -250,3 +250,201 @@ def format_recipe(result):
         extra = f"  (lambda {m['lambda']:.3f})" if "lambda" in m else ""
         lines.append(f"  {m['name']:<14} ppl {m['ppl']:8.2f}{extra}")
     return "\n".join(lines)
+
+
+# --- speed: fflm's training, scoring and generation against the machine's GEMM rate (and PyTorch) ---
+SPEED_CONFIGS = {
+    "small": {"order": 5, "embed_dim": 64, "hidden": (256,), "batch_size": 128},
+    "base": {"order": 5, "embed_dim": 128, "hidden": (512,), "batch_size": 256},
+}
+
+
+def train_flops_per_token(config, V):
+    """Forward 2·in·out per layer, backward twice that (the input's and the weights' gradients);
+    the first hidden layer's input gradient is needed too (it feeds the embeddings)."""
+    H_out = (config.hidden[-1] if config.hidden else config.context_width) + (
+        config.context_width if config.direct else 0
+    )
+    widths = [config.context_width, *config.hidden]
+    hidden = sum(a * b for a, b in zip(widths, widths[1:]))
+    return 6 * (H_out * V + hidden)
+
+
+def score_flops_per_token(config, V):
+    return train_flops_per_token(config, V) // 3
+
+
+def gemm_gflops(B, H, V, seconds=3.0):
+    """numpy's float32 GEMM rate on the output layer's three products at these shapes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((B, H), dtype=np.float32)
+    U = rng.standard_normal((H, V), dtype=np.float32)
+    z = np.empty((B, V), dtype=np.float32)
+    dU = np.empty((H, V), dtype=np.float32)
+    dh = np.empty((B, H), dtype=np.float32)
+
+    def three():
+        np.dot(h, U, out=z)
+        np.dot(h.T, z, out=dU)
+        np.dot(z, U.T, out=dh)
+
+    three()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        three()
+        n += 1
+    return 3 * 2 * B * H * V * n / (time.perf_counter() - t0) / 1e9
+
+
+class _TorchModel:
+    """The same model written plainly in PyTorch: what a user would write first."""
+
+    def __init__(self, config, V, lr, threads):
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        nn = torch.nn
+        self.torch = torch
+        c, m = config.order - 1, config.embed_dim
+        layers, width = [], c * m
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), nn.Tanh()]
+            width = h
+        self.emb = nn.Embedding(V, m)  # N(0, 1), as fflm's
+        self.net = nn.Sequential(*layers, nn.Linear(width, V))  # U(±1/√fan-in), as fflm's
+        params = list(self.emb.parameters()) + list(self.net.parameters())
+        self.opt = torch.optim.SGD(params, lr=lr)
+        self.loss = nn.CrossEntropyLoss()
+
+    def step(self, x, y):
+        torch = self.torch
+        x, y = torch.from_numpy(x.astype("int64")), torch.from_numpy(y.astype("int64"))
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss(self.net(self.emb(x).flatten(1)), y)
+        loss.backward()
+        self.opt.step()
+        return float(loss)
+
+
+def _timed_steps(step, batches, seconds):
+    """Run step(batch) over the batches (cycling) for about `seconds`; returns (tokens, seconds)."""
+    tokens, t0, i = 0, time.perf_counter(), 0
+    while True:
+        b = batches[i % len(batches)]
+        step(b)
+        tokens += len(b[1]) if isinstance(b, tuple) else len(b)
+        i += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return tokens, elapsed
+
+
+def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="softmax"):
+    """Everything issue 4 measures for one config, in this process (see BENCHMARKS.md)."""
+    import numpy as np
+
+    from fflm import Vocabulary, Windows, read_sentences
+    from fflm.generate import sample
+    from fflm.model import FFNNLM, ModelConfig
+    from fflm.train import SGD, TrainConfig, make_noise, set_threads, warm_up
+
+    spec = SPEED_CONFIGS[name]
+    train_path, valid_path, _ = recipe_paths(data_dir, "brown")
+    used = set_threads(threads)
+    sentences = read_sentences(train_path)
+    vocab = Vocabulary.build(sentences)
+    V = len(vocab)
+    config = ModelConfig(order=spec["order"], embed_dim=spec["embed_dim"], hidden=spec["hidden"])
+    B = spec["batch_size"]
+    windows = Windows.from_sentences(sentences, vocab, config.order)
+    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order)
+    model = FFNNLM(vocab, config, seed=1)
+    tconfig = TrainConfig(batch_size=B, loss=loss)
+    compile_seconds = warm_up(model, tconfig)
+
+    rng = np.random.default_rng(0)
+    index = [ix.copy() for _, ix in zip(range(200), windows.batches(B, rng))]
+    sgd = SGD(model, B, make_noise(model, tconfig))
+    lr = 0.05  # small, so the weights stay in a realistic range however long the runs are
+    fflm_step = lambda ix: sgd.step(ix, windows, lr, 0.0, 0.0)  # noqa: E731
+    _timed_steps(fflm_step, index[:5], 0.0)
+
+    gemm = gemm_gflops(B, config.hidden[-1], V, seconds=min(3.0, seconds / 4))
+    # fflm and PyTorch alternate in short rounds on the same batches, so drift hits both alike
+    torch_model = None
+    if use_torch:
+        try:
+            torch_model = _TorchModel(config, V, lr, used)
+        except ImportError:
+            torch_model = None
+    if torch_model is not None:
+        pairs = [windows.pairs(ix) for ix in index]
+        torch_step = lambda p: torch_model.step(*p)  # noqa: E731
+        _timed_steps(torch_step, pairs[:5], 0.0)
+        set_threads(used)  # torch may have changed the BLAS pool
+    rounds = 4
+    f_tok = f_sec = t_tok = t_sec = 0.0
+    for _ in range(rounds):
+        a, b = _timed_steps(fflm_step, index, seconds / rounds)
+        f_tok, f_sec = f_tok + a, f_sec + b
+        if torch_model is not None:
+            a, b = _timed_steps(torch_step, pairs, seconds / rounds)
+            t_tok, t_sec = t_tok + a, t_sec + b
+            set_threads(used)
+    train_tps = f_tok / f_sec
+    flops = train_flops_per_token(config, V)
+    result = {
+        "benchmark": "speed",
+        "config": name,
+        "model": {**spec, "hidden": list(spec["hidden"]), "vocabulary": V, "loss": loss},
+        "machine": machine(),
+        "threads": used,
+        "compile_seconds": compile_seconds,
+        "gemm_gflops": gemm,
+        "train_tokens_per_s": train_tps,
+        "train_gflops": train_tps * flops / 1e9 if loss == "softmax" else None,
+        "gemm_fraction": train_tps * flops / 1e9 / gemm if loss == "softmax" else None,
+    }
+    # scoring: the exact softmax over validation text
+    contexts, targets = valid.pairs(np.arange(min(len(valid), 60_000)))
+    model.nll(contexts[:1024], targets[:1024])
+    t0 = time.perf_counter()
+    model.nll(contexts, targets)
+    score_tps = len(targets) / (time.perf_counter() - t0)
+    result["score_tokens_per_s"] = score_tps
+    result["score_gemm_fraction"] = score_tps * score_flops_per_token(config, V) / 1e9 / gemm
+    # generation: one token is one forward pass of one context and a draw
+    sample(model, num_samples=1, num_words=5, seed=0)
+    t0, words = time.perf_counter(), 0
+    for s in range(20):
+        words += len(sample(model, num_samples=1, num_words=50, seed=s)[0]) + 1  # + its </s>
+    result["generate_ms_per_token"] = 1000 * (time.perf_counter() - t0) / words
+    result["peak_rss_mb"] = _peak_rss_mb()  # before PyTorch's share is counted below
+    if torch_model is not None:
+        import torch
+
+        result["torch_version"] = torch.__version__
+        result["torch_tokens_per_s"] = t_tok / t_sec
+        result["vs_torch"] = train_tps / (t_tok / t_sec)
+    return result
+
+
+def format_speed(r):
+    lines = [f"speed, config {r['config']} {r['model']} on {r['threads']} thread(s)",
+             f"  numpy float32 GEMM on the output layer's shapes: {r['gemm_gflops']:.1f} GFLOP/s",
+             f"  compile (or load from the cache): {r['compile_seconds']:.2f} s"]
+    line = f"  training: {r['train_tokens_per_s']:,.0f} tokens/s"
+    if r.get("train_gflops") is not None:
+        line += f" = {r['train_gflops']:.1f} GFLOP/s, {100 * r['gemm_fraction']:.0f}% of GEMM"
+    lines.append(line)
+    if "torch_tokens_per_s" in r:
+        lines.append(f"  PyTorch {r['torch_version']}: {r['torch_tokens_per_s']:,.0f} tokens/s; "
+                     f"fflm/PyTorch = {r['vs_torch']:.2f}")
+    lines.append(f"  scoring (exact softmax): {r['score_tokens_per_s']:,.0f} tokens/s, "
+                 f"{100 * r['score_gemm_fraction']:.0f}% of GEMM")
+    lines.append(f"  generation: {r['generate_ms_per_token']:.2f} ms/token")
+    lines.append(f"  peak memory: {r['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)

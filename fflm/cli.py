@@ -196,7 +196,7 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, e
 
     \b
     The model file is rewritten (atomically) after every epoch with the best weights so far.
-    Example (Brown, about 25 minutes on 2 cores):
+    Example (Brown, about 21 minutes on 2 cores):
       fflm train ../shared/data/brown/train.txt --valid ../shared/data/brown/valid.txt -o brown.npz
     """
     from . import train as training
@@ -550,9 +550,31 @@ def _write_per_token(path, sentences, vocab, scores):
             f.write(f"{w}\t{lp:.6f}\t{n}\t{int(oov)}\n")
 
 
-@cli.group()
-def bench():
-    """Benchmarks: speed and memory, each part in a fresh process (figures go to BENCHMARKS.md)."""
+@cli.group(invoke_without_command=True)
+@click.option("--config", "config_name", type=click.Choice(["small", "base"]), default="base", show_default=True,
+              help="small: n=5 m=64 h=256 batch 128; base: n=5 m=128 h=512 batch 256 (Brown's vocabulary).")
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="Training time measured per implementation.")
+@click.option("--loss", type=click.Choice(["softmax", "nce", "neg"]), default="softmax", show_default=True)
+@click.option("--torch/--no-torch", "use_torch", default=True, show_default=True,
+              help="Also time the same model written in PyTorch (when installed: the 'bench' extra).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.pass_context
+def bench(ctx, config_name, data_dir, threads, seconds, loss, use_torch, as_json):
+    """Benchmarks (figures go to BENCHMARKS.md). Without a subcommand: training, scoring and
+    generation speed of a config against this machine's GEMM rate and PyTorch."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .bench import format_speed, recipe_paths, run_speed
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    for path in recipe_paths(data_dir, "brown")[:2]:
+        if not os.path.isfile(path):
+            raise FflmError(f"{path}: not found; pass --data or set FFLM_DATA")
+    result = run_speed(data_dir, config_name, threads, seconds, use_torch, loss)
+    _echo_json(result) if as_json else click.echo(format_speed(result))
 
 
 @bench.command("ngram")

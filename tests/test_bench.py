@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from conftest import shared_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = os.path.join(ROOT, "data", "synth")
@@ -47,3 +48,34 @@ def test_recipe_failures_are_one_line(run_cli, fake_data, tmp_path, monkeypatch)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "fflm train" in err
     code, _, err = run_cli("bench", "recipe", "brown", "--data", tmp_path / "nowhere")
     assert code == 1 and "not found" in err
+
+
+def test_speed_benchmark_reports_every_figure(run_cli):
+    data = shared_path("brown", "train.txt").parent.parent
+    code, out, err = run_cli("bench", "--config", "small", "--seconds", "1", "--no-torch", "--threads", "1",
+                             "--data", data, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    for key in ("config", "gemm_gflops", "train_tokens_per_s", "train_gflops", "gemm_fraction",
+                "score_tokens_per_s", "generate_ms_per_token", "peak_rss_mb", "compile_seconds"):
+        assert isinstance(r[key], (int, float, str)) and r[key], key
+    assert r["config"] == "small" and r["model"]["hidden"] == [256] and r["threads"] == 1
+    # the achieved rate is the measured tokens/s times the model's FLOPs per token
+    from fflm.bench import train_flops_per_token
+    from fflm.model import ModelConfig
+
+    flops = train_flops_per_token(ModelConfig(order=5, embed_dim=64, hidden=(256,)), r["model"]["vocabulary"])
+    assert r["train_gflops"] == pytest.approx(r["train_tokens_per_s"] * flops / 1e9)
+    assert r["gemm_fraction"] == pytest.approx(r["train_gflops"] / r["gemm_gflops"])
+    assert "torch_tokens_per_s" not in r
+
+
+def test_flops_per_token_count_every_product():
+    from fflm.bench import score_flops_per_token, train_flops_per_token
+    from fflm.model import ModelConfig
+
+    c = ModelConfig(order=3, embed_dim=2, hidden=(5, 7))  # context 4 -> 5 -> 7 -> V
+    assert train_flops_per_token(c, 10) == 6 * (7 * 10 + 4 * 5 + 5 * 7)
+    assert score_flops_per_token(c, 10) == 2 * (7 * 10 + 4 * 5 + 5 * 7)
+    d = ModelConfig(order=3, embed_dim=2, hidden=(5,), direct=True)  # the output reads [h, e]
+    assert train_flops_per_token(d, 10) == 6 * ((5 + 4) * 10 + 4 * 5)
