@@ -161,6 +161,53 @@ def test_softmax_cross_entropy_pair(skip):
     assert np.allclose(dz, (p - onehot) / B)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_huge_skipped_logit_changes_nothing(dtype):
+    """<s>'s column is never trained; whatever its logit, the other words' softmax ignores it."""
+    z = np.array([[1.0, 1e30, 2.0, 0.5]], dtype=dtype)
+    y = np.array([2], dtype=np.int32)
+    nll, p = np.empty(1, dtype=dtype), np.empty((1, 4), dtype=dtype)
+    K.softmax_xent_forward(z, y, 1, nll)
+    expect = np.log(np.exp([1.0, 2.0, 0.5]).sum()) - 2.0
+    assert nll[0] == pytest.approx(expect, rel=1e-6) and z[0, 1] == dtype(1e30)  # logits left as they were
+    K.softmax_forward(z, 1, p)
+    assert p[0, 1] == 0 and p.sum() == pytest.approx(1.0, rel=1e-6)
+    K.softmax_xent_fused(z, y, 1, 1.0, nll)
+    assert nll[0] == pytest.approx(expect, rel=1e-6) and z[0, 1] == 0 and np.isfinite(z).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_exp_tanh_sigmoid_match_the_library_functions(dtype):
+    """The float32 fast path is within float32 rounding of the exact functions; float64 is exact."""
+    x = np.concatenate([np.linspace(-100, 100, 40001), [0.0, -0.0, 1e-8, -1e-8]]).astype(dtype)
+    out = np.empty_like(x)
+    x64 = x.astype(np.float64)
+    K.vector_exp(x, out)
+    inside = (x64 > -87) & (x64 < 88)
+    rel = np.abs(out[inside] - np.exp(x64[inside])) / np.exp(x64[inside])
+    assert rel.max() < (3e-7 if dtype == np.float32 else 1e-15)
+    assert (out[x64 < -88] < 1.3e-38).all() and np.isfinite(out).all()  # clamped to the smallest normal
+    K.vector_tanh(x, out)
+    assert np.abs(out - np.tanh(x64)).max() < (2e-7 if dtype == np.float32 else 1e-15)
+    K.vector_sigmoid(x, out)
+    assert np.abs(out - 1 / (1 + np.exp(-x64))).max() < (2e-7 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("skip", [-1, 0, 1])
+def test_float32_softmax_matches_float64(skip):
+    """The float32 kernels (fast exp, float32 logits) against the float64 ones on the same logits."""
+    z = (RNG.standard_normal((16, 3000)) * 4).astype(np.float32)
+    y = RNG.integers(2, 3000, 16).astype(np.int32)
+    n32, n64 = np.empty(16, np.float32), np.empty(16)
+    K.softmax_xent_forward(z, y, skip, n32)
+    K.softmax_xent_forward(z.astype(np.float64), y, skip, n64)
+    assert np.allclose(n32, n64, rtol=1e-5, atol=1e-5)
+    g32, g64 = z.copy(), z.astype(np.float64)
+    K.softmax_xent_fused(g32, y, skip, 1.0, n32)
+    K.softmax_xent_fused(g64, y, skip, 1.0, n64)
+    assert np.abs(g32 - g64).max() < 1e-6
+
+
 def test_softmax_does_not_overflow():
     z = np.array([[1000.0, 999.0, -1000.0]])
     nll = np.empty(1)
