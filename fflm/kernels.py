@@ -168,7 +168,7 @@ def touched_rows(x, mark, rows):
     return count
 
 
-# --- bias: broadcast add / column sum ---------------------------------------------------------
+# --- bias: broadcast add (its backward is a product) ---------------------------------------------------------
 @njit(cache=True, parallel=True)
 def bias_forward(out, bias):
     """out[b, :] += bias: the `+ b` of an affine layer, after BLAS computed x @ W into out."""
@@ -177,23 +177,9 @@ def bias_forward(out, bias):
             out[b, j] += bias[j]
 
 
-@njit(cache=True, parallel=True)
-def bias_backward(dout, dbias):
-    """dbias = sum over the batch of dout: each row used the same bias.
-
-    Threads take blocks of columns and walk the rows, so every read is contiguous
-    (a column-at-a-time loop strides through memory and is several times slower).
-    """
-    B, n = dout.shape
-    block = 512
-    for k in prange((n + block - 1) // block):
-        lo = k * block
-        hi = min(lo + block, n)
-        for j in range(lo, hi):
-            dbias[j] = 0.0
-        for b in range(B):
-            for j in range(lo, hi):
-                dbias[j] += dout[b, j]
+# The backward, dbias = sum over the batch of dout, is 1ᵀ·dout: a bias is a weight on a
+# constant input of 1. That is a matrix-vector product, so model.py hands it to BLAS (measured
+# on a (256, 14116) batch: 0.1 ms, against 1-3 ms for the best Numba loop).
 
 
 # --- activations g: in place, the backward written with the forward's output h = g(a) --------

@@ -120,6 +120,7 @@ class Workspace:
             self.out_in = np.empty((B, width), dtype=dt)
             self.d_out_in = np.empty((B, width), dtype=dt)
         self.nll = np.empty(B, dtype=dt)
+        self.ones = np.ones(B, dtype=dt)  # the constant input every bias multiplies
         self.mark = np.zeros(V, dtype=np.int8)
         self.rows = np.empty(B * (cfg.order - 1), dtype=np.int64)
         if noise_samples:  # the sampled objectives: at most B targets + k noise words a batch
@@ -236,7 +237,7 @@ class FFNNLM:
         B = len(x)
         dz = ws.z[:B]
         np.dot(self._out_in(ws, B).T, dz, out=self.dU_all)  # (H, B) @ (B, V) -> (H, V)
-        K.bias_backward(dz, self.dc)
+        np.dot(ws.ones[:B], dz, out=self.dc)  # 1ᵀ dz: the bias's input is a constant 1
         np.dot(dz, self.U_all.T, out=self._d_out_in(ws, B))  # (B, V) @ (V, H)
         self.hidden_backward(x, ws)
 
@@ -265,7 +266,7 @@ class FFNNLM:
                 K.activation_backward(dh, hidden[l], self.kind)  # dL/da = dL/dh * g'(a)
                 below = hidden[l - 1] if l > 0 else e
                 np.dot(below.T, dh, out=self.dW[l])
-                K.bias_backward(dh, self.db[l])
+                np.dot(ws.ones[:B], dh, out=self.db[l])
                 d_below = ws.dh[l - 1][:B] if l > 0 else ws.de[:B]
                 np.dot(dh, self.W[l].T, out=d_below)
             if self.config.direct:
@@ -301,7 +302,7 @@ class FFNNLM:
         nll = ws.nll[:B]
         K.sampled_loss_fused(z, pos, negw, offset, 1.0 / B, nll)  # z := dL/dz
         np.dot(inp.T, z, out=dUs)
-        K.bias_backward(z, dcs)
+        np.dot(ws.ones[:B], z, out=dcs)
         np.dot(z, Us.T, out=self._d_out_in(ws, B))
         self.hidden_backward(x, ws)
         return float(nll.sum(dtype=np.float64)) / B, S
