@@ -395,6 +395,12 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
             t_tok, t_sec = t_tok + a, t_sec + b
             set_threads(used)
     train_tps = f_tok / f_sec
+    one_thread = None
+    if used > 1:  # how well the second core is used
+        set_threads(1)
+        a, b = _timed_steps(fflm_step, index, seconds / 2)
+        one_thread = a / b
+        set_threads(used)
     flops = train_flops_per_token(config, V)
     result = {
         "benchmark": "speed",
@@ -407,6 +413,8 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
         "train_tokens_per_s": train_tps,
         "train_gflops": train_tps * flops / 1e9 if loss == "softmax" else None,
         "gemm_fraction": train_tps * flops / 1e9 / gemm if loss == "softmax" else None,
+        "train_tokens_per_s_1_thread": one_thread,
+        "threads_speedup": train_tps / one_thread if one_thread else None,
     }
     # scoring: the exact softmax over validation text
     contexts, targets = valid.pairs(np.arange(min(len(valid), 60_000)))
@@ -422,7 +430,18 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
     for s in range(20):
         words += len(sample(model, num_samples=1, num_words=50, seed=s)[0]) + 1  # + its </s>
     result["generate_ms_per_token"] = 1000 * (time.perf_counter() - t0) / words
-    result["peak_rss_mb"] = _peak_rss_mb()  # before PyTorch's share is counted below
+    # memory and start-up, each in a fresh process (this one holds PyTorch and the timing data)
+    result["peak_rss_mb"] = _in_fresh_process("train_peak_memory", data_dir, name, loss)
+    work = os.path.join("out", "bench")
+    os.makedirs(work, exist_ok=True)
+    model_path, tiny = os.path.join(work, f"speed-{name}.npz"), os.path.join(work, "one-sentence.txt")
+    model.save(model_path)
+    with open(tiny, "w", encoding="utf-8") as f:
+        f.write("the jury said\n")
+    fflm = [sys.executable, "-m", "fflm"]
+    _run(fflm + ["eval", model_path, tiny, "--baseline", "none"])  # fills the kernel cache if need be
+    result["eval_startup_seconds"] = _run(fflm + ["eval", model_path, tiny, "--baseline", "none"])[1]
+    result["help_seconds"] = _run(fflm + ["--help"])[1]
     if torch_model is not None:
         import torch
 
@@ -430,6 +449,32 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
         result["torch_tokens_per_s"] = t_tok / t_sec
         result["vs_torch"] = train_tps / (t_tok / t_sec)
     return result
+
+
+def train_peak_memory(data_dir, name, loss="softmax"):
+    """Peak memory of training a config on Brown: corpus, windows, model, buffers, scoring."""
+    import numpy as np
+
+    from fflm import Vocabulary, Windows, read_sentences
+    from fflm.model import FFNNLM, ModelConfig
+    from fflm.train import SGD, TrainConfig, evaluate_ppl, make_noise
+
+    spec = SPEED_CONFIGS[name]
+    train_path, valid_path, _ = recipe_paths(data_dir, "brown")
+    sentences = read_sentences(train_path)
+    vocab = Vocabulary.build(sentences)
+    config = ModelConfig(order=spec["order"], embed_dim=spec["embed_dim"], hidden=spec["hidden"])
+    windows = Windows.from_sentences(sentences, vocab, config.order)
+    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order)
+    model = FFNNLM(vocab, config, seed=1)
+    tconfig = TrainConfig(batch_size=spec["batch_size"], loss=loss)
+    sgd = SGD(model, spec["batch_size"], make_noise(model, tconfig))
+    best = (model.E.copy(), model.dense.copy())  # training keeps a copy of the best weights
+    for _, index in zip(range(20), windows.batches(spec["batch_size"], np.random.default_rng(0))):
+        sgd.step(index, windows, 0.05, 0.0, 0.0)
+    evaluate_ppl(model, valid)
+    del best
+    return _peak_rss_mb()
 
 
 def format_speed(r):
@@ -445,6 +490,11 @@ def format_speed(r):
                      f"fflm/PyTorch = {r['vs_torch']:.2f}")
     lines.append(f"  scoring (exact softmax): {r['score_tokens_per_s']:,.0f} tokens/s, "
                  f"{100 * r['score_gemm_fraction']:.0f}% of GEMM")
+    if r.get("threads_speedup"):
+        lines.append(f"  one thread: {r['train_tokens_per_s_1_thread']:,.0f} tokens/s; "
+                     f"{r['threads']} threads = {r['threads_speedup']:.2f}x")
     lines.append(f"  generation: {r['generate_ms_per_token']:.2f} ms/token")
-    lines.append(f"  peak memory: {r['peak_rss_mb']:.0f} MB")
+    lines.append(f"  peak memory training (fresh process): {r['peak_rss_mb']:.0f} MB")
+    lines.append(f"  start-up: fflm eval on one sentence {r['eval_startup_seconds']:.2f} s, "
+                 f"fflm --help {r['help_seconds']:.2f} s")
     return "\n".join(lines)
