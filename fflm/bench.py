@@ -326,7 +326,7 @@ class _TorchModel:
         loss = self.loss(self.net(self.emb(x).flatten(1)), y)
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def _timed_steps(step, batches, seconds):
