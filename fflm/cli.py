@@ -176,6 +176,10 @@ def _load_model(path):
 @click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
 @click.option("--max-halvings", type=int, default=4, show_default=True, help="Stop after this many halvings.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 penalty on weights and embeddings.")
+@click.option("--dropout", type=float, default=0.0, show_default=True,
+              help="Inverted dropout on the hidden layers' outputs while training (off at evaluation).")
+@click.option("--embed-dropout", type=float, default=0.0, show_default=True,
+              help="The same on the concatenated context embeddings.")
 @click.option("--loss", type=click.Choice(["softmax", "nce", "neg"]), default="softmax", show_default=True,
               help="Training objective: exact softmax cross-entropy, or the cheaper sampled nce / neg "
                    "(negative sampling). Evaluation always uses the exact softmax.")
@@ -191,7 +195,7 @@ def _load_model(path):
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, epochs, batch_size, lr, max_halvings,
-          weight_decay, loss, noise_samples, noise_power, clip, min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
+          weight_decay, dropout, embed_dropout, loss, noise_samples, noise_power, clip, min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
     \b
@@ -212,8 +216,9 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, e
                          direct=direct)
     config.check()
     tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_halvings=max_halvings,
-                                   weight_decay=weight_decay, loss=loss, noise_samples=noise_samples,
-                                   noise_power=noise_power, clip=clip, seed=seed, threads=threads)
+                                   weight_decay=weight_decay, dropout=dropout, embed_dropout=embed_dropout,
+                                   loss=loss, noise_samples=noise_samples, noise_power=noise_power, clip=clip,
+                                   seed=seed, threads=threads)
     tconfig.check()
     text = _text_config(None, tokenizer, lowercase, encoding_errors)
     sentences = read_sentences(corpus, text)

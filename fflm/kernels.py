@@ -215,6 +215,28 @@ def activation_backward(dh, h, kind):
                 dh[b, j] *= v * (1.0 - v)
 
 
+# --- inverted dropout: training only; evaluation simply skips it ---------------------------------
+@njit(cache=True, parallel=True)
+def dropout_forward(a, mask, p):
+    """a *= mask, in place. On entry `mask` holds uniform [0, 1) draws; on exit 1/(1-p) where
+    the unit is kept (draw >= p) and 0 where it is dropped, so every unit's expected value is
+    unchanged and the model at evaluation is the same model without the masks."""
+    scale = 1.0 / (1.0 - p)
+    for b in prange(a.shape[0]):
+        for j in range(a.shape[1]):
+            m = scale if mask[b, j] >= p else 0.0
+            mask[b, j] = m
+            a[b, j] *= m
+
+
+@njit(cache=True, parallel=True)
+def dropout_backward(d, mask):
+    """d *= mask: with the mask fixed, dropout is linear, and this is its gradient."""
+    for b in prange(d.shape[0]):
+        for j in range(d.shape[1]):
+            d[b, j] *= mask[b, j]
+
+
 # --- softmax and cross-entropy, fused ------------------------------------------------------
 # Column `skip` (<s>, never a target) is left out of every softmax (-1: none is). Every loop
 # runs over the whole row, with no branch, so LLVM vectorises it; the skipped column is taken

@@ -105,7 +105,8 @@ def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0):
 class Workspace:
     """Every activation and gradient buffer for batches of up to `batch_size` rows, made once."""
 
-    def __init__(self, model, batch_size, noise_samples=0):
+    def __init__(self, model, batch_size, noise_samples=0, dropout=(0.0, 0.0), seed=0):
+        """dropout: (embeddings, hidden layers) probabilities, for a training workspace."""
         cfg, dt, V = model.config, model.dtype, len(model.vocab)
         B = batch_size
         self.batch_size = B
@@ -133,6 +134,27 @@ class Workspace:
             self.cs, self.dcs, self.offset = np.empty(S, dtype=dt), np.empty(S, dtype=dt), np.empty(S, dtype=dt)
             self.zs = np.empty(B * S, dtype=dt)
         self.z = np.empty((B, V), dtype=dt) if not noise_samples else None
+        self.p_embed, self.p_hidden = dropout
+        if self.p_embed or self.p_hidden:  # masks, and the dropped copies the next layer reads
+            self.rng = np.random.default_rng([seed, 2])  # a stream of its own
+            self.mask_e = np.empty((B, cfg.context_width), dtype=dt) if self.p_embed else None
+            self.mask_h = [np.empty((B, h), dtype=dt) for h in cfg.hidden] if self.p_hidden else []
+            self.hd = [np.empty((B, h), dtype=dt) for h in cfg.hidden] if self.p_hidden else []
+        else:
+            self.mask_e, self.mask_h, self.hd = None, [], []
+
+    def layer_input(self, l, B):
+        """What hidden layer l (0 = the first) reads: the embeddings, or layer l-1's output,
+        after dropout when it is on."""
+        if l == 0:
+            return self.e[:B]
+        return self.hd[l - 1][:B] if self.hd else self.h[l - 1][:B]
+
+    def drop(self, a, mask, p):
+        if p > 0:
+            B = len(a)
+            self.rng.random(out=mask[:B], dtype=mask.dtype)
+            K.dropout_forward(a, mask[:B], p)
 
 
 class FFNNLM:
@@ -205,6 +227,7 @@ class FFNNLM:
         B = len(x)
         e = ws.e[:B]
         K.embedding_forward(self.E, x, e)  # (B, n-1) int32 -> (B, (n-1)*m)
+        ws.drop(e, ws.mask_e, ws.p_embed)
         inp = e
         for l in range(len(self.W)):
             a = ws.h[l][:B]
@@ -212,6 +235,10 @@ class FFNNLM:
             K.bias_forward(a, self.b[l])
             K.activation_forward(a, self.kind)
             inp = a
+            if ws.hd:  # dropout: the next layer reads a masked copy; a stays for g'(a)
+                inp = ws.hd[l][:B]
+                inp[...] = a
+                ws.drop(inp, ws.mask_h[l], ws.p_hidden)
         if self.config.direct:
             out_in = ws.out_in[:B]
             H = inp.shape[1]
@@ -245,7 +272,7 @@ class FFNNLM:
         """The output layer's input: [h_L, e] with direct connections, else h_L (or e)."""
         if self.config.direct:
             return ws.out_in[:B]
-        return ws.h[-1][:B] if ws.h else ws.e[:B]
+        return ws.layer_input(len(ws.h), B)
 
     def _d_out_in(self, ws, B):
         if self.config.direct:
@@ -255,7 +282,6 @@ class FFNNLM:
     def hidden_backward(self, x, ws):
         """From dL/d(output layer's input), in _d_out_in, down to the embeddings."""
         B = len(x)
-        e = ws.e[:B]
         hidden = [h[:B] for h in ws.h]
         if hidden:
             if self.config.direct:
@@ -263,14 +289,17 @@ class FFNNLM:
                 ws.dh[-1][:B] = d_out[:, : hidden[-1].shape[1]]
             for l in range(len(hidden) - 1, -1, -1):
                 dh = ws.dh[l][:B]
+                if ws.hd:
+                    K.dropout_backward(dh, ws.mask_h[l][:B])
                 K.activation_backward(dh, hidden[l], self.kind)  # dL/da = dL/dh * g'(a)
-                below = hidden[l - 1] if l > 0 else e
-                np.dot(below.T, dh, out=self.dW[l])
+                np.dot(ws.layer_input(l, B).T, dh, out=self.dW[l])
                 np.dot(ws.ones[:B], dh, out=self.db[l])
                 d_below = ws.dh[l - 1][:B] if l > 0 else ws.de[:B]
                 np.dot(dh, self.W[l].T, out=d_below)
             if self.config.direct:
                 ws.de[:B] += d_out[:, hidden[-1].shape[1] :]
+        if ws.mask_e is not None:
+            K.dropout_backward(ws.de[:B], ws.mask_e[:B])
         K.embedding_backward(ws.de[:B], x, self.dE)
 
     def loss_and_grad(self, x, y, ws):

@@ -37,6 +37,8 @@ class TrainConfig:
     min_improvement: float = 0.003  # relative validation gain below which the learning rate halves
     max_halvings: int = 4  # stop after this many halvings
     weight_decay: float = 0.0
+    dropout: float = 0.0  # probability of dropping a hidden unit (inverted dropout; off at evaluation)
+    embed_dropout: float = 0.0  # the same for the concatenated context embeddings
     loss: str = "softmax"  # softmax (exact cross-entropy) | nce | neg (sampled, cheaper)
     noise_samples: int = 100  # k, noise words per batch for nce / neg
     noise_power: float = 0.75  # noise distribution: unigram counts ** power
@@ -53,6 +55,9 @@ class TrainConfig:
             raise FflmError(f"--lr must be a positive number, not {self.lr}")
         if self.weight_decay < 0 or self.clip < 0:
             raise FflmError("--weight-decay and --clip cannot be negative")
+        for name, p in (("--dropout", self.dropout), ("--embed-dropout", self.embed_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise FflmError(f"{name} is a probability in [0, 1), not {p}")
         if self.loss not in LOSSES:
             raise FflmError(f"unknown --loss {self.loss!r} (choose from {', '.join(LOSSES)})")
         if self.noise_samples < 1:
@@ -145,10 +150,11 @@ class SGD:
     move, like the embedding rows: a step costs the sample, not the vocabulary.
     """
 
-    def __init__(self, model, batch_size, noise=None):
+    def __init__(self, model, batch_size, noise=None, dropout=(0.0, 0.0), seed=0):
         self.model = model
         self.noise = noise
-        self.ws = Workspace(model, batch_size, noise_samples=len(noise.words) if noise else 0)
+        self.ws = Workspace(model, batch_size, noise_samples=len(noise.words) if noise else 0, dropout=dropout,
+                            seed=seed)
         self.n_weights = model.n_weights
 
     def step(self, index, windows, lr, weight_decay, clip):
@@ -209,7 +215,8 @@ def warm_up(model, config=None):
     n = model.config.order
     tiny = Windows(np.array([Vocabulary.BOS_ID] * max(n - 1, 1) + [Vocabulary.EOS_ID], dtype=np.int32), n)
     noise = make_noise(model, config) if config is not None else None
-    sgd = SGD(model, 1, noise)  # its own sampler: the run's noise stream stays untouched
+    dropout = (config.embed_dropout, config.dropout) if config is not None else (0.0, 0.0)
+    sgd = SGD(model, 1, noise, dropout)  # its own sampler and masks: the run's streams stay untouched
     sgd.step(np.zeros(1, dtype=np.int64), tiny, 0.0, 0.0, 1e30)  # lr 0: nothing changes
     model.nll(*tiny.pairs())
     return time.perf_counter() - start
@@ -235,7 +242,8 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
     if train_windows.order != model.config.order:
         raise FflmError("the training windows' order differs from the model's")
     rng = np.random.default_rng(config.seed)
-    sgd = SGD(model, config.batch_size, make_noise(model, config))
+    sgd = SGD(model, config.batch_size, make_noise(model, config), (config.embed_dropout, config.dropout),
+              config.seed)
     schedule = Schedule(config.lr, config.min_improvement, config.max_halvings)
     history, best = [], None
     for epoch in range(1, config.epochs + 1):

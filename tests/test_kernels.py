@@ -370,3 +370,55 @@ def test_whole_model_gradient_with_a_sampled_loss(config):
     for name, p in model.params.items():
         if name not in ("U", "Wd", "c"):
             assert_close(model.grads[name], numeric_grad(loss, p))
+
+
+def test_dropout_pair():
+    a0 = RNG.standard_normal((5, 7))
+    u = RNG.random((5, 7))
+    G = RNG.standard_normal((5, 7))
+    p = 0.4
+
+    def loss():
+        a, mask = a0.copy(), u.copy()
+        K.dropout_forward(a, mask, p)
+        return float((G * a).sum())
+
+    a, mask = a0.copy(), u.copy()
+    K.dropout_forward(a, mask, p)
+    assert np.array_equal(mask, np.where(u >= p, 1 / (1 - p), 0.0))
+    assert np.allclose(a, a0 * mask)
+    d = G.copy()
+    K.dropout_backward(d, mask)
+    assert_close(d, numeric_grad(loss, a0))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}")
+def test_whole_model_gradient_with_dropout(config):
+    """Dropout on the embeddings and every hidden layer; masks held fixed (same draws) while
+    the central differences are taken."""
+    vocab = Vocabulary(["a", "b", "c", "d"])
+    model = FFNNLM(vocab, config, dtype=np.float64, seed=3)
+    for p in model.params.values():
+        p[...] += RNG.standard_normal(p.shape) * 0.3
+    B = 6
+    x = RNG.integers(0, len(vocab), size=(B, config.order - 1)).astype(np.int32)
+    y = np.array([3, 4, 2, 5, 6, 2], dtype=np.int32)
+    ws = Workspace(model, B, dropout=(0.3, 0.5), seed=9)
+
+    def same_masks():
+        ws.rng = np.random.default_rng(123)
+
+    def loss():
+        same_masks()
+        z = model.forward(x, ws)
+        nll = np.empty(B)
+        K.softmax_xent_forward(z, y, Vocabulary.BOS_ID, nll)
+        return float(nll.mean())
+
+    model.dE[...] = 0
+    same_masks()
+    L = model.loss_and_grad(x, y, ws)
+    assert L == pytest.approx(loss(), rel=1e-12)
+    assert L != pytest.approx(float(model.nll(x, y).mean()), rel=1e-3)  # the masks did something
+    for name, p in model.params.items():
+        assert_close(model.grads[name], numeric_grad(loss, p))

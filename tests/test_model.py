@@ -217,7 +217,7 @@ def test_impossible_configs(bad):
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=0.0), dict(lr=float("nan")),
                                  dict(clip=-1.0), dict(threads=-1), dict(loss="hinge"), dict(noise_samples=0),
-                                 dict(noise_power=-1.0)])
+                                 dict(noise_power=-1.0), dict(dropout=1.0), dict(embed_dropout=-0.1)])
 def test_impossible_training_settings(bad):
     with pytest.raises(FflmError):
         TrainConfig(**bad).check()
@@ -263,3 +263,17 @@ def test_noise_follows_the_flattened_unigram_distribution(data):
     assert freq[Vocabulary.BOS_ID] == 0
     assert np.abs(freq - q).max() < 4 * np.sqrt(q.max() / len(draws))  # within sampling noise
     assert np.allclose(noise.log_kq[q > 0], np.log(4000 * q[q > 0]), rtol=1e-5)
+
+
+def test_dropout_trains_deterministically_and_is_off_at_evaluation(data):
+    vocab, tw, vw = data
+    set_threads(2)
+    untrained = evaluate_ppl(FFNNLM(vocab, SMALL, seed=1), vw)
+    a, ha = fit(vocab, tw, vw, epochs=3, dropout=0.3, embed_dropout=0.1)
+    b, _ = fit(vocab, tw, vw, epochs=3, dropout=0.3, embed_dropout=0.1)
+    plain, _ = fit(vocab, tw, vw, epochs=3)
+    assert np.array_equal(a.dense, b.dense) and np.array_equal(a.E, b.E)
+    assert not np.array_equal(a.dense, plain.dense)  # the masks changed the training
+    assert ha[-1]["valid_ppl"] < 0.8 * untrained
+    # scoring is deterministic and mask-free: the same numbers twice, equal to the history's best
+    assert evaluate_ppl(a, vw) == evaluate_ppl(a, vw) == pytest.approx(min(r["valid_ppl"] for r in ha), rel=1e-6)
