@@ -176,6 +176,8 @@ def _load_model(path):
 @click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
 @click.option("--max-halvings", type=int, default=4, show_default=True, help="Stop after this many halvings.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 penalty on weights and embeddings.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default="sgd", show_default=True,
+              help="Plain SGD (the teaching path), or Adagrad / Adam (use a smaller --lr, e.g. 0.05 / 0.002).")
 @click.option("--dropout", type=float, default=0.0, show_default=True,
               help="Inverted dropout on the hidden layers' outputs while training (off at evaluation).")
 @click.option("--embed-dropout", type=float, default=0.0, show_default=True,
@@ -195,7 +197,7 @@ def _load_model(path):
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, epochs, batch_size, lr, max_halvings,
-          weight_decay, dropout, embed_dropout, loss, noise_samples, noise_power, clip, min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
+          weight_decay, optimizer, dropout, embed_dropout, loss, noise_samples, noise_power, clip, min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
     \b
@@ -216,8 +218,8 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, e
                          direct=direct)
     config.check()
     tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_halvings=max_halvings,
-                                   weight_decay=weight_decay, dropout=dropout, embed_dropout=embed_dropout,
-                                   loss=loss, noise_samples=noise_samples, noise_power=noise_power, clip=clip,
+                                   weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
+                                   embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples, noise_power=noise_power, clip=clip,
                                    seed=seed, threads=threads)
     tconfig.check()
     text = _text_config(None, tokenizer, lowercase, encoding_errors)

@@ -486,6 +486,52 @@ def sgd_update_rows(E, dE, rows, count, lr, weight_decay):
             dE[r, j] = 0.0
 
 
+# --- adaptive steps (Adagrad, Adam): the same update with a per-parameter scale ------------------
+# g = grad + weight_decay * p, as for SGD. Adagrad: acc += g², p -= lr g / (√acc + eps).
+# Adam: m = β1 m + (1-β1) g, v = β2 v + (1-β2) g², p -= lr_t m / (√v + eps), where
+# lr_t = lr √(1-β2^t) / (1-β1^t) undoes the zero start of m and v. The _rows versions touch the
+# embedding rows of the batch only, as sgd_update_rows does ("lazy" moments, like PyTorch's
+# SparseAdam), then zero those rows of dE.
+@njit(cache=True, parallel=True)
+def adagrad_update(p, g, acc, lr, weight_decay, eps):
+    for i in prange(p.shape[0]):
+        gi = g[i] + weight_decay * p[i]
+        acc[i] += gi * gi
+        p[i] -= lr * gi / (math.sqrt(acc[i]) + eps)
+
+
+@njit(cache=True)
+def adagrad_update_rows(E, dE, acc, rows, count, lr, weight_decay, eps):
+    for k in range(count):
+        r = rows[k]
+        for j in range(E.shape[1]):
+            gi = dE[r, j] + weight_decay * E[r, j]
+            acc[r, j] += gi * gi
+            E[r, j] -= lr * gi / (math.sqrt(acc[r, j]) + eps)
+            dE[r, j] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def adam_update(p, g, m, v, lr_t, beta1, beta2, weight_decay, eps):
+    for i in prange(p.shape[0]):
+        gi = g[i] + weight_decay * p[i]
+        m[i] = beta1 * m[i] + (1.0 - beta1) * gi
+        v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        p[i] -= lr_t * m[i] / (math.sqrt(v[i]) + eps)
+
+
+@njit(cache=True)
+def adam_update_rows(E, dE, m, v, rows, count, lr_t, beta1, beta2, weight_decay, eps):
+    for k in range(count):
+        r = rows[k]
+        for j in range(E.shape[1]):
+            gi = dE[r, j] + weight_decay * E[r, j]
+            m[r, j] = beta1 * m[r, j] + (1.0 - beta1) * gi
+            v[r, j] = beta2 * v[r, j] + (1.0 - beta2) * gi * gi
+            E[r, j] -= lr_t * m[r, j] / (math.sqrt(v[r, j]) + eps)
+            dE[r, j] = 0.0
+
+
 @njit(cache=True)
 def sum_squares_rows(dE, rows, count):
     """Squared norm of the touched rows of dE (for gradient-norm clipping)."""

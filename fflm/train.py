@@ -5,7 +5,9 @@ every parameter against the gradient of the batch's mean cross-entropy:
 
     theta <- theta - lr * (grad + weight_decay * theta)     (no decay on biases)
 
-optionally after scaling the whole gradient down to a norm of at most `clip`. The learning
+optionally after scaling the whole gradient down to a norm of at most `clip`. Plain SGD is
+the default and the teaching path; Adagrad and Adam (`optimizer`) scale each parameter's step
+by its gradient history instead (`Optimizer`). The learning
 rate follows the classic recipe (`Schedule`, as in Mikolov's RNNLM toolkit): after each epoch
 the model is scored on validation text; an epoch that makes it worse is undone (the best
 weights are kept). The first time perplexity improves by less than `min_improvement`, the
@@ -25,6 +27,7 @@ from .model import Workspace
 
 
 LOSSES = ("softmax", "nce", "neg")
+OPTIMIZERS = ("sgd", "adagrad", "adam")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     dropout: float = 0.0  # probability of dropping a hidden unit (inverted dropout; off at evaluation)
     embed_dropout: float = 0.0  # the same for the concatenated context embeddings
+    optimizer: str = "sgd"  # sgd | adagrad | adam
     loss: str = "softmax"  # softmax (exact cross-entropy) | nce | neg (sampled, cheaper)
     noise_samples: int = 100  # k, noise words per batch for nce / neg
     noise_power: float = 0.75  # noise distribution: unigram counts ** power
@@ -58,6 +62,10 @@ class TrainConfig:
         for name, p in (("--dropout", self.dropout), ("--embed-dropout", self.embed_dropout)):
             if not 0.0 <= p < 1.0:
                 raise FflmError(f"{name} is a probability in [0, 1), not {p}")
+        if self.optimizer not in OPTIMIZERS:
+            raise FflmError(f"unknown --optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
+        if self.optimizer != "sgd" and self.loss != "softmax":
+            raise FflmError(f"--optimizer {self.optimizer} works with --loss softmax only; use sgd with {self.loss}")
         if self.loss not in LOSSES:
             raise FflmError(f"unknown --loss {self.loss!r} (choose from {', '.join(LOSSES)})")
         if self.noise_samples < 1:
@@ -143,6 +151,40 @@ class Noise:
         return self.words
 
 
+class Optimizer:
+    """The update rule: plain SGD, Adagrad or Adam over the flat dense parameters (weights
+    decayed, biases not) and the embedding rows a batch touched. Holds the per-parameter state."""
+
+    def __init__(self, model, name="sgd", beta1=0.9, beta2=0.999, eps=1e-8):
+        self.name, self.beta1, self.beta2 = name, beta1, beta2
+        self.eps = eps if name == "adam" else 1e-10
+        self.t = 0
+        state = {"sgd": 0, "adagrad": 1, "adam": 2}[name]
+        self.dense_state = [np.zeros_like(model.dense) for _ in range(state)]
+        self.E_state = [np.zeros_like(model.E) for _ in range(state)]
+
+    def update(self, m, rows, count, lr, weight_decay):
+        w = m.n_weights
+        regions = ((slice(0, w), weight_decay), (slice(w, None), 0.0))
+        if self.name == "sgd":
+            for r, wd in regions:
+                K.sgd_update(m.dense[r], m.grad[r], lr, wd)
+            K.sgd_update_rows(m.E, m.dE, rows, count, lr, weight_decay)
+        elif self.name == "adagrad":
+            (acc,), (accE,) = self.dense_state, self.E_state
+            for r, wd in regions:
+                K.adagrad_update(m.dense[r], m.grad[r], acc[r], lr, wd, self.eps)
+            K.adagrad_update_rows(m.E, m.dE, accE, rows, count, lr, weight_decay, self.eps)
+        else:
+            self.t += 1
+            b1, b2 = self.beta1, self.beta2
+            lr_t = lr * math.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
+            (mo, v), (mE, vE) = self.dense_state, self.E_state
+            for r, wd in regions:
+                K.adam_update(m.dense[r], m.grad[r], mo[r], v[r], lr_t, b1, b2, wd, self.eps)
+            K.adam_update_rows(m.E, m.dE, mE, vE, rows, count, lr_t, b1, b2, weight_decay, self.eps)
+
+
 class SGD:
     """The update step, with buffers made once: weights decayed, biases not, embeddings by row.
 
@@ -150,9 +192,10 @@ class SGD:
     move, like the embedding rows: a step costs the sample, not the vocabulary.
     """
 
-    def __init__(self, model, batch_size, noise=None, dropout=(0.0, 0.0), seed=0):
+    def __init__(self, model, batch_size, noise=None, dropout=(0.0, 0.0), seed=0, optimizer="sgd"):
         self.model = model
         self.noise = noise
+        self.optimizer = Optimizer(model, optimizer)
         self.ws = Workspace(model, batch_size, noise_samples=len(noise.words) if noise else 0, dropout=dropout,
                             seed=seed)
         self.n_weights = model.n_weights
@@ -172,10 +215,7 @@ class SGD:
             if norm > clip:
                 m.grad *= clip / norm
                 K.scale_rows(m.dE, ws.rows, count, clip / norm)
-        w = self.n_weights
-        K.sgd_update(m.dense[:w], m.grad[:w], lr, weight_decay)
-        K.sgd_update(m.dense[w:], m.grad[w:], lr, 0.0)
-        K.sgd_update_rows(m.E, m.dE, ws.rows, count, lr, weight_decay)
+        self.optimizer.update(m, ws.rows, count, lr, weight_decay)
         return loss
 
     def _sampled_step(self, x, y, lr, weight_decay, clip):
@@ -216,8 +256,9 @@ def warm_up(model, config=None):
     tiny = Windows(np.array([Vocabulary.BOS_ID] * max(n - 1, 1) + [Vocabulary.EOS_ID], dtype=np.int32), n)
     noise = make_noise(model, config) if config is not None else None
     dropout = (config.embed_dropout, config.dropout) if config is not None else (0.0, 0.0)
-    sgd = SGD(model, 1, noise, dropout)  # its own sampler and masks: the run's streams stay untouched
-    sgd.step(np.zeros(1, dtype=np.int64), tiny, 0.0, 0.0, 1e30)  # lr 0: nothing changes
+    optimizer = config.optimizer if config is not None else "sgd"
+    sgd = SGD(model, 1, noise, dropout, optimizer=optimizer)  # its own sampler, masks and moments
+    sgd.step(np.zeros(1, dtype=np.int64), tiny, 0.0, 0.0, 1e30)  # lr 0: no weight changes
     model.nll(*tiny.pairs())
     return time.perf_counter() - start
 
@@ -243,7 +284,7 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
         raise FflmError("the training windows' order differs from the model's")
     rng = np.random.default_rng(config.seed)
     sgd = SGD(model, config.batch_size, make_noise(model, config), (config.embed_dropout, config.dropout),
-              config.seed)
+              config.seed, config.optimizer)
     schedule = Schedule(config.lr, config.min_improvement, config.max_halvings)
     history, best = [], None
     for epoch in range(1, config.epochs + 1):

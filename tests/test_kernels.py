@@ -422,3 +422,36 @@ def test_whole_model_gradient_with_dropout(config):
     assert L != pytest.approx(float(model.nll(x, y).mean()), rel=1e-3)  # the masks did something
     for name, p in model.params.items():
         assert_close(model.grads[name], numeric_grad(loss, p))
+
+
+def test_adaptive_updates_follow_their_definitions():
+    p, g = RNG.standard_normal(8), RNG.standard_normal(8)
+    acc = RNG.random(8)
+    gi = g + 0.01 * p
+    expect = p - 0.1 * gi / (np.sqrt(acc + gi**2) + 1e-10)
+    acc_expect = acc + gi**2
+    K.adagrad_update(p, g, acc, 0.1, 0.01, 1e-10)
+    assert np.allclose(p, expect) and np.allclose(acc, acc_expect)
+    p, g = RNG.standard_normal(8), RNG.standard_normal(8)
+    m, v = RNG.standard_normal(8), RNG.random(8)
+    m2 = 0.9 * m + 0.1 * g
+    v2 = 0.999 * v + 0.001 * g**2
+    expect = p - 0.05 * m2 / (np.sqrt(v2) + 1e-8)
+    K.adam_update(p, g, m, v, 0.05, 0.9, 0.999, 0.0, 1e-8)
+    assert np.allclose(p, expect) and np.allclose(m, m2) and np.allclose(v, v2)
+    # the row versions: the same step on the touched rows only, which are then cleared in dE
+    for name in ("adagrad", "adam"):
+        E, dE = RNG.standard_normal((5, 3)), RNG.standard_normal((5, 3))
+        state = [RNG.random((5, 3)) for _ in range(1 if name == "adagrad" else 2)]
+        rows = np.array([3, 0], dtype=np.int64)
+        flat_p, flat_g = E[[3, 0]].ravel().copy(), dE[[3, 0]].ravel().copy()
+        flat_s = [s[[3, 0]].ravel().copy() for s in state]
+        E0 = E.copy()
+        if name == "adagrad":
+            K.adagrad_update_rows(E, dE, state[0], rows, 2, 0.1, 0.01, 1e-10)
+            K.adagrad_update(flat_p, flat_g, flat_s[0], 0.1, 0.01, 1e-10)
+        else:
+            K.adam_update_rows(E, dE, state[0], state[1], rows, 2, 0.05, 0.9, 0.999, 0.01, 1e-8)
+            K.adam_update(flat_p, flat_g, flat_s[0], flat_s[1], 0.05, 0.9, 0.999, 0.01, 1e-8)
+        assert np.allclose(E[[3, 0]].ravel(), flat_p) and np.array_equal(E[[1, 2, 4]], E0[[1, 2, 4]])
+        assert not dE[[3, 0]].any()

@@ -217,7 +217,8 @@ def test_impossible_configs(bad):
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=0.0), dict(lr=float("nan")),
                                  dict(clip=-1.0), dict(threads=-1), dict(loss="hinge"), dict(noise_samples=0),
-                                 dict(noise_power=-1.0), dict(dropout=1.0), dict(embed_dropout=-0.1)])
+                                 dict(noise_power=-1.0), dict(dropout=1.0), dict(embed_dropout=-0.1),
+                                 dict(optimizer="rmsprop"), dict(optimizer="adam", loss="nce")])
 def test_impossible_training_settings(bad):
     with pytest.raises(FflmError):
         TrainConfig(**bad).check()
@@ -277,3 +278,18 @@ def test_dropout_trains_deterministically_and_is_off_at_evaluation(data):
     assert ha[-1]["valid_ppl"] < 0.8 * untrained
     # scoring is deterministic and mask-free: the same numbers twice, equal to the history's best
     assert evaluate_ppl(a, vw) == evaluate_ppl(a, vw) == pytest.approx(min(r["valid_ppl"] for r in ha), rel=1e-6)
+
+
+@pytest.mark.parametrize("optimizer, lr", [("adagrad", 0.05), ("adam", 0.003)])
+def test_adaptive_optimizers_train_deterministically(data, optimizer, lr):
+    vocab, tw, vw = data
+    set_threads(2)
+    untrained = evaluate_ppl(FFNNLM(vocab, SMALL, seed=1), vw)
+    runs = []
+    for _ in range(2):
+        model = FFNNLM(vocab, SMALL, seed=1)
+        h = train(model, tw, vw, TrainConfig(epochs=3, batch_size=32, lr=lr, optimizer=optimizer))
+        runs.append((model, h))
+    (a, ha), (b, _) = runs
+    assert np.array_equal(a.dense, b.dense) and np.array_equal(a.E, b.E)
+    assert math.isfinite(ha[-1]["valid_ppl"]) and ha[-1]["valid_ppl"] < 0.8 * untrained
