@@ -171,6 +171,8 @@ def _load_model(path):
 @click.option("--hidden", default="256", show_default=True, help="Hidden layer sizes, e.g. 512 or 512,256; 0: none.")
 @click.option("--activation", type=click.Choice(["tanh", "relu", "sigmoid"]), default="tanh", show_default=True)
 @click.option("--direct", is_flag=True, help="Bengio's direct connections from the embeddings to the output.")
+@click.option("--cross-sentence", is_flag=True,
+              help="Contexts run on from the previous sentence instead of <s> padding (same scored tokens).")
 @click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
@@ -196,8 +198,9 @@ def _load_model(path):
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
-def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, epochs, batch_size, lr, max_halvings,
-          weight_decay, optimizer, dropout, embed_dropout, loss, noise_samples, noise_power, clip, min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
+def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, cross_sentence, epochs, batch_size, lr,
+          max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss, noise_samples, noise_power, clip,
+          min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
     \b
@@ -215,21 +218,21 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, e
     if json_log:
         _check_output(json_log)
     config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
-                         direct=direct)
+                         direct=direct, cross_sentence=cross_sentence)
     config.check()
     tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_halvings=max_halvings,
                                    weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
-                                   embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples, noise_power=noise_power, clip=clip,
-                                   seed=seed, threads=threads)
+                                   embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
+                                   noise_power=noise_power, clip=clip, seed=seed, threads=threads)
     tconfig.check()
     text = _text_config(None, tokenizer, lowercase, encoding_errors)
     sentences = read_sentences(corpus, text)
     vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
-    windows = Windows.from_sentences(sentences, vocab, order)
+    windows = Windows.from_sentences(sentences, vocab, order, cross_sentence)
     words = len(windows) - windows.num_sentences
     if words < order - 1:
         raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
-    valid_windows = Windows.from_sentences(read_sentences(valid, text), vocab, order) if valid else None
+    valid_windows = Windows.from_sentences(read_sentences(valid, text), vocab, order, cross_sentence) if valid else None
     need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0)
     have = _available_memory()
     if have is not None and need > have:
@@ -313,7 +316,7 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
     width = max(n, N)
     sentences = read_sentences(text, config)
     windows = Windows.from_sentences(sentences, model.vocab, width)
-    scores = {"fflm": (n, ev.score_neural(model, windows))}
+    scores = {"fflm": (n, ev.score_neural(model, model.windows(sentences)))}  # its own contexts; same targets
     lm = None
     if baseline != "none":
         source = baseline_train or meta.get("training", {}).get("corpus")
@@ -327,8 +330,9 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
     if tune_on:
         if lm is None:
             raise FflmError("--tune-on needs a baseline to interpolate with (not --baseline none)")
-        tune = Windows.from_sentences(read_sentences(tune_on, config), model.vocab, width)
-        lam = ev.tune_lambda(ev.score_neural(model, tune), ev.score_ngram(lm, tune))
+        tune_sentences = read_sentences(tune_on, config)
+        tune = Windows.from_sentences(tune_sentences, model.vocab, width)
+        lam = ev.tune_lambda(ev.score_neural(model, model.windows(tune_sentences)), ev.score_ngram(lm, tune))
         scores["interpolated"] = (n, ev.interpolate(scores["fflm"][1], scores[lm.name][1], lam))
     rep = ev.report(scores)
     if lam is not None:

@@ -40,6 +40,7 @@ class ModelConfig:
     hidden: tuple = (256,)
     activation: str = "tanh"  # tanh | relu | sigmoid
     direct: bool = False  # Bengio's direct connections from the embeddings to the output
+    cross_sentence: bool = False  # contexts run on across sentence ends (else: <s> padding)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -86,7 +87,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{k: d[k] for k in ("order", "embed_dim", "hidden", "activation", "direct") if k in d})
+        return cls(**{k: d[k] for k in ("order", "embed_dim", "hidden", "activation", "direct", "cross_sentence") if k in d})
 
 
 def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0):
@@ -220,6 +221,12 @@ class FFNNLM:
                 p[...] = 0.0
         counts = np.asarray(unigram_counts if unigram_counts is not None else self.vocab.counts, dtype=np.float64)
         self.c[...] = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+
+    def windows(self, sentences):
+        """The (context, target) pairs this model reads for `sentences`: its order, its padding."""
+        from .windows import Windows
+
+        return Windows.from_sentences(sentences, self.vocab, self.config.order, self.config.cross_sentence)
 
     # --- forward and backward ------------------------------------------------------------------
     def hidden_forward(self, x, ws):

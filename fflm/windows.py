@@ -13,13 +13,25 @@ from .errors import FflmError
 from .vocab import Vocabulary
 
 
-def encode_stream(sentences, vocab, order):
-    """Sentences of tokens -> one padded int32 id stream (see the module docstring)."""
+def encode_stream(sentences, vocab, order, cross_sentence=False):
+    """Sentences of tokens -> one padded int32 id stream (see the module docstring).
+
+    cross_sentence: only the stream's start is padded, so the first words of a sentence see
+    the end of the one before (and its </s>) instead of <s>. The targets are exactly the same.
+    """
     pad = max(order - 1, 1)  # at least one <s>, so sentence starts stay visible to n-gram models
     lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
     if (lengths == 0).any():
         raise FflmError("empty sentence in input (blank lines should have been skipped)")
     words = vocab.encode([t for s in sentences for t in s])
+    if cross_sentence:
+        ids = np.full(pad + len(words) + len(sentences), Vocabulary.EOS_ID, dtype=np.int32)
+        ids[:pad] = Vocabulary.BOS_ID
+        ends = np.cumsum(lengths + 1) - 1  # where each sentence's </s> goes, after the padding
+        keep = np.ones(len(ids) - pad, dtype=bool)
+        keep[ends] = False
+        ids[pad:][keep] = words
+        return ids
     starts = np.concatenate(([0], np.cumsum(lengths + pad + 1)[:-1]))  # where each sentence's padding begins
     ids = np.full(int(lengths.sum() + len(sentences) * (pad + 1)), Vocabulary.BOS_ID, dtype=np.int32)
     offset_in_sentence = np.arange(len(words)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -54,8 +66,8 @@ class Windows:
         self.view = sliding_window_view(self.ids, order)  # (len(ids)-n+1, n), row i = ids[i:i+n]
 
     @classmethod
-    def from_sentences(cls, sentences, vocab, order):
-        return cls(encode_stream(sentences, vocab, order), order)
+    def from_sentences(cls, sentences, vocab, order, cross_sentence=False):
+        return cls(encode_stream(sentences, vocab, order, cross_sentence), order)
 
     def __len__(self):
         """Number of (context, target) pairs: words plus one </s> per sentence."""

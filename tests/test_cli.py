@@ -183,6 +183,22 @@ def test_train_with_a_sampled_loss_logs_its_loss_not_a_perplexity(tmp_path, run_
     assert json.loads(out)["training"]["config"]["loss"] == "nce"
 
 
+def test_cross_sentence_model_is_scored_on_its_own_contexts_and_the_same_tokens(tmp_path, run_cli, small_corpus):
+    from fflm import FFNNLM, read_sentences
+    from fflm.evaluate import perplexity, score_neural
+
+    model = tmp_path / "m.npz"
+    code, _, err = _train(run_cli, small_corpus, model, "--cross-sentence")
+    assert code == 0, err
+    code, out, _ = run_cli("eval", model, SYNTH / "test.txt", "--json")
+    rep = json.loads(out)
+    lm, _ = FFNNLM.load(model)
+    assert lm.config.cross_sentence
+    test = read_sentences(SYNTH / "test.txt")
+    assert rep["tokens"] == len(lm.windows(test))  # the baseline's tokens, every word and </s>
+    assert rep["models"][0]["ppl"] == pytest.approx(perplexity(score_neural(lm, lm.windows(test)).log10), rel=1e-6)
+
+
 def test_eval_without_the_training_corpus_needs_a_baseline_source(tmp_path, run_cli, small_corpus):
     import shutil
 

@@ -51,3 +51,19 @@ def test_batches_cover_every_pair_once_and_are_seeded(vocab):
 def test_bad_order(vocab):
     with pytest.raises(FflmError):
         Windows.from_sentences([["a"]], vocab, 0)
+
+
+@pytest.mark.parametrize("order", [2, 3, 5])
+def test_cross_sentence_windows_score_the_same_targets_with_longer_contexts(order):
+    v = Vocabulary(["a", "b", "c", "d"])
+    sentences = [["a", "b"], ["c"], ["d", "a", "b"]]
+    padded = Windows.from_sentences(sentences, v, order)
+    cross = Windows.from_sentences(sentences, v, order, cross_sentence=True)
+    assert np.array_equal(padded.targets, cross.targets) and cross.num_sentences == 3
+    stream = [v.BOS_ID] * (order - 1) + [3, 4, 2, 5, 2, 6, 3, 4, 2]  # <s>.. a b </s> c </s> d a b </s>
+    assert cross.ids.tolist() == stream
+    x, y = cross.pairs()
+    for i, t in enumerate(y.tolist()):  # each context is the n-1 ids before its target in the stream
+        p = order - 1 + i
+        assert x[i].tolist() == stream[p - order + 1 : p] and t == stream[p]
+    assert (x == v.BOS_ID).sum() == sum(range(order))  # <s> only before the first sentence
