@@ -176,6 +176,10 @@ def _load_model(path):
 @click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
+@click.option("--warmup-steps", type=int, default=0, show_default=True,
+              help="Raise the learning rate linearly from 0 over this many first steps.")
+@click.option("--lr-decay", type=float, default=1.0, show_default=True,
+              help="Multiply the learning rate by this after every epoch (besides the halving).")
 @click.option("--max-halvings", type=int, default=4, show_default=True, help="Stop after this many halvings.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 penalty on weights and embeddings.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default="sgd", show_default=True,
@@ -199,7 +203,7 @@ def _load_model(path):
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, cross_sentence, epochs, batch_size, lr,
-          max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss, noise_samples, noise_power, clip,
+          warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss, noise_samples, noise_power, clip,
           min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
@@ -220,7 +224,8 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, c
     config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
                          direct=direct, cross_sentence=cross_sentence)
     config.check()
-    tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_halvings=max_halvings,
+    tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                                   lr_decay=lr_decay, max_halvings=max_halvings,
                                    weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
                                    embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
                                    noise_power=noise_power, clip=clip, seed=seed, threads=threads)

@@ -43,6 +43,8 @@ class TrainConfig:
     dropout: float = 0.0  # probability of dropping a hidden unit (inverted dropout; off at evaluation)
     embed_dropout: float = 0.0  # the same for the concatenated context embeddings
     optimizer: str = "sgd"  # sgd | adagrad | adam
+    warmup_steps: int = 0  # the learning rate rises linearly from 0 over this many first steps
+    lr_decay: float = 1.0  # and is multiplied by this after every epoch (besides the halving)
     loss: str = "softmax"  # softmax (exact cross-entropy) | nce | neg (sampled, cheaper)
     noise_samples: int = 100  # k, noise words per batch for nce / neg
     noise_power: float = 0.75  # noise distribution: unigram counts ** power
@@ -62,6 +64,10 @@ class TrainConfig:
         for name, p in (("--dropout", self.dropout), ("--embed-dropout", self.embed_dropout)):
             if not 0.0 <= p < 1.0:
                 raise FflmError(f"{name} is a probability in [0, 1), not {p}")
+        if self.warmup_steps < 0:
+            raise FflmError(f"--warmup-steps cannot be negative, not {self.warmup_steps}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise FflmError(f"--lr-decay is a factor in (0, 1], not {self.lr_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise FflmError(f"unknown --optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
         if self.optimizer != "sgd" and self.loss != "softmax":
@@ -87,12 +93,28 @@ class Schedule:
     [(False, 1.0), (False, 1.0), (False, 0.5), (False, 0.25), (True, 0.25)]
     """
 
-    def __init__(self, lr, min_improvement, max_halvings):
+    def __init__(self, lr, min_improvement, max_halvings, decay=1.0, warmup_steps=0):
         self.lr = lr
+        self.decay = decay
+        self.warmup_steps = warmup_steps
         self.min_improvement = min_improvement
         self.max_halvings = max_halvings
         self.best = math.inf
         self.halvings = 0
+
+    def step_lr(self, step):
+        """The rate for the step-th step of training (from 0): warm-up, then the epoch's rate.
+
+        >>> Schedule(lr=1.0, min_improvement=0.01, max_halvings=5, warmup_steps=4).step_lr(1)
+        0.5
+        """
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        return self.lr
+
+    def end_epoch(self):
+        """The steady decay, applied after every epoch."""
+        self.lr *= self.decay
 
     def update(self, valid_ppl):
         """Record an epoch's perplexity; returns True when training should stop."""
@@ -285,14 +307,16 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
     rng = np.random.default_rng(config.seed)
     sgd = SGD(model, config.batch_size, make_noise(model, config), (config.embed_dropout, config.dropout),
               config.seed, config.optimizer)
-    schedule = Schedule(config.lr, config.min_improvement, config.max_halvings)
+    schedule = Schedule(config.lr, config.min_improvement, config.max_halvings, config.lr_decay, config.warmup_steps)
+    steps = 0
     history, best = [], None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         total, seen, recent = 0.0, 0, []
         bar = progress(total=len(train_windows), desc=f"epoch {epoch}", unit="tok", unit_scale=True) if progress else None
         for step, index in enumerate(train_windows.batches(config.batch_size, rng)):
-            loss = sgd.step(index, train_windows, schedule.lr, config.weight_decay, config.clip)
+            loss = sgd.step(index, train_windows, schedule.step_lr(steps), config.weight_decay, config.clip)
+            steps += 1
             if not math.isfinite(loss):
                 if bar:
                     bar.close()
@@ -331,6 +355,7 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
             else:  # worse than before: go back to the best weights
                 model.E[...], model.dense[...] = best
             stop = schedule.update(valid_ppl)
+        schedule.end_epoch()
         if on_epoch:
             on_epoch(model, history)
         if stop:

@@ -218,7 +218,8 @@ def test_impossible_configs(bad):
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(lr=0.0), dict(lr=float("nan")),
                                  dict(clip=-1.0), dict(threads=-1), dict(loss="hinge"), dict(noise_samples=0),
                                  dict(noise_power=-1.0), dict(dropout=1.0), dict(embed_dropout=-0.1),
-                                 dict(optimizer="rmsprop"), dict(optimizer="adam", loss="nce")])
+                                 dict(optimizer="rmsprop"), dict(optimizer="adam", loss="nce"),
+                                 dict(warmup_steps=-1), dict(lr_decay=0.0), dict(lr_decay=1.5)])
 def test_impossible_training_settings(bad):
     with pytest.raises(FflmError):
         TrainConfig(**bad).check()
@@ -293,3 +294,21 @@ def test_adaptive_optimizers_train_deterministically(data, optimizer, lr):
     (a, ha), (b, _) = runs
     assert np.array_equal(a.dense, b.dense) and np.array_equal(a.E, b.E)
     assert math.isfinite(ha[-1]["valid_ppl"]) and ha[-1]["valid_ppl"] < 0.8 * untrained
+
+
+def test_warmup_and_decay_shape_the_learning_rate(data):
+    s = Schedule(0.8, 0.003, 4, decay=0.5, warmup_steps=4)
+    assert [s.step_lr(i) for i in range(6)] == [0.2, 0.4, 0.6000000000000001, 0.8, 0.8, 0.8]
+    s.end_epoch()
+    assert s.step_lr(10) == 0.4  # after warm-up, the epoch's rate
+    vocab, tw, vw = data
+    model, history = fit(vocab, tw, vw, epochs=3, warmup_steps=50, lr_decay=0.7)
+    assert [r["lr"] for r in history][:2] == [0.5, 0.35]  # the logged rate is each epoch's, after warm-up
+    assert history[-1]["valid_ppl"] < history[0]["valid_ppl"]
+    # warm-up changes only the first steps: one step in, the two runs already differ
+    a, b = FFNNLM(vocab, SMALL, seed=1), FFNNLM(vocab, SMALL, seed=1)
+    train(a, tw, None, TrainConfig(epochs=1, batch_size=32, lr=0.5, warmup_steps=10**9))
+    train(b, tw, None, TrainConfig(epochs=1, batch_size=32, lr=0.5))
+    untrained = FFNNLM(vocab, SMALL, seed=1)
+    moved = lambda m: float(np.abs(m.dense - untrained.dense).sum())  # noqa: E731
+    assert moved(a) < 0.01 * moved(b)  # a rate that never warms up barely moves the weights
