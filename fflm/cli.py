@@ -171,6 +171,8 @@ def _load_model(path):
 @click.option("--hidden", default="256", show_default=True, help="Hidden layer sizes, e.g. 512 or 512,256; 0: none.")
 @click.option("--activation", type=click.Choice(["tanh", "relu", "sigmoid"]), default="tanh", show_default=True)
 @click.option("--direct", is_flag=True, help="Bengio's direct connections from the embeddings to the output.")
+@click.option("--tie-embeddings", "tied", is_flag=True,
+              help="Use the embedding table as the output layer (U = Eᵀ; the last hidden size must equal --embed-dim).")
 @click.option("--cross-sentence", is_flag=True,
               help="Contexts run on from the previous sentence instead of <s> padding (same scored tokens).")
 @click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
@@ -202,7 +204,7 @@ def _load_model(path):
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
-def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, cross_sentence, epochs, batch_size, lr,
+def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, cross_sentence, epochs, batch_size, lr,
           warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss, noise_samples, noise_power, clip,
           min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
@@ -222,7 +224,7 @@ def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, c
     if json_log:
         _check_output(json_log)
     config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
-                         direct=direct, cross_sentence=cross_sentence)
+                         direct=direct, cross_sentence=cross_sentence, tied=tied)
     config.check()
     tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                    lr_decay=lr_decay, max_halvings=max_halvings,

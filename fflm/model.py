@@ -41,6 +41,7 @@ class ModelConfig:
     activation: str = "tanh"  # tanh | relu | sigmoid
     direct: bool = False  # Bengio's direct connections from the embeddings to the output
     cross_sentence: bool = False  # contexts run on across sentence ends (else: <s> padding)
+    tied: bool = False  # the output layer is the embedding table: U = Eᵀ (needs last width == m)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -58,6 +59,11 @@ class ModelConfig:
             raise FflmError(f"unknown activation {self.activation!r} (choose from {', '.join(K.ACTIVATIONS)})")
         if self.direct and not self.hidden:
             raise FflmError("direct connections need a hidden layer (without one the model is already direct)")
+        if self.tied:
+            width = self.hidden[-1] if self.hidden else self.context_width
+            if self.direct or width != self.embed_dim:
+                raise FflmError(f"tied embeddings need the output layer's input to be {self.embed_dim} wide "
+                                f"(--embed-dim), without --direct; here it is {width}")
 
     @property
     def context_width(self):
@@ -71,7 +77,8 @@ class ModelConfig:
             weights.append((f"W{l}", (width, h)))
             biases.append((f"b{l}", (h,)))
             width = h
-        weights.append(("U", (width, V)))
+        if not self.tied:
+            weights.append(("U", (width, V)))
         if self.direct:
             weights.append(("Wd", (self.context_width, V)))
         biases.append(("c", (V,)))
@@ -87,7 +94,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{k: d[k] for k in ("order", "embed_dim", "hidden", "activation", "direct", "cross_sentence") if k in d})
+        return cls(**{k: d[k] for k in ("order", "embed_dim", "hidden", "activation", "direct", "cross_sentence", "tied")
+                      if k in d})
 
 
 def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0):
@@ -200,9 +208,14 @@ class FFNNLM:
         out_rows = (config.hidden[-1] if config.hidden else config.context_width) + (
             config.context_width if config.direct else 0
         )
-        start = starts["U"]
-        self.U_all = self.dense[start : start + out_rows * V].reshape(out_rows, V)
-        self.dU_all = self.grad[start : start + out_rows * V].reshape(out_rows, V)
+        if config.tied:  # the output layer reads the embedding table, transposed (a view)
+            start = self.n_weights
+            self.U_all, self.dU_all = self.E.T, None
+            self.all_rows = np.arange(V, dtype=np.int64)  # E's gradient is dense now
+        else:
+            start = starts["U"]
+            self.U_all = self.dense[start : start + out_rows * V].reshape(out_rows, V)
+            self.dU_all = self.grad[start : start + out_rows * V].reshape(out_rows, V)
         self.c, self.dc = self.params["c"], self.grads["c"]
         # dense = [hidden weights | U (and W_d) | hidden biases | c]: the regions an update treats apart
         self.U_start, self.c_start = start, starts["c"]
@@ -210,7 +223,11 @@ class FFNNLM:
         self._eval_ws = None
 
     def _init(self, rng, unigram_counts):
-        self.E[...] = rng.standard_normal(self.E.shape)
+        if self.config.tied:  # as output weights, N(0, 1) would start with huge logits
+            bound = 1.0 / math.sqrt(self.config.embed_dim)
+            self.E[...] = rng.uniform(-bound, bound, self.E.shape)
+        else:
+            self.E[...] = rng.standard_normal(self.E.shape)
         for name, p in self.params.items():
             if name == "E":
                 continue
@@ -270,7 +287,10 @@ class FFNNLM:
         """
         B = len(x)
         dz = ws.z[:B]
-        np.dot(self._out_in(ws, B).T, dz, out=self.dU_all)  # (H, B) @ (B, V) -> (H, V)
+        if self.config.tied:  # dEᵀ = out_inᵀ dz, written as dE = dzᵀ out_in; the inputs' share is added below
+            np.dot(dz.T, self._out_in(ws, B), out=self.dE)  # (V, B) @ (B, m) -> (V, m)
+        else:
+            np.dot(self._out_in(ws, B).T, dz, out=self.dU_all)  # (H, B) @ (B, V) -> (H, V)
         np.dot(ws.ones[:B], dz, out=self.dc)  # 1ᵀ dz: the bias's input is a constant 1
         np.dot(dz, self.U_all.T, out=self._d_out_in(ws, B))  # (B, V) @ (V, H)
         self.hidden_backward(x, ws)

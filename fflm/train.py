@@ -215,6 +215,8 @@ class SGD:
     """
 
     def __init__(self, model, batch_size, noise=None, dropout=(0.0, 0.0), seed=0, optimizer="sgd"):
+        if noise is not None and model.config.tied:
+            raise FflmError("tied embeddings work with --loss softmax only")
         self.model = model
         self.noise = noise
         self.optimizer = Optimizer(model, optimizer)
@@ -231,13 +233,16 @@ class SGD:
         if self.noise is not None:
             return self._sampled_step(x, y, lr, weight_decay, clip)
         loss = m.loss_and_grad(x, y, ws)
-        count = K.touched_rows(x, ws.mark, ws.rows)
+        if m.config.tied:  # every row of E is an output weight: all of them move
+            rows, count = m.all_rows, len(m.all_rows)
+        else:
+            rows, count = ws.rows, K.touched_rows(x, ws.mark, ws.rows)
         if clip > 0:
-            norm = math.sqrt(float(np.dot(m.grad, m.grad)) + K.sum_squares_rows(m.dE, ws.rows, count))
+            norm = math.sqrt(float(np.dot(m.grad, m.grad)) + K.sum_squares_rows(m.dE, rows, count))
             if norm > clip:
                 m.grad *= clip / norm
-                K.scale_rows(m.dE, ws.rows, count, clip / norm)
-        self.optimizer.update(m, ws.rows, count, lr, weight_decay)
+                K.scale_rows(m.dE, rows, count, clip / norm)
+        self.optimizer.update(m, rows, count, lr, weight_decay)
         return loss
 
     def _sampled_step(self, x, y, lr, weight_decay, clip):

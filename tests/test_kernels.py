@@ -302,7 +302,14 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}")
+TIED = [
+    ModelConfig(order=3, embed_dim=4, hidden=(4,), activation="tanh", tied=True),
+    ModelConfig(order=2, embed_dim=3, hidden=(), tied=True),  # logistic regression, U = Eᵀ
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS + TIED,
+                         ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}-t{int(c.tied)}")
 def test_whole_model_gradient(config):
     vocab = Vocabulary(["a", "b", "c", "d"])
     model = FFNNLM(vocab, config, dtype=np.float64, seed=3)
@@ -310,7 +317,8 @@ def test_whole_model_gradient(config):
         p[...] += RNG.standard_normal(p.shape) * 0.3
     B = 6
     x = RNG.integers(0, len(vocab), size=(B, config.order - 1)).astype(np.int32)
-    x[0, 0] = x[0, 1] = 4  # repeated word in one context
+    x[0, :2] = 4  # repeated word in one context
+    x[1, 0] = 4  # and across rows
     y = np.array([3, 4, 2, 5, 6, 2], dtype=np.int32)
     ws = Workspace(model, B)
 

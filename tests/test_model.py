@@ -209,7 +209,8 @@ def test_float64_model_trains(data):
 
 
 @pytest.mark.parametrize("bad", [dict(order=1), dict(embed_dim=0), dict(hidden=(0,)), dict(activation="gelu"),
-                                 dict(hidden=(), direct=True)])
+                                 dict(hidden=(), direct=True), dict(embed_dim=8, hidden=(16,), tied=True),
+                                 dict(embed_dim=8, hidden=(8,), direct=True, tied=True)])
 def test_impossible_configs(bad):
     with pytest.raises(FflmError):
         ModelConfig(**bad).check()
@@ -312,3 +313,20 @@ def test_warmup_and_decay_shape_the_learning_rate(data):
     untrained = FFNNLM(vocab, SMALL, seed=1)
     moved = lambda m: float(np.abs(m.dense - untrained.dense).sum())  # noqa: E731
     assert moved(a) < 0.01 * moved(b)  # a rate that never warms up barely moves the weights
+
+
+def test_tied_embeddings_train_save_and_load(tmp_path, data):
+    vocab, tw, vw = data
+    config = ModelConfig(order=3, embed_dim=16, hidden=(16,), tied=True)
+    model = FFNNLM(vocab, config, seed=1)
+    assert "U" not in model.params and np.shares_memory(model.U_all, model.E)
+    assert config.n_params(len(vocab)) == ModelConfig(order=3, embed_dim=16, hidden=(16,)).n_params(len(vocab)) - 16 * len(vocab)
+    untrained = evaluate_ppl(model, vw)
+    history = train(model, tw, vw, TrainConfig(epochs=3, batch_size=32, lr=0.5))
+    assert history[-1]["valid_ppl"] < 0.8 * untrained
+    model.save(tmp_path / "t.npz")
+    loaded, _ = FFNNLM.load(tmp_path / "t.npz")
+    assert loaded.config.tied and np.shares_memory(loaded.U_all, loaded.E)
+    assert evaluate_ppl(loaded, vw) == pytest.approx(evaluate_ppl(model, vw), rel=1e-9)
+    with pytest.raises(FflmError, match="softmax only"):
+        SGD(model, 8, make_noise(model, TrainConfig(loss="nce")))
