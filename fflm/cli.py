@@ -408,7 +408,8 @@ def info(model_path, as_json):
     c = model.config
     click.echo(f"{model_path}: fflm model format {meta['version']}, {meta.get('dtype')}")
     click.echo(f"architecture: n={c.order}, embedding {c.embed_dim}, hidden {list(c.hidden) or 'none'}, "
-               f"{c.activation}{', direct connections' if c.direct else ''}; {summary['parameters']:,} parameters")
+               f"{c.activation}{', direct connections' if c.direct else ''}{', tied embeddings' if c.tied else ''}"
+               f"{', cross-sentence contexts' if c.cross_sentence else ''}; {summary['parameters']:,} parameters")
     click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
     click.echo(f"text: {meta.get('text')}")
     tr = meta.get("training", {})
