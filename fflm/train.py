@@ -208,7 +208,8 @@ class Optimizer:
 
 
 class SGD:
-    """The update step, with buffers made once: weights decayed, biases not, embeddings by row.
+    """One mini-batch step (gather, forward, backward, update), with buffers made once; the
+    update itself is the `Optimizer`'s (plain SGD unless told otherwise).
 
     With a sampled objective (noise given), only the output columns in the batch's sample
     move, like the embedding rows: a step costs the sample, not the vocabulary.
