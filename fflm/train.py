@@ -157,7 +157,6 @@ class Noise:
         if q.sum() <= 0:
             raise FflmError("the noise distribution is empty (no word has a count)")
         q /= q.sum()
-        self.q = q
         self.cdf = np.cumsum(q)
         self.cdf[-1] = np.inf  # rounding can leave the last sum just below any u < 1
         with np.errstate(divide="ignore"):
@@ -223,7 +222,6 @@ class SGD:
         self.optimizer = Optimizer(model, optimizer)
         self.ws = Workspace(model, batch_size, noise_samples=len(noise.words) if noise else 0, dropout=dropout,
                             seed=seed)
-        self.n_weights = model.n_weights
 
     def step(self, index, windows, lr, weight_decay, clip):
         """One mini-batch: gather, forward, backward, update. Returns the batch's mean loss."""
@@ -252,7 +250,7 @@ class SGD:
         count = K.touched_rows(x, ws.mark, ws.rows)
         H = m.U_all.shape[0]
         dUs, dcs = ws.dUs[: H * S].reshape(H, S), ws.dcs[:S]
-        hidden_w, hidden_b = slice(0, m.U_start), slice(self.n_weights, m.c_start)
+        hidden_w, hidden_b = slice(0, m.U_start), slice(m.n_weights, m.c_start)
         if clip > 0:
             parts = (m.grad[hidden_w], m.grad[hidden_b], dUs.ravel(), dcs)
             norm = math.sqrt(sum(float(np.dot(g, g)) for g in parts) + K.sum_squares_rows(m.dE, ws.rows, count))
