@@ -10,7 +10,7 @@ import warnings
 import click
 
 from . import __version__
-from .errors import FflmError
+from .errors import FflmError, FflmWarning
 
 EPILOG_DATA = "Shared corpora: ../shared/data/brown (Bengio's Brown split), ../shared/data/ptb (Mikolov's PTB)."
 
@@ -162,9 +162,14 @@ def _load_model(path):
     return model, meta, TextConfig.from_dict(meta.get("text", {}))
 
 
+def _checkpoint_path(output):
+    root = output[:-4] if output.endswith(".npz") else output
+    return root + ".ckpt.npz"
+
+
 @cli.command(epilog=EPILOG_DATA)
-@click.argument("corpus")
-@click.option("-o", "--output", required=True, help="The model file to write (.npz).")
+@click.argument("corpus", required=False)
+@click.option("-o", "--output", default=None, help="The model file to write (.npz).  [required]")
 @click.option("--valid", default=None, help="Validation text: learning-rate halving, early stop, best model kept.")
 @click.option("--order", type=int, default=5, show_default=True, help="n: the model sees n-1 previous words.")
 @click.option("--embed-dim", type=int, default=128, show_default=True, help="m, the word embedding size.")
@@ -197,88 +202,177 @@ def _load_model(path):
 @click.option("--noise-power", type=float, default=0.75, show_default=True,
               help="Noise distribution: unigram counts to this power (nce, neg).")
 @click.option("--clip", type=float, default=0.0, show_default=True, help="Clip the gradient norm to this (0: off).")
+@click.option("--max-rollbacks", type=click.IntRange(min=0), default=5, show_default=True,
+              help="On a NaN/inf loss, go back to the last good weights and halve --lr, at most this often.")
 @click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
 @click.option("--max-vocab", type=click.IntRange(min=4), default=None, help="Cap on vocabulary size (specials included).")
 @text_options
 @click.option("--seed", type=int, default=1, show_default=True, help="Initialisation and shuffling seed.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--checkpoint", default=None,
+              help="Resumable state file, written every --checkpoint-every seconds, after each epoch and on "
+                   "Ctrl-C / SIGTERM; removed when training ends.  [default: OUTPUT with .ckpt.npz]")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600, show_default=True,
+              help="Seconds between checkpoints within an epoch (0: only after epochs and on interruption).")
+@click.option("--resume", default=None,
+              help="Continue from this checkpoint with its settings (CORPUS and the other options are taken from it).")
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
-def train(corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, cross_sentence, epochs, batch_size, lr,
-          warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss, noise_samples, noise_power, clip,
-          min_count, max_vocab, tokenizer, lowercase, encoding_errors, seed, threads, json_log, quiet):
+@click.pass_context
+def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, cross_sentence, epochs,
+          batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
+          noise_samples, noise_power, clip, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
+          encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
     \b
     The model file is rewritten (atomically) after every epoch with the best weights so far.
+    Ctrl-C or SIGTERM saves a checkpoint; `fflm train --resume CKPT` continues bit-identically.
     Example (Brown, about 21 minutes on 2 cores):
       fflm train ../shared/data/brown/train.txt --valid ../shared/data/brown/valid.txt -o brown.npz
     """
+    import signal
+
     from . import train as training
     from .model import FFNNLM, ModelConfig, memory_estimate
-    from .text import read_sentences
+    from .text import TextConfig, read_sentences
     from .vocab import Vocabulary
     from .windows import Windows
 
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    if resume:
+        given = [p.opts[-1] if p.opts else p.name for p in ctx.command.params
+                 if p.name not in ("corpus", "resume", "threads", "quiet", "checkpoint_every", "json_log")
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise FflmError(f"--resume continues with the checkpoint's own settings; drop {', '.join(given)}")
+        trainer_meta = training.Trainer.read_meta(resume)
+        run = trainer_meta.get("run")
+        if not isinstance(run, dict) or "corpus" not in run:
+            raise FflmError(f"{resume}: this checkpoint does not say which corpus it was training on")
+        if corpus is not None and os.path.abspath(corpus) != run["corpus"]:
+            raise FflmError(f"{resume}: was made on {run['corpus']}, not {corpus}")
+        corpus, valid, output, checkpoint = run["corpus"], run.get("valid"), run["output"], resume
+        for path, digest in ((corpus, run.get("sha256")), (valid, run.get("valid_sha256"))):
+            if path is not None:
+                from .fileio import check_readable
+
+                check_readable(path)
+                if _sha256(path) != digest:
+                    raise FflmError(f"{path} has changed since the checkpoint was written; cannot resume")
+        text = TextConfig.from_dict(run.get("text", {}))
+        if run.get("threads") not in (None, threads):
+            warnings.warn(f"the checkpoint was made with --threads {run['threads']}; with {threads} the result "
+                          "can differ in the last bits from an uninterrupted run", FflmWarning)
+    else:
+        if corpus is None:
+            raise click.UsageError("missing argument 'CORPUS' (or give --resume CHECKPOINT)")
+        if output is None:
+            raise click.UsageError("missing option '-o' / '--output'")
+        text = _text_config(None, tokenizer, lowercase, encoding_errors)
+        checkpoint = checkpoint or _checkpoint_path(output)
     _check_output(output)
+    _check_output(checkpoint)
     if json_log:
         _check_output(json_log)
-    config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
-                         direct=direct, cross_sentence=cross_sentence, tied=tied)
-    config.check()
-    tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                                   lr_decay=lr_decay, max_halvings=max_halvings,
-                                   weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
-                                   embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
-                                   noise_power=noise_power, clip=clip, seed=seed, threads=threads)
-    tconfig.check()
-    text = _text_config(None, tokenizer, lowercase, encoding_errors)
     sentences = read_sentences(corpus, text)
-    vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
-    windows = Windows.from_sentences(sentences, vocab, order, cross_sentence)
-    words = len(windows) - windows.num_sentences
-    if words < order - 1:
-        raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
-    valid_windows = Windows.from_sentences(read_sentences(valid, text), vocab, order, cross_sentence) if valid else None
-    need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0)
-    have = _available_memory()
-    if have is not None and need > have:
-        raise FflmError(
-            f"this model needs about {need / 2**30:.1f} GiB to train but {have / 2**30:.1f} GiB is available; "
-            "use a smaller --hidden, --embed-dim, --batch-size or --max-vocab"
-        )
-    used = training.set_threads(threads)
-    model = FFNNLM(vocab, config, seed=seed)
-    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    say(f"vocabulary {len(vocab)}, {len(windows)} training tokens, {config.n_params(len(vocab)):,} parameters, "
-        f"{used} thread(s)")
-    compile_seconds = training.warm_up(model, tconfig)
-    meta = {
-        "text": text.to_dict(),
-        "training": {
-            "corpus": os.path.abspath(corpus),
-            "sha256": _sha256(corpus),
-            "valid": os.path.abspath(valid) if valid else None,
-            "config": tconfig.to_dict(),
-            "compile_seconds": round(compile_seconds, 3),
-            "history": [],
-        },
+    valid_sentences = read_sentences(valid, text) if valid else None
+    if resume:
+        def windows_for(model):
+            return model.windows(sentences), (model.windows(valid_sentences) if valid_sentences else None)
+
+        trainer, cmeta = training.Trainer.load_checkpoint(resume, windows_for)
+        model, tconfig, meta = trainer.model, trainer.config, cmeta["model_meta"]
+        used = training.set_threads(threads)
+        say(f"resuming {resume}: epoch {trainer.epoch}, batch {trainer.batch}, {used} thread(s)")
+    else:
+        config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
+                             direct=direct, cross_sentence=cross_sentence, tied=tied)
+        config.check()
+        tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                                       lr_decay=lr_decay, max_halvings=max_halvings,
+                                       weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
+                                       embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
+                                       noise_power=noise_power, clip=clip, seed=seed, threads=threads)
+        tconfig.check()
+        vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
+        windows = Windows.from_sentences(sentences, vocab, order, cross_sentence)
+        words = len(windows) - windows.num_sentences
+        if words < order - 1:
+            raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
+        valid_windows = Windows.from_sentences(valid_sentences, vocab, order, cross_sentence) if valid else None
+        need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0,
+                               optimizer=optimizer)
+        have = _available_memory()
+        if have is not None and need > have:
+            raise FflmError(
+                f"this model needs about {need / 2**30:.1f} GiB to train but {have / 2**30:.1f} GiB is available; "
+                "use a smaller --hidden, --embed-dim, --batch-size or --max-vocab"
+            )
+        used = training.set_threads(threads)
+        model = FFNNLM(vocab, config, seed=seed)
+        trainer = training.Trainer(model, windows, valid_windows, tconfig, max_rollbacks=max_rollbacks)
+        say(f"vocabulary {len(vocab)}, {len(windows)} training tokens, {config.n_params(len(vocab)):,} parameters, "
+            f"{used} thread(s)")
+        meta = {
+            "text": text.to_dict(),
+            "training": {
+                "corpus": os.path.abspath(corpus),
+                "sha256": _sha256(corpus),
+                "valid": os.path.abspath(valid) if valid else None,
+                "config": tconfig.to_dict(),
+                "history": [],
+            },
+        }
+    meta["training"]["compile_seconds"] = round(training.warm_up(model, tconfig), 3)
+    run_info = {
+        "corpus": meta["training"]["corpus"], "sha256": meta["training"]["sha256"],
+        "valid": meta["training"]["valid"],
+        "valid_sha256": _sha256(meta["training"]["valid"]) if meta["training"]["valid"] else None,
+        "output": os.path.abspath(output), "text": meta["text"], "threads": threads,
     }
 
-    def on_epoch(model, history):
-        row = history[-1]
-        meta["training"]["history"] = history
+    def on_epoch(trainer):
+        row = trainer.history[-1]
+        meta["training"]["history"] = trainer.history
+        meta["training"]["rollbacks"] = trainer.rollbacks
         model.save(output, meta)
-        say(_epoch_line(row) + f"  {row['tokens_per_s']:,.0f} tokens/s")
+        say(_epoch_line(row) + (f"  {row['tokens_per_s']:,.0f} tokens/s" if row["tokens_per_s"] else ""))
         if json_log:
             with open(json_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(_json_safe(row)) + "\n")
 
-    if json_log and os.path.exists(json_log):
+    def on_checkpoint(trainer):
+        trainer.save_checkpoint(checkpoint, {"run": run_info, "model_meta": meta})
+
+    if json_log and os.path.exists(json_log) and not resume:
         os.remove(json_log)  # a fresh log per run
+    stop = {}
+
+    def on_signal(signum, frame):
+        stop.setdefault("signal", signum)
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     start = time.perf_counter()
-    history = training.train(model, windows, valid_windows, tconfig, progress=None if quiet else _progress(quiet),
-                             on_epoch=on_epoch)
+    try:
+        history = trainer.run(progress=None if quiet else _progress(quiet), on_epoch=on_epoch,
+                              should_stop=lambda t: bool(stop), on_checkpoint=on_checkpoint,
+                              on_event=lambda msg: warnings.warn(msg, FflmWarning),
+                              checkpoint_seconds=checkpoint_every)
+    except training.Interrupted:
+        name = signal.Signals(stop["signal"]).name
+        click.echo(f"fflm: {name}: stopped in epoch {trainer.epoch} after batch {trainer.batch}; checkpoint "
+                   f"{checkpoint}; continue with: fflm train --resume {checkpoint}", err=True)
+        sys.exit(128 + stop["signal"])
+    except training.Diverged:
+        if os.path.exists(checkpoint):
+            os.remove(checkpoint)  # a diverged run is not worth resuming; the model file keeps the best
+        raise
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)  # finished: the model file has the best weights
     best = min((r["valid_ppl"] for r in history), default=float("nan")) if valid else None
     say(f"wrote {output} after {len(history)} epochs in {time.perf_counter() - start:.0f} s"
         + (f"; best valid ppl {best:.2f}" if best is not None else ""))
@@ -322,6 +416,7 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
     N = baseline_order or n
     width = max(n, N)
     sentences = read_sentences(text, config)
+    ev.check_coverage(sentences, model.vocab, text)
     windows = Windows.from_sentences(sentences, model.vocab, width)
     scores = {"fflm": (n, ev.score_neural(model, model.windows(sentences)))}  # its own contexts; same targets
     lm = None
@@ -532,7 +627,7 @@ def ngram_eval(model, text, tokenizer, lowercase, encoding_errors, as_json, per_
     Example:
       fflm ngram eval kn5.arpa ../shared/data/brown/test.txt
     """
-    from .evaluate import format_report, report, score_ngram
+    from .evaluate import check_coverage, format_report, report, score_ngram
     from .ngram import NGramLM
     from .text import TextConfig, read_sentences
     from .windows import Windows
@@ -546,6 +641,7 @@ def ngram_eval(model, text, tokenizer, lowercase, encoding_errors, as_json, per_
         base = TextConfig.from_dict(lm.meta.get("text", {})) if lm.meta else None
         config = _text_config(base, tokenizer, lowercase, encoding_errors)
         sentences = read_sentences(text, config)
+        check_coverage(sentences, lm.vocab, text)
         windows = Windows.from_sentences(sentences, lm.vocab, lm.order)
         steps.update()
         scores = score_ngram(lm, windows)

@@ -33,7 +33,24 @@ def perplexity(log10_probs):
     if len(log10_probs) == 0:
         return math.nan
     mean = float(np.sum(log10_probs)) / len(log10_probs)
-    return math.inf if mean == -math.inf else 10.0 ** (-mean)
+    return math.inf if -mean > 308 else 10.0 ** (-mean)  # beyond float range (a diverged model): inf
+
+
+def check_coverage(sentences, vocab, source):
+    """Refuse a text none of whose words the model knows (its perplexity would measure nothing
+    but <unk> and </s>); warn when most of them are unknown (different preprocessing?)."""
+    import warnings
+
+    from .errors import FflmError, FflmWarning
+
+    words = sum(len(s) for s in sentences)
+    unknown = sum(1 for s in sentences for w in s if w not in vocab)
+    if words and unknown == words:
+        raise FflmError(f"{source}: every one of its {words} words is out of the model's vocabulary; "
+                        "is it the same language and preprocessing as the training text?")
+    if words and unknown > words / 2:
+        warnings.warn(f"{source}: {100 * unknown / words:.0f}% of its words are out of the model's vocabulary",
+                      FflmWarning, stacklevel=2)
 
 
 def score_ngram(model, windows):

@@ -17,7 +17,6 @@ the training corpus, so an untrained model is the unigram model rather than a un
 
 import json
 import math
-import zipfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -94,12 +93,23 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{k: d[k] for k in ("order", "embed_dim", "hidden", "activation", "direct", "cross_sentence", "tied")
-                      if k in d})
+        """The config a model file describes; ValueError unless every field has the right type."""
+        kinds = {"order": int, "embed_dim": int, "hidden": list, "activation": str, "direct": bool,
+                 "cross_sentence": bool, "tied": bool}
+        if not isinstance(d, dict):
+            raise ValueError("the configuration is not a mapping")
+        for k, kind in kinds.items():
+            v = d.get(k)
+            if k in d and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+                raise ValueError(f"{k} should be {kind.__name__}, not {v!r}")
+        if any(not isinstance(h, int) or isinstance(h, bool) for h in d.get("hidden", [])):
+            raise ValueError(f"hidden should list integers, not {d['hidden']!r}")
+        return cls(**{k: d[k] for k in kinds if k in d})
 
 
-def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0):
-    """Bytes that training needs: parameters, gradients, a best copy, and the batch buffers
+def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0, optimizer="sgd"):
+    """Bytes that training needs: parameters, gradients, the best and the last good copies, the
+    optimizer's moments (and their good copies), and the batch buffers
     (the logits are (B, V) for the softmax, (B, B + k) for a sampled objective), and the
     1024-row logits that scoring validation text uses."""
     item = np.dtype(dtype).itemsize
@@ -108,7 +118,8 @@ def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0):
     batch = batch_size * (2 * config.context_width + 2 * sum(config.hidden) + S) * item
     if config.direct:
         batch += 2 * batch_size * (config.hidden[-1] + config.context_width) * item
-    return 3 * params + batch + 1024 * V * item
+    moments = {"sgd": 0, "adagrad": 1, "adam": 2}[optimizer]
+    return (4 + 2 * moments) * params + batch + 1024 * V * item
 
 
 class Workspace:
@@ -402,68 +413,86 @@ class FFNNLM:
     # --- files ---------------------------------------------------------------------------------
     def save(self, path, meta=None):
         """One .npz file, no pickle: the weights and a JSON 'meta' entry (config, vocabulary, ...)."""
-        info = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "dtype": self.dtype.name,
-            "vocab": self.vocab.to_dict(),
-        }
+        for name, p in self.params.items():
+            if not np.isfinite(p).all():  # divergence must never reach a model file
+                raise FflmError(f"{path}: not saved: {name} contains NaN or infinite values")
+        info = {"format": FORMAT, "version": FORMAT_VERSION, **self.describe()}
         info.update(meta or {})
         arrays = {name: p for name, p in self.params.items()}
         arrays["meta"] = np.array(json.dumps(info, ensure_ascii=False))
         with atomic_write(path, "wb") as f:
             np.savez(f, **arrays)
 
+    def describe(self):
+        """What rebuilds this model's shape: config, parameter type, vocabulary (JSON-ready)."""
+        return {"config": self.config.to_dict(), "dtype": self.dtype.name, "vocab": self.vocab.to_dict()}
+
+    @classmethod
+    def from_description(cls, d, path):
+        """A model (freshly initialised) of the shape `describe` gave; FflmError if it is damaged."""
+        try:
+            config = ModelConfig.from_dict(d["config"])
+            vocab = Vocabulary.from_dict(d["vocab"], source=path)
+            dtype = np.dtype(d.get("dtype", "float32"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise FflmError(f"{path}: damaged model metadata ({type(e).__name__}: {e})") from None
+        if dtype not in (np.float32, np.float64):
+            raise FflmError(f"{path}: unsupported parameter type {dtype}")
+        try:
+            config.check()
+        except FflmError as e:
+            raise FflmError(f"{path}: impossible model configuration: {e}") from None
+        return cls(vocab, config, dtype=dtype)
+
     @classmethod
     def load(cls, path):
         """Load and validate a model file; returns (model, meta). Never unpickles anything."""
         path = str(path)
-        check_readable(path)
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":
-                raise FflmError(f"{path}: not a readable fflm model file (not an .npz archive)")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                names = set(f.files)
-                if "meta" not in names:
-                    raise FflmError(f"{path}: not an fflm model (no metadata)")
-                meta = json.loads(str(f["meta"][()]))
-                arrays = {n: f[n] for n in names if n != "meta"}
-        except FflmError:
-            raise
-        except ValueError as e:
-            if "pickle" in str(e).lower() or "object" in str(e).lower():
-                raise FflmError(f"{path}: contains object arrays, which would need pickle; refused") from None
-            raise FflmError(f"{path}: not an fflm model file ({e})") from None
-        except (zipfile.BadZipFile, OSError, EOFError, KeyError, json.JSONDecodeError) as e:
-            raise FflmError(f"{path}: not a readable fflm model file ({type(e).__name__})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise FflmError(f"{path}: not an fflm model file")
-        version = meta.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise FflmError(
-                f"{path}: model format version {version} is newer than this fflm reads ({FORMAT_VERSION}); upgrade fflm"
-            )
-        try:
-            config = ModelConfig.from_dict(meta["config"])
-            vocab = Vocabulary.from_dict(meta["vocab"], source=path)
-            dtype = np.dtype(meta.get("dtype", "float32"))
-        except (KeyError, TypeError, ValueError) as e:
-            raise FflmError(f"{path}: damaged model metadata ({e})") from None
-        if dtype not in (np.float32, np.float64):
-            raise FflmError(f"{path}: unsupported parameter type {dtype}")
-        model = cls(vocab, config, dtype=dtype)
-        expected = dict(config.shapes(len(vocab)))
+        arrays, meta = read_npz(path, "meta", FORMAT, FORMAT_VERSION, "model")
+        model = cls.from_description(meta, path)
+        expected = dict(model.config.shapes(len(model.vocab)))
         if set(arrays) != set(expected):
             missing = sorted(set(expected) - set(arrays)) or sorted(set(arrays) - set(expected))
             raise FflmError(f"{path}: weights do not match the configuration ({', '.join(missing)})")
         for name, shape in expected.items():
             a = arrays[name]
             if a.shape != tuple(shape) or a.dtype.kind != "f":
-                raise FflmError(f"{path}: {name} has shape {a.shape} {a.dtype}, expected {tuple(shape)} {dtype}")
+                raise FflmError(f"{path}: {name} has shape {a.shape} {a.dtype}, expected {tuple(shape)} {model.dtype}")
             if not np.isfinite(a).all():
                 raise FflmError(f"{path}: {name} contains NaN or infinite values")
             model.params[name][...] = a
         return model, meta
 
+
+def read_npz(path, meta_key, fmt, version, what, arrays=True):
+    """(arrays, metadata) from an .npz file fflm wrote: its format name and version checked,
+    every array read into memory (none if not `arrays`), object arrays refused (never unpickled)."""
+    path = str(path)
+    check_readable(path)
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise FflmError(f"{path}: not a readable fflm {what} file (not an .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = set(f.files)
+            if meta_key not in names:
+                raise FflmError(f"{path}: not an fflm {what} file (no metadata)")
+            meta = json.loads(str(f[meta_key][()]))
+            arrays = {n: f[n] for n in names if n != meta_key} if arrays else {}
+    except FflmError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise FflmError(f"{path}: contains object arrays, which would need pickle; refused") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FflmError(f"{path}: not a readable fflm {what} file ({first})") from None
+    except Exception as e:  # noqa: BLE001  zipfile and numpy's header parser answer damaged bytes with
+        # BadZipFile, zlib.error, NotImplementedError, RuntimeError, SyntaxError, TokenError, ...:
+        # only reading happens in this block, so any of them means the file is unreadable
+        raise FflmError(f"{path}: not a readable fflm {what} file ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise FflmError(f"{path}: not an fflm {what} file")
+    v = meta.get("version")
+    if not isinstance(v, int) or v > version:
+        raise FflmError(f"{path}: {what} format version {v} is newer than this fflm reads ({version}); upgrade fflm")
+    return arrays, meta

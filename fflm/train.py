@@ -17,12 +17,13 @@ when it stalls a second time, after `max_halvings` halvings, or after `epochs` e
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from . import kernels as K
-from .errors import FflmError
+from .errors import FflmError, FflmWarning
 from .model import Workspace
 
 
@@ -293,7 +294,336 @@ def evaluate_ppl(model, windows, batch_size=1024):
     if windows is None or len(windows) == 0:
         return math.nan
     nll = model.nll(*windows.pairs(), batch_size=batch_size)
-    return math.exp(float(nll.mean()))
+    return exp_or_inf(float(nll.mean()))
+
+
+def exp_or_inf(x):
+    """exp(x) for a mean NLL, inf where a diverged model's NLL leaves float range (not an OverflowError)."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
+class Diverged(FflmError):
+    """Training blew up more often than `max_rollbacks` allows; the best weights are in the model."""
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM) at a batch boundary; the state is whole."""
+
+
+CHECKPOINT_FORMAT = "fflm-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class Trainer:
+    """A training run as an object whose whole state can be saved and resumed bit-identically:
+    weights, optimizer moments, the three random streams (shuffling, dropout masks, noise), the
+    epoch's shuffled order and position, the schedule, the best and the last good weights.
+
+    Divergence never reaches the best weights: a non-finite loss or weight, or a mean loss
+    twice the uniform model's, rolls the model back
+    to the last good snapshot (taken every `snapshot_every` steps), halves the learning rate and
+    goes on; after `max_rollbacks` rollbacks training stops with an FflmError.
+    """
+
+    def __init__(self, model, train_windows, valid_windows=None, config=TrainConfig(), snapshot_every=100,
+                 max_rollbacks=5):
+        config.check()
+        if len(train_windows) == 0:
+            raise FflmError("no training data")
+        if train_windows.order != model.config.order:
+            raise FflmError("the training windows' order differs from the model's")
+        self.model, self.windows, self.valid, self.config = model, train_windows, valid_windows, config
+        self.snapshot_every, self.max_rollbacks = snapshot_every, max_rollbacks
+        self.rng = np.random.default_rng(config.seed)
+        self.sgd = SGD(model, config.batch_size, make_noise(model, config), (config.embed_dropout, config.dropout),
+                       config.seed, config.optimizer)
+        self.schedule = Schedule(config.lr, config.min_improvement, config.max_halvings, config.lr_decay,
+                                 config.warmup_steps)
+        self.steps, self.epoch, self.batch = 0, 1, 0  # steps done; the epoch in progress; its batches done
+        self.order = None  # this epoch's shuffled pair numbers
+        self.total, self.seen, self.seconds = 0.0, 0, 0.0  # this epoch's loss sum, pairs, time so far
+        self.history, self.rollbacks, self.done = [], 0, False
+        self.best = None  # (E, dense): the weights with the best validation perplexity so far
+        self.good, self.good_step = self._state_arrays(), 0  # the last state known to be sane, and when
+        # a mean loss of twice the uniform model's (ln V; plus ln(k+1) for a sampled objective) means
+        # the weights are blowing up, even while they are still finite
+        uniform = math.log(len(model.vocab)) + (math.log(config.noise_samples + 1) if config.loss != "softmax" else 0)
+        self.diverged_loss, self.recent_loss = 2.0 * uniform, 0.0
+
+    # --- the state ----------------------------------------------------------------------------
+    def _state_arrays(self):
+        """Copies of everything a rollback restores: weights and optimizer moments."""
+        opt = self.sgd.optimizer
+        return [a.copy() for a in (self.model.E, self.model.dense, *opt.dense_state, *opt.E_state)] + [opt.t]
+
+    def _restore(self, arrays):
+        opt = self.sgd.optimizer
+        *arrays, opt.t = arrays
+        for dst, src in zip((self.model.E, self.model.dense, *opt.dense_state, *opt.E_state), arrays):
+            dst[...] = src
+
+    def _finite(self):
+        return bool(np.isfinite(self.model.dense).all() and np.isfinite(self.model.E).all())
+
+    def _rollback(self, why, on_event):
+        self.rollbacks += 1
+        if self.rollbacks > self.max_rollbacks:
+            self._restore(self.good)
+            if self.best is not None:
+                self.model.E[...], self.model.dense[...] = self.best
+            raise Diverged(f"training diverged {self.rollbacks} times ({why}); the best model so far is kept; "
+                            f"try a smaller --lr than {self.config.lr:g}")
+        self._restore(self.good)
+        self.schedule.lr /= 2
+        self.recent_loss = 0.0
+        if on_event:
+            on_event(f"{why} in epoch {self.epoch}, step {self.steps}: rolled back to the last good weights "
+                     f"(step {self.good_step}), learning rate halved to {self.schedule.lr:.4g}")
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self, progress=None, on_epoch=None, should_stop=None, on_checkpoint=None, on_event=None,
+            checkpoint_seconds=None):
+        """Train until the schedule stops; returns the history (one dict per epoch).
+
+        progress: a tqdm-like factory for the per-epoch bar. on_epoch(trainer) runs after each
+        epoch with the best weights in the model (the CLI saves the model file there).
+        should_stop(trainer), asked after every batch: if true, on_checkpoint(trainer) is called
+        and Interrupted raised. on_checkpoint also runs every `checkpoint_seconds` and after each
+        epoch. on_event(message) hears about rollbacks.
+        """
+        config, windows, sgd = self.config, self.windows, self.sgd
+        B = config.batch_size
+        n_batches = -(-len(windows) // B)
+        last_checkpoint = time.perf_counter()
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught and rolled back below
+            return self._run(progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds,
+                             last_checkpoint)
+
+    def _run(self, progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds, last_checkpoint):
+        config, windows, sgd = self.config, self.windows, self.sgd
+        B = config.batch_size
+        n_batches = -(-len(windows) // B)
+        while not self.done:
+            if self.order is None:  # a new epoch: a new random order
+                self.order = self.rng.permutation(len(windows))
+                self.batch, self.total, self.seen, self.seconds = 0, 0.0, 0, 0.0
+            start = time.perf_counter()
+            bar = progress(total=len(windows), initial=self.batch * B, desc=f"epoch {self.epoch}", unit="tok",
+                           unit_scale=True) if progress else None
+            recent = []
+            try:
+                while self.batch < n_batches:
+                    if should_stop is not None and should_stop(self):
+                        self.seconds += time.perf_counter() - start
+                        if on_checkpoint:
+                            on_checkpoint(self)
+                        raise Interrupted(self)
+                    index = self.order[self.batch * B : (self.batch + 1) * B]
+                    loss = sgd.step(index, windows, self.schedule.step_lr(self.steps), config.weight_decay,
+                                    config.clip)
+                    self.steps += 1
+                    self.batch += 1
+                    if not math.isfinite(loss):
+                        self._rollback(f"the loss became {loss}", on_event)
+                        continue
+                    self.total += loss * len(index)
+                    self.seen += len(index)
+                    self.recent_loss += loss
+                    if self.steps % self.snapshot_every == 0:
+                        mean, self.recent_loss = self.recent_loss / self.snapshot_every, 0.0
+                        if not self._finite():
+                            self._rollback("the weights became infinite", on_event)
+                        elif mean > self.diverged_loss:
+                            self._rollback(f"the mean loss reached {mean:.3g}", on_event)
+                        else:
+                            self.good, self.good_step = self._state_arrays(), self.steps
+                    if bar:
+                        recent.append(loss)
+                        bar.update(len(index))
+                        if self.batch % 20 == 0:
+                            bar.set_postfix(loss=f"{np.mean(recent[-100:]):.3f}", lr=f"{self.schedule.lr:.3g}",
+                                            refresh=False)
+                    if checkpoint_seconds and on_checkpoint and time.perf_counter() - last_checkpoint > checkpoint_seconds:
+                        self.seconds += time.perf_counter() - start
+                        start = time.perf_counter()
+                        on_checkpoint(self)
+                        last_checkpoint = time.perf_counter()
+            finally:
+                if bar:
+                    bar.close()
+            self.seconds += time.perf_counter() - start
+            self._end_epoch(on_event)
+            if on_epoch:
+                on_epoch(self)
+            if on_checkpoint:
+                on_checkpoint(self)
+                last_checkpoint = time.perf_counter()
+        return self.history
+
+    def _end_epoch(self, on_event):
+        config, model = self.config, self.model
+        start = time.perf_counter()
+        if not self._finite():
+            self._rollback("the weights became infinite", on_event)
+        valid_ppl = evaluate_ppl(model, self.valid)
+        seen = max(self.seen, 1)
+        row = {
+            "epoch": self.epoch,
+            # the training loss is a perplexity only for the full softmax
+            "train_ppl": exp_or_inf(self.total / seen) if config.loss == "softmax" and self.seen else None,
+            "train_loss": self.total / seen,
+            "valid_ppl": valid_ppl,
+            "lr": self.schedule.lr,
+            "seconds": round(self.seconds + time.perf_counter() - start, 3),
+            "tokens_per_s": round(self.seen / self.seconds, 1) if self.seconds > 0 else None,
+        }
+        self.history.append(row)
+        stop = False
+        if self.valid is not None and len(self.valid):
+            if not math.isfinite(valid_ppl):
+                self._rollback(f"validation perplexity became {valid_ppl}", on_event)
+                valid_ppl = row["valid_ppl"] = evaluate_ppl(model, self.valid)
+                if not math.isfinite(valid_ppl):
+                    raise Diverged(f"validation perplexity is {valid_ppl} even after a rollback; "
+                                    f"try a smaller --lr than {config.lr:g}")
+            if valid_ppl < self.schedule.best:
+                self.best = (model.E.copy(), model.dense.copy())
+            else:  # worse than before: go back to the best weights
+                model.E[...], model.dense[...] = self.best
+            stop = self.schedule.update(valid_ppl)
+        self.schedule.end_epoch()
+        if self._finite():
+            self.good, self.good_step = self._state_arrays(), self.steps
+        self.order, self.batch = None, 0
+        self.epoch += 1
+        self.done = stop or self.epoch > config.epochs
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self, path, meta=None):
+        """Write the whole state to `path` (an .npz without pickle), atomically."""
+        import json
+
+        from .fileio import atomic_write
+
+        opt = self.sgd.optimizer
+        arrays = {"E": self.model.E, "dense": self.model.dense}
+        for i, a in enumerate(opt.dense_state):
+            arrays[f"opt_dense{i}"] = a
+        for i, a in enumerate(opt.E_state):
+            arrays[f"opt_E{i}"] = a
+        *good, good_t = self.good
+        for i, a in enumerate(good):
+            arrays[f"good{i}"] = a
+        if self.best is not None:
+            arrays["best_E"], arrays["best_dense"] = self.best
+        if self.order is not None:
+            arrays["order"] = self.order
+        rngs = {"shuffle": self.rng}
+        if self.sgd.noise is not None:
+            rngs["noise"] = self.sgd.noise.rng
+        if getattr(self.sgd.ws, "rng", None) is not None:
+            rngs["dropout"] = self.sgd.ws.rng
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.describe(),
+            "train_config": self.config.to_dict(),
+            "steps": self.steps, "epoch": self.epoch, "batch": self.batch, "done": self.done,
+            "total": self.total, "seen": self.seen, "seconds": self.seconds,
+            "history": self.history, "rollbacks": self.rollbacks, "good_step": self.good_step,
+            "recent_loss": self.recent_loss,
+            "optimizer_t": opt.t, "good_t": good_t,
+            "schedule": {"lr": self.schedule.lr, "best": self.schedule.best, "halvings": self.schedule.halvings},
+            "rng": {name: r.bit_generator.state for name, r in rngs.items()},
+            "meta": meta or {},
+        }
+        arrays["state"] = np.array(json.dumps(state, ensure_ascii=False))
+        with atomic_write(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @staticmethod
+    def read_meta(path):
+        """The `meta` a checkpoint was saved with, without loading its arrays."""
+        from .model import read_npz
+
+        _, state = read_npz(path, "state", CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint", arrays=False)
+        meta = state.get("meta")
+        if not isinstance(meta, dict):
+            raise FflmError(f"{path}: damaged checkpoint (no metadata)")
+        return meta
+
+    @classmethod
+    def load_checkpoint(cls, path, windows_for):
+        """(trainer, meta) from a checkpoint written by save_checkpoint, validated array by array.
+        windows_for(model) gives the (training, validation) windows for the model it holds."""
+        from .model import FFNNLM, read_npz
+
+        arrays, state = read_npz(path, "state", CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint")
+        model = FFNNLM.from_description(state.get("model") if isinstance(state.get("model"), dict) else {}, path)
+        train_windows, valid_windows = windows_for(model)
+        try:
+            config = TrainConfig(**state["train_config"])
+            config.check()
+            trainer = cls(model, train_windows, valid_windows, config)
+            opt = trainer.sgd.optimizer
+            expect = {"E": model.E, "dense": model.dense}
+            expect.update({f"opt_dense{i}": a for i, a in enumerate(opt.dense_state)})
+            expect.update({f"opt_E{i}": a for i, a in enumerate(opt.E_state)})
+            expect.update({f"good{i}": a for i, a in enumerate(trainer.good[:-1])})
+            if "best_E" in arrays:
+                expect["best_E"], expect["best_dense"] = model.E, model.dense
+            if "order" in arrays:
+                expect["order"] = np.empty(len(train_windows), dtype=np.int64)
+            missing = sorted(set(expect) - set(arrays))
+            if missing:
+                raise FflmError(f"{path}: checkpoint lacks {', '.join(missing)}")
+            loaded = {}
+            for name, like in expect.items():
+                a = arrays[name]
+                if a.shape != like.shape or a.dtype != like.dtype:
+                    raise FflmError(f"{path}: {name} has shape {a.shape} {a.dtype}, expected {like.shape} {like.dtype} "
+                                    "(was the checkpoint made on another corpus?)")
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise FflmError(f"{path}: {name} contains NaN or infinite values")
+                loaded[name] = a
+            if "order" in loaded:
+                order = loaded["order"]
+                if order.min(initial=0) < 0 or order.max(initial=0) >= len(train_windows):
+                    raise FflmError(f"{path}: the saved batch order does not fit the training corpus")
+                trainer.order = order.copy()
+            model.E[...], model.dense[...] = loaded["E"], loaded["dense"]
+            for i, a in enumerate(opt.dense_state):
+                a[...] = loaded[f"opt_dense{i}"]
+            for i, a in enumerate(opt.E_state):
+                a[...] = loaded[f"opt_E{i}"]
+            opt.t = int(state["optimizer_t"])
+            trainer.good = [loaded[f"good{i}"].copy() for i in range(len(trainer.good) - 1)] + [int(state["good_t"])]
+            if "best_E" in loaded:
+                trainer.best = (loaded["best_E"].copy(), loaded["best_dense"].copy())
+            trainer.steps, trainer.epoch, trainer.batch = int(state["steps"]), int(state["epoch"]), int(state["batch"])
+            trainer.done = bool(state["done"])
+            trainer.total, trainer.seen, trainer.seconds = float(state["total"]), int(state["seen"]), float(state["seconds"])
+            trainer.history, trainer.rollbacks = list(state["history"]), int(state["rollbacks"])
+            trainer.good_step, trainer.recent_loss = int(state["good_step"]), float(state["recent_loss"])
+            s = state["schedule"]
+            trainer.schedule.lr, trainer.schedule.best, trainer.schedule.halvings = (
+                float(s["lr"]), float(s["best"]), int(s["halvings"]))
+            rngs = {"shuffle": trainer.rng}
+            if trainer.sgd.noise is not None:
+                rngs["noise"] = trainer.sgd.noise.rng
+            if getattr(trainer.sgd.ws, "rng", None) is not None:
+                rngs["dropout"] = trainer.sgd.ws.rng
+            if set(state["rng"]) != set(rngs):
+                raise FflmError(f"{path}: the checkpoint's random streams do not match its configuration")
+            for name, r in rngs.items():
+                r.bit_generator.state = state["rng"][name]
+        except FflmError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise FflmError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None
+        if trainer.batch > -(-len(train_windows) // config.batch_size) or (trainer.batch and trainer.order is None):
+            raise FflmError(f"{path}: the saved position does not fit the training corpus")
+        return trainer, state.get("meta", {})
 
 
 def train(model, train_windows, valid_windows=None, config=TrainConfig(), progress=None, on_epoch=None):
@@ -301,67 +631,9 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
 
     progress: a tqdm-like factory for the per-epoch bar (None: no bar).
     on_epoch: called as on_epoch(model, history) after each epoch, when the model holds the
-    best weights so far (the CLI saves the model file there).
+    best weights so far. For checkpoints, interruption and rollback messages, use `Trainer`.
     """
-    config.check()
-    if len(train_windows) == 0:
-        raise FflmError("no training data")
-    if train_windows.order != model.config.order:
-        raise FflmError("the training windows' order differs from the model's")
-    rng = np.random.default_rng(config.seed)
-    sgd = SGD(model, config.batch_size, make_noise(model, config), (config.embed_dropout, config.dropout),
-              config.seed, config.optimizer)
-    schedule = Schedule(config.lr, config.min_improvement, config.max_halvings, config.lr_decay, config.warmup_steps)
-    steps = 0
-    history, best = [], None
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        total, seen, recent = 0.0, 0, []
-        bar = progress(total=len(train_windows), desc=f"epoch {epoch}", unit="tok", unit_scale=True) if progress else None
-        for step, index in enumerate(train_windows.batches(config.batch_size, rng)):
-            loss = sgd.step(index, train_windows, schedule.step_lr(steps), config.weight_decay, config.clip)
-            steps += 1
-            if not math.isfinite(loss):
-                if bar:
-                    bar.close()
-                raise FflmError(
-                    f"training diverged in epoch {epoch} (the loss became {loss}); "
-                    f"try a smaller --lr than {schedule.lr:g}"
-                )
-            total += loss * len(index)
-            seen += len(index)
-            if bar:
-                recent.append(loss)
-                bar.update(len(index))
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{np.mean(recent[-100:]):.3f}", lr=f"{schedule.lr:.3g}", refresh=False)
-        if bar:
-            bar.close()
-        seconds = time.perf_counter() - start
-        valid_ppl = evaluate_ppl(model, valid_windows)
-        row = {
-            "epoch": epoch,
-            # the training loss is a perplexity only for the full softmax
-            "train_ppl": math.exp(total / seen) if config.loss == "softmax" else None,
-            "train_loss": total / seen,
-            "valid_ppl": valid_ppl,
-            "lr": schedule.lr,
-            "seconds": round(time.perf_counter() - start, 3),
-            "tokens_per_s": round(seen / seconds, 1),
-        }
-        history.append(row)
-        stop = False
-        if valid_windows is not None and len(valid_windows):
-            if not math.isfinite(valid_ppl):
-                raise FflmError(f"validation perplexity became {valid_ppl} in epoch {epoch}; try a smaller --lr")
-            if valid_ppl < schedule.best:
-                best = (model.E.copy(), model.dense.copy())
-            else:  # worse than before: go back to the best weights
-                model.E[...], model.dense[...] = best
-            stop = schedule.update(valid_ppl)
-        schedule.end_epoch()
-        if on_epoch:
-            on_epoch(model, history)
-        if stop:
-            break
-    return history
+    trainer = Trainer(model, train_windows, valid_windows, config)
+    callback = (lambda t: on_epoch(t.model, t.history)) if on_epoch else None
+    return trainer.run(progress=progress, on_epoch=callback,
+                       on_event=lambda msg: warnings.warn(msg, FflmWarning, stacklevel=2))
