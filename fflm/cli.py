@@ -714,7 +714,7 @@ def bench_ngram(data_dir, orders, nltk_tokens, as_json):
 
 
 @bench.command("recipe")
-@click.argument("corpus", type=click.Choice(["brown"]))
+@click.argument("corpus", metavar="CORPUS", type=click.Choice(["brown"]))
 @click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")

@@ -456,7 +456,7 @@ class FFNNLM:
             raise FflmError(f"{path}: weights do not match the configuration ({', '.join(missing)})")
         for name, shape in expected.items():
             a = arrays[name]
-            if a.shape != tuple(shape) or a.dtype.kind != "f":
+            if a.shape != tuple(shape) or a.dtype != model.dtype:
                 raise FflmError(f"{path}: {name} has shape {a.shape} {a.dtype}, expected {tuple(shape)} {model.dtype}")
             if not np.isfinite(a).all():
                 raise FflmError(f"{path}: {name} contains NaN or infinite values")

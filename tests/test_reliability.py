@@ -49,6 +49,7 @@ def files(tmp_path_factory):
     np.savez(d / "nan.npz", **nan)
     wrong = dict(arrays, E=arrays["E"][:-1])
     np.savez(d / "wrongshape.npz", **wrong)
+    np.savez(d / "wrongtype.npz", **dict(arrays, E=arrays["E"].astype(np.float16)))
     # an object array whose unpickling would run code (create a file): must never be unpickled
     evil = dict(arrays, E=np.array([Evil(str(d / "PWNED"))], dtype=object))
     np.savez(d / "pickle.npz", **evil)
@@ -123,6 +124,7 @@ def cases(d):
         (["eval", d / "pickle.npz", ok], "object arrays"),
         (["eval", d / "nan.npz", ok], "E contains NaN"),
         (["eval", d / "wrongshape.npz", ok], "E has shape"),
+        (["eval", d / "wrongtype.npz", ok], "float16, expected (153, 8) float32"),
         (["eval", d / "binary.bin", ok], "not an .npz archive"),
         (["eval", arpa, ok], "not an .npz archive"),
         # eval: the text
@@ -151,6 +153,8 @@ def cases(d):
         (["ngram", "eval", arpa, d / "unknown.txt"], "out of the model's vocabulary"),
         (["ngram", "frobnicate"], "No such command"),
         (["data", "synth", "-o", d / "train.txt"], "is not a folder"),
+        (["bench", "--config", "huge"], "--config"),
+        (["bench", "recipe", "wikipedia"], "CORPUS"),
         (["data", "synth", "-o", "/sys/fflm-test" if os.geteuid() == 0 else d / "ro" / "synth"], "cannot make"),
     ]
 
@@ -158,7 +162,8 @@ def cases(d):
 def test_the_table_has_at_least_25_cases_over_every_command(files):
     commands = {tuple(a[:2]) if a[0] in ("ngram", "data") else a[0] for a, _ in cases(files)}
     assert len(cases(files)) >= 25
-    assert {"train", "eval", "generate", "info", ("ngram", "train"), ("ngram", "eval"), ("data", "synth")} <= commands
+    assert {"train", "eval", "generate", "info", ("ngram", "train"), ("ngram", "eval"), ("data", "synth"),
+            "bench"} <= commands
 
 
 def test_bad_input_gives_one_line_a_nonzero_exit_and_no_file(files, run_cli):
