@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import FflmError, FflmWarning
+from .presets import PRESETS, preset_flags
 
 EPILOG_DATA = "Shared corpora: ../shared/data/brown (Bengio's Brown split), ../shared/data/ptb (Mikolov's PTB)."
 
@@ -167,7 +168,8 @@ def _checkpoint_path(output):
     return root + ".ckpt.npz"
 
 
-@cli.command(epilog=EPILOG_DATA)
+@cli.command(epilog="\b\nPresets:\n" + "\n".join(f"  --preset {name} = {preset_flags(name)}" for name in sorted(PRESETS))
+             + "\n\n" + EPILOG_DATA)
 @click.argument("corpus", required=False)
 @click.option("-o", "--output", default=None, help="The model file to write (.npz).  [required]")
 @click.option("--valid", default=None, help="Validation text: learning-rate halving, early stop, best model kept.")
@@ -202,6 +204,8 @@ def _checkpoint_path(output):
 @click.option("--noise-power", type=float, default=0.75, show_default=True,
               help="Noise distribution: unigram counts to this power (nce, neg).")
 @click.option("--clip", type=float, default=0.0, show_default=True, help="Clip the gradient norm to this (0: off).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="A measured recipe from BENCHMARKS.md (its flags below); flags given here win.")
 @click.option("--max-rollbacks", type=click.IntRange(min=0), default=5, show_default=True,
               help="On a NaN/inf loss, go back to the last good weights and halve --lr, at most this often.")
 @click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
@@ -221,7 +225,7 @@ def _checkpoint_path(output):
 @click.pass_context
 def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, cross_sentence, epochs,
           batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
-          noise_samples, noise_power, clip, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
+          noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
           encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
@@ -271,6 +275,13 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             raise click.UsageError("missing option '-o' / '--output'")
         text = _text_config(None, tokenizer, lowercase, encoding_errors)
         checkpoint = checkpoint or _checkpoint_path(output)
+        if preset:  # the preset's values wherever the command line gave none
+            given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+            p = {**ctx.params, **{k: v for k, v in PRESETS[preset].items() if k not in given}}
+            (order, cross_sentence, embed_dim, hidden, tied, dropout, embed_dropout, activation, lr, batch_size,
+             epochs, weight_decay, max_halvings) = (p[k] for k in (
+                "order", "cross_sentence", "embed_dim", "hidden", "tied", "dropout", "embed_dropout", "activation",
+                "lr", "batch_size", "epochs", "weight_decay", "max_halvings"))
     _check_output(output)
     _check_output(checkpoint)
     if json_log:
@@ -317,6 +328,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         meta = {
             "text": text.to_dict(),
             "training": {
+                "preset": preset,
                 "corpus": os.path.abspath(corpus),
                 "sha256": _sha256(corpus),
                 "valid": os.path.abspath(valid) if valid else None,
@@ -714,7 +726,7 @@ def bench_ngram(data_dir, orders, nltk_tokens, as_json):
 
 
 @bench.command("recipe")
-@click.argument("corpus", metavar="CORPUS", type=click.Choice(["brown"]))
+@click.argument("corpus", metavar="CORPUS", type=click.Choice(sorted(PRESETS)))
 @click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")

@@ -8,7 +8,7 @@ from conftest import shared_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = os.path.join(ROOT, "data", "synth")
-TINY = ["--", "--embed-dim", "8", "--hidden", "16", "--epochs", "2", "--batch-size", "64"]
+TINY = ["--", "--embed-dim", "8", "--hidden", "16,8", "--epochs", "2", "--batch-size", "64"]
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def test_recipe_reports_the_curve_and_the_test_rows(run_cli, fake_data, tmp_path
     code, out, err = run_cli("bench", "recipe", "brown", "--data", fake_data, "--threads", "1", "--json", *TINY)
     assert code == 0, err
     r = json.loads(out)
+    assert r["command"].startswith("fflm train TRAIN --valid VALID -o MODEL --preset brown --embed-dim 8")
     assert r["command"].endswith("--epochs 2 --batch-size 64 --threads 1")  # extra options win: they come last
     assert [e["epoch"] for e in r["epochs"]] == [1, 2]
     rows = {m["name"]: m for m in r["report"]["models"]}
@@ -34,11 +35,12 @@ def test_recipe_reports_the_curve_and_the_test_rows(run_cli, fake_data, tmp_path
     assert 0 <= rows["interpolated"]["lambda"] <= 1
     assert r["train_seconds"] > 0 and r["train_peak_rss_mb"] > 0
     # the model the benchmark trained is the one it evaluated: same test perplexity in-process
-    from fflm import FFNNLM, Windows, read_sentences
+    from fflm import FFNNLM, read_sentences
     from fflm.evaluate import perplexity, score_neural
 
-    model, _ = FFNNLM.load(tmp_path / "out" / "bench" / "brown.npz")
-    test = Windows.from_sentences(read_sentences(fake_data / "brown" / "test.txt"), model.vocab, 5)
+    model, meta = FFNNLM.load(tmp_path / "out" / "bench" / "brown.npz")
+    assert meta["training"]["preset"] == "brown" and model.config.tied and model.config.order == 6
+    test = model.windows(read_sentences(fake_data / "brown" / "test.txt"))
     assert perplexity(score_neural(model, test).log10) == pytest.approx(rows["fflm"]["ppl"], rel=1e-6)
 
 

@@ -156,3 +156,21 @@ def test_eval_without_the_training_corpus_needs_a_baseline_source(tmp_path, run_
     assert code == 1 and "--baseline-train" in err
     code, out, _ = run_cli("eval", model, SYNTH / "test.txt", "--baseline", "none", "--json")
     assert code == 0 and [m["name"] for m in json.loads(out)["models"]] == ["fflm"]
+
+
+def test_a_preset_sets_its_flags_and_flags_given_win(tmp_path, run_cli, small_corpus):
+    from fflm.presets import PRESETS, preset_flags
+
+    model = tmp_path / "m.npz"
+    code, _, err = run_cli("train", small_corpus / "train.txt", "-o", model, "--preset", "brown", "--embed-dim", "8",
+                           "--hidden", "16,8", "--epochs", "1", "--threads", "1", "-q")
+    assert code == 0, err
+    meta = json.loads(run_cli("info", model, "--json")[1])
+    p = PRESETS["brown"]
+    assert meta["training"]["preset"] == "brown"
+    assert meta["config"]["order"] == p["order"] and meta["config"]["tied"] and meta["config"]["cross_sentence"]
+    assert meta["config"]["embed_dim"] == 8 and meta["config"]["hidden"] == [16, 8]  # given: they win
+    assert meta["training"]["config"]["dropout"] == p["dropout"]
+    assert meta["training"]["config"]["embed_dropout"] == p["embed_dropout"]
+    code, out, _ = run_cli("train", "--help")
+    assert f"--preset brown = {preset_flags('brown')}" in out and f"--preset ptb = {preset_flags('ptb')}" in out

@@ -1,0 +1,25 @@
+"""The recipes behind BENCHMARKS.md's best figures, by corpus: `fflm train --preset NAME` sets
+these flags (a flag given on the command line wins). Keys are `fflm train`'s option names. No
+imports here, so that `fflm --help` can show them without loading numpy."""
+
+PRESETS = {
+    "brown": {"order": 6, "cross_sentence": True, "embed_dim": 256, "hidden": "1024,256", "tied": True,
+              "dropout": 0.3, "embed_dropout": 0.1},
+    "ptb": {"order": 6, "cross_sentence": True, "embed_dim": 256, "hidden": "1024,256", "tied": True,
+            "dropout": 0.3, "embed_dropout": 0.1},
+}
+
+_FLAGS = {"tied": "--tie-embeddings"}
+
+
+def preset_flags(name):
+    """A preset as the command-line flags it stands for.
+
+    >>> preset_flags("brown").split()[:3]
+    ['--order', '6', '--cross-sentence']
+    """
+    out = []
+    for k, v in PRESETS[name].items():
+        flag = _FLAGS.get(k, "--" + k.replace("_", "-"))
+        out.append(flag if v is True else f"{flag} {v}")
+    return " ".join(out)
