@@ -529,6 +529,54 @@ def info(model_path, as_json):
             click.echo("  " + _epoch_line(row))
 
 
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("text")
+@click.option("--per-token", is_flag=True, help="Every word's id, n-gram length and log10 p before each Total.")
+@click.option("--summary-only", is_flag=True, help="Only the closing summary (KenLM's `query -v summary`).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+def score(model_path, text, per_token, summary_only, threads):
+    """Score TEXT with MODEL (an fflm .npz or an ARPA file) in the layout of KenLM's `query`.
+
+    \b
+    Per sentence `Total: <log10 p> OOV: <count>`; with --per-token each token as
+    `word=<id> <n-gram length> <log10 p>` and a tab first; then KenLM's summary lines
+    (Perplexity including OOVs, Perplexity excluding OOVs, OOVs, Tokens). Scripts that
+    parse KenLM's output read this.
+    Example:
+      fflm score brown.npz ../shared/data/brown/test.txt --per-token | head -3
+    """
+    from . import evaluate as ev
+    from .text import TextConfig, read_sentences
+    from .windows import Windows
+
+    from .fileio import check_readable
+
+    check_readable(model_path)
+    with open(model_path, "rb") as f:
+        neural = f.read(4) == b"PK\x03\x04"
+    if neural:
+        from .train import set_threads
+
+        set_threads(threads)
+        model, _, config = _load_model(model_path)
+        sentences = read_sentences(text, config)
+        ev.check_coverage(sentences, model.vocab, text)
+        scores, order = ev.score_neural(model, model.windows(sentences)), model.config.order
+    else:
+        from .ngram import NGramLM
+
+        lm = NGramLM.load_arpa(model_path)
+        config = TextConfig.from_dict(lm.meta.get("text", {})) if lm.meta else TextConfig()
+        sentences = read_sentences(text, config)
+        ev.check_coverage(sentences, lm.vocab, text)
+        scores, order = ev.score_ngram(lm, Windows.from_sentences(sentences, lm.vocab, lm.order)), lm.order
+    if not summary_only:
+        for line in ev.query_lines(sentences, scores, order, per_token):
+            click.echo(line)
+    click.echo(ev.query_summary(scores))
+
+
 @cli.group()
 def ngram():
     """The n-gram baseline: build (like KenLM's lmplz) and evaluate (like KenLM's query)."""

@@ -134,3 +134,36 @@ def tune_lambda(a, b):
 
     best = minimize_scalar(cost, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-5})
     return min((best.x, 0.0, 1.0), key=cost)
+
+
+# --- KenLM's `query` layout, so that scripts written for KenLM read fflm's output --------------
+def query_lines(sentences, scores, order, per_token=False):
+    """KenLM `query`'s per-sentence lines: `Total: <log10> OOV: <n>`, preceded with per_token by
+    `word=<id> <n-gram length> <log10>` and a tab for every scored word and </s>. A neural model
+    has no backed-off length: it always reads its whole window, so its length is its order."""
+    lengths = scores.ngram_length if scores.ngram_length is not None else np.full(len(scores.targets), order)
+    i = 0
+    for sentence in sentences:
+        n = len(sentence) + 1
+        log10, targets, length = scores.log10[i : i + n], scores.targets[i : i + n], lengths[i : i + n]
+        oov = int(np.count_nonzero(targets == Vocabulary.UNK_ID))
+        head = ""
+        if per_token:
+            head = "".join(f"{w}={t} {int(l)} {_g(p)}\t" for w, t, l, p in
+                           zip(sentence + ["</s>"], targets.tolist(), length.tolist(), log10.tolist()))
+        yield f"{head}Total: {_g(float(np.sum(log10, dtype=np.float32)))} OOV: {oov}"
+        i += n
+
+
+def query_summary(scores):
+    """KenLM `query`'s closing lines (perplexities with and without OOVs, OOV and token counts)."""
+    oov = scores.oov
+    return (f"Perplexity including OOVs:\t{_g(perplexity(scores.log10))}\n"
+            f"Perplexity excluding OOVs:\t{_g(perplexity(scores.log10[~oov]))}\n"
+            f"OOVs:\t{int(np.count_nonzero(oov))}\n"
+            f"Tokens:\t{len(scores.targets)}")
+
+
+def _g(x):
+    """A number as C++'s default ostream prints it (6 significant digits), as KenLM does."""
+    return f"{x:.6g}"

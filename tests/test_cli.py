@@ -174,3 +174,47 @@ def test_a_preset_sets_its_flags_and_flags_given_win(tmp_path, run_cli, small_co
     assert meta["training"]["config"]["embed_dropout"] == p["embed_dropout"]
     code, out, _ = run_cli("train", "--help")
     assert f"--preset brown = {preset_flags('brown')}" in out and f"--preset ptb = {preset_flags('ptb')}" in out
+
+
+def test_score_prints_kenlm_query_layout_for_arpa_and_fflm_models(tmp_path, run_cli, small_corpus):
+    import re
+
+    import kenlm
+
+    arpa, text = tmp_path / "k3.arpa", tmp_path / "t.txt"
+    lines = (SYNTH / "test.txt").read_text().splitlines()[:40] + ["zzqq " + SYNTH.joinpath("test.txt").read_text().split()[0]]
+    text.write_text("\n".join(lines) + "\n")
+    assert run_cli("ngram", "train", small_corpus / "train.txt", "-o", arpa, "--order", "3", "-q")[0] == 0
+    ref = kenlm.Model(str(arpa))
+    code, out, err = run_cli("score", arpa, text, "--per-token")
+    assert code == 0, err
+    rows = out.splitlines()
+    token = re.compile(r"(\S+?)=(\d+) (\d+) (\S+)\t")  # the pattern scripts written for KenLM's query use
+    for line, row in zip(lines, rows):
+        words = token.findall(row)
+        assert [w for w, *_ in words] == line.split() + ["</s>"]
+        full = list(ref.full_scores(line))
+        assert [int(n) for _, _, n, _ in words] == [length for _, length, _ in full]
+        assert [float(p) for *_, p in words] == pytest.approx([p for p, _, _ in full], abs=2e-5)
+        total, oov = re.search(r"Total: (\S+) OOV: (\d+)$", row).groups()
+        assert float(total) == pytest.approx(ref.score(line), abs=1e-4)
+        assert int(oov) == sum(1 for *_, is_oov in full if is_oov)
+    summary = dict(r.split("\t") for r in rows[len(lines):])
+    assert list(summary) == ["Perplexity including OOVs:", "Perplexity excluding OOVs:", "OOVs:", "Tokens:"]
+    rep = json.loads(run_cli("ngram", "eval", arpa, text, "--json")[1])
+    assert float(summary["Perplexity including OOVs:"]) == pytest.approx(rep["models"][0]["ppl"], rel=1e-5)
+    assert float(summary["Perplexity excluding OOVs:"]) == pytest.approx(rep["models"][0]["ppl_excluding_oov"], rel=1e-5)
+    assert int(summary["OOVs:"]) == rep["oov"] == 1 and int(summary["Tokens:"]) == rep["tokens"]
+
+    model = tmp_path / "m.npz"
+    assert _train(run_cli, small_corpus, model)[0] == 0
+    code, out, err = run_cli("score", model, text)
+    assert code == 0, err
+    rows = out.splitlines()
+    assert all(re.fullmatch(r"Total: \S+ OOV: \d+", r) for r in rows[: len(lines)])
+    rep = json.loads(run_cli("eval", model, text, "--baseline", "none", "--json")[1])
+    summary = dict(r.split("\t") for r in rows[len(lines):])
+    assert float(summary["Perplexity including OOVs:"]) == pytest.approx(rep["models"][0]["ppl"], rel=1e-5)
+    assert sum(float(r.split()[1]) for r in rows[: len(lines)]) == pytest.approx(rep["models"][0]["log10_prob"], abs=1e-2)
+    code, out, _ = run_cli("score", model, text, "--summary-only")
+    assert out.splitlines() == rows[len(lines):]

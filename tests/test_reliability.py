@@ -139,6 +139,11 @@ def cases(d):
         (["generate", model, "--top-k", "-2"], "--top-k"),
         (["generate", model, "--num-words", "0"], "--num-words"),
         (["info", d / "pickle.npz"], "object arrays"),
+        # score (KenLM's query layout)
+        (["score", d / "missing.npz", ok], "no such file"),
+        (["score", d / "truncated.npz", ok], "not a readable fflm model"),
+        (["score", d / "not.arpa", ok], "not an ARPA file"),
+        (["score", arpa, d / "unknown.txt"], "out of the model's vocabulary"),
         # the n-gram commands
         (["ngram", "train", d / "binary.bin", "-o", out], "binary"),
         (["ngram", "train", ok, "-o", out, "--order", "0"], "--order"),
@@ -162,7 +167,7 @@ def cases(d):
 def test_the_table_has_at_least_25_cases_over_every_command(files):
     commands = {tuple(a[:2]) if a[0] in ("ngram", "data") else a[0] for a, _ in cases(files)}
     assert len(cases(files)) >= 25
-    assert {"train", "eval", "generate", "info", ("ngram", "train"), ("ngram", "eval"), ("data", "synth"),
+    assert {"train", "eval", "generate", "info", "score", ("ngram", "train"), ("ngram", "eval"), ("data", "synth"),
             "bench"} <= commands
 
 
