@@ -12,6 +12,7 @@ import click
 from . import __version__
 from .errors import FflmError, FflmWarning
 from .presets import PRESETS, preset_flags
+from .text import is_nltk, source_name
 
 EPILOG_DATA = "Shared corpora: ../shared/data/brown (Bengio's Brown split), ../shared/data/ptb (Mikolov's PTB)."
 
@@ -122,13 +123,9 @@ def cli():
 
 
 def _sha256(path):
-    import hashlib
+    from .text import fingerprint
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return fingerprint(path)
 
 
 def _parse_hidden(text):
@@ -254,14 +251,15 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         run = trainer_meta.get("run")
         if not isinstance(run, dict) or "corpus" not in run:
             raise FflmError(f"{resume}: this checkpoint does not say which corpus it was training on")
-        if corpus is not None and os.path.abspath(corpus) != run["corpus"]:
+        if corpus is not None and source_name(corpus) != run["corpus"]:
             raise FflmError(f"{resume}: was made on {run['corpus']}, not {corpus}")
         corpus, valid, output, checkpoint = run["corpus"], run.get("valid"), run["output"], resume
         for path, digest in ((corpus, run.get("sha256")), (valid, run.get("valid_sha256"))):
             if path is not None:
                 from .fileio import check_readable
 
-                check_readable(path)
+                if not is_nltk(path):
+                    check_readable(path)
                 if _sha256(path) != digest:
                     raise FflmError(f"{path} has changed since the checkpoint was written; cannot resume")
         text = TextConfig.from_dict(run.get("text", {}))
@@ -329,9 +327,9 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             "text": text.to_dict(),
             "training": {
                 "preset": preset,
-                "corpus": os.path.abspath(corpus),
+                "corpus": source_name(corpus),
                 "sha256": _sha256(corpus),
-                "valid": os.path.abspath(valid) if valid else None,
+                "valid": source_name(valid) if valid else None,
                 "config": tconfig.to_dict(),
                 "history": [],
             },
@@ -438,7 +436,7 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
     lm = None
     if baseline != "none":
         source = baseline_train or meta.get("training", {}).get("corpus")
-        if not source or not os.path.exists(source):
+        if not source or not (is_nltk(source) or os.path.exists(source)):
             raise FflmError(f"the training corpus {source!r} recorded in the model is not here; "
                             "pass --baseline-train FILE or --baseline none")
         train_windows = Windows.from_sentences(read_sentences(source, config), model.vocab, N)
@@ -756,7 +754,7 @@ def ngram_train(corpus, output, order, smoothing, add_k, min_count, max_vocab, t
             windows, vocab, order, smoothing=smoothing, k=add_k,
             discount_fallback=None if no_fallback else discount_fallback, kenlm_compat=not exact_discounts,
         )
-        lm.meta = {"text": config.to_dict(), "corpus": os.path.abspath(corpus)}
+        lm.meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
         steps.update()
         steps.set_postfix_str("writing")
         lm.save_arpa(output)

@@ -72,7 +72,10 @@ def decode(data, path, errors="strict"):
 
 
 def read_sentences(path, config=TextConfig(), allow_empty=False):
-    """Read `path` (plain or .gz) into a list of token lists, one per non-blank line."""
+    """Read `path` (plain or .gz) into a list of token lists, one per non-blank line; or, for
+    `nltk:NAME[:FILEIDS]`, the sentences of an NLTK corpus (see read_nltk)."""
+    if is_nltk(path):
+        return read_nltk(path, config)
     text = decode(read_bytes(path), path, config.encoding_errors)
     sentences = []
     for line in text.splitlines():  # \n, \r\n and \r all end a line
@@ -82,3 +85,68 @@ def read_sentences(path, config=TextConfig(), allow_empty=False):
     if not sentences and not allow_empty:
         raise FflmError(f"{path}: no text (the file is empty or only whitespace)")
     return sentences
+
+
+# --- corpora through NLTK's readers: nltk:brown, nltk:reuters, nltk:gutenberg:austen-emma.txt ----
+NLTK_PREFIX = "nltk:"
+
+
+def is_nltk(path):
+    return str(path).startswith(NLTK_PREFIX)
+
+
+def source_name(path):
+    """How a corpus is recorded in a model: an absolute path, or the nltk: name as given."""
+    import os
+
+    return str(path) if is_nltk(path) else os.path.abspath(path)
+
+
+def read_nltk(spec, config=TextConfig()):
+    """The sentences of an NLTK corpus, through its own `sents()` reader (already tokenized, so
+    only `lowercase` applies), found on NLTK's data path (NLTK_DATA). Optional comma-separated
+    file ids after a second colon: nltk:gutenberg:austen-emma.txt,austen-persuasion.txt."""
+    name, _, fileids = str(spec)[len(NLTK_PREFIX) :].partition(":")
+    if not name.isidentifier():
+        raise FflmError(f"{spec}: give an NLTK corpus name, as in nltk:brown or nltk:reuters")
+    import nltk.corpus
+
+    reader = getattr(nltk.corpus, name, None)
+    if reader is None:
+        raise FflmError(f"{spec}: NLTK has no corpus named {name!r}")
+    how = f"python -c \"import nltk; nltk.download('{name}')\""
+    try:
+        sents = reader.sents(fileids.split(",")) if fileids else reader.sents()
+        sentences = []
+        for sent in sents:
+            # a token never holds whitespace (ARPA files and vocabularies split on it)
+            tokens = ["_".join(t.split()) for t in sent if t and not t.isspace()]
+            if config.lowercase:
+                tokens = [t.lower() for t in tokens]
+            if tokens:
+                sentences.append(tokens)
+    except LookupError:
+        raise FflmError(f"{spec}: the NLTK corpus {name!r} is not installed; run: {how} "
+                        "(or point NLTK_DATA at a folder that has it)") from None
+    except AttributeError:
+        raise FflmError(f"{spec}: nltk.corpus.{name} is not a corpus with a sents() reader") from None
+    except (ValueError, KeyError, OSError) as e:
+        raise FflmError(f"{spec}: cannot read it ({e})") from None
+    if not sentences:
+        raise FflmError(f"{spec}: no sentences")
+    return sentences
+
+
+def fingerprint(path):
+    """sha256 of a corpus: of the file's bytes, or of an NLTK corpus's sentences as read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if is_nltk(path):
+        for sent in read_nltk(path):
+            h.update((" ".join(sent) + "\n").encode("utf-8"))
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -9,6 +9,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FFLM_DATA", REPO.parent / "shared" / "data"))
 SYNTH = REPO / "data" / "synth"
+# NLTK finds corpora through NLTK_DATA, read when nltk.data is first imported: set it first
+os.environ.setdefault("NLTK_DATA", str(DATA / "nltk_data"))
 
 
 def shared_path(*parts):
