@@ -910,7 +910,7 @@ def bench_recipe(corpus, data_dir, threads, as_json, extra):
 
 @cli.group()
 def data():
-    """Corpora: the embedded synthetic corpus."""
+    """Corpora: the embedded synthetic corpus, splitting a corpus."""
 
 
 @data.command("synth")
@@ -929,6 +929,34 @@ def data_synth(output, seed, as_json):
             f"wrote {output}: {manifest['vocabulary']} words; true entropy {manifest['entropy_nats_per_token']:.4f} "
             f"nats/token, best possible perplexity {manifest['perplexity_floor']:.3f}"
         )
+
+
+@data.command("split")
+@click.argument("corpus")
+@click.option("-o", "--output", required=True, help="Folder for train.txt, valid.txt, test.txt and split.json.")
+@click.option("--valid", type=float, default=0.1, show_default=True, help="Share of the sentences for validation.")
+@click.option("--test", type=float, default=0.1, show_default=True, help="Share of the sentences for test.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same split.")
+@text_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def data_split(corpus, output, valid, test, seed, tokenizer, lowercase, encoding_errors, as_json):
+    """Split CORPUS (a file or nltk:NAME) into train / valid / test by whole sentences.
+
+    \b
+    Each sentence goes to one part, chosen by a seeded shuffle; each part keeps corpus order.
+    Example:
+      fflm data split nltk:brown -o brown-split --valid 0.1 --test 0.1 --seed 1
+    """
+    from .datasets import write_split
+    from .text import read_sentences
+
+    text = _text_config(None, tokenizer, lowercase, encoding_errors)
+    summary = write_split(read_sentences(corpus, text), output, valid, test, seed, source=source_name(corpus))
+    if as_json:
+        _echo_json(summary)
+    else:
+        for name, f in summary["files"].items():
+            click.echo(f"{os.path.join(output, name)}: {f['sentences']} sentences, {f['words']} words")
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2

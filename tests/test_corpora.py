@@ -55,3 +55,41 @@ def test_a_missing_or_wrong_nltk_corpus_is_one_line(nltk_brown, tmp_path, run_cl
     code, _, err = run_cli("ngram", "train", spec, "-o", tmp_path / "m.arpa")
     assert code == 1 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
     assert not (tmp_path / "m.arpa").exists()
+
+
+def test_data_split_is_by_whole_sentences_and_reproducible(tmp_path, run_cli):
+    from conftest import SYNTH
+    from fflm import read_sentences
+
+    corpus = SYNTH / "train.txt"
+    sents = read_sentences(corpus)
+    code, out, err = run_cli("data", "split", corpus, "-o", tmp_path / "a", "--valid", "0.1", "--test", "0.2",
+                             "--seed", "7", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    parts = {n: read_sentences(tmp_path / "a" / f"{n}.txt") for n in ("train", "valid", "test")}
+    assert sum(len(p) for p in parts.values()) == len(sents)
+    assert len(parts["valid"]) == round(0.1 * len(sents)) and len(parts["test"]) == round(0.2 * len(sents))
+    assert sorted(map(tuple, sents)) == sorted(tuple(s) for p in parts.values() for s in p)  # whole sentences
+    for p in parts.values():  # each part keeps corpus order: it is a subsequence of the corpus
+        rest = iter(sents)
+        assert all(any(s == t for t in rest) for s in p)
+    assert summary["files"]["test.txt"]["sentences"] == len(parts["test"])
+    assert json.loads((tmp_path / "a" / "split.json").read_text())["seed"] == 7
+    run_cli("data", "split", corpus, "-o", tmp_path / "b", "--valid", "0.1", "--test", "0.2", "--seed", "7")
+    run_cli("data", "split", corpus, "-o", tmp_path / "c", "--valid", "0.1", "--test", "0.2", "--seed", "8")
+    same = [(tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in ("train.txt", "test.txt")]
+    assert all(same)
+    assert (tmp_path / "a" / "test.txt").read_bytes() != (tmp_path / "c" / "test.txt").read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--valid", "0.6", "--test", "0.5"], "leave nothing to train on"),
+    (["--valid", "-0.1"], "--valid is a share"),
+    (["--test", "1.5"], "--test is a share"),
+])
+def test_data_split_refuses_impossible_shares(tmp_path, run_cli, args, message):
+    from conftest import SYNTH
+
+    code, _, err = run_cli("data", "split", SYNTH / "valid.txt", "-o", tmp_path / "s", *args)
+    assert code == 1 and message in err and not (tmp_path / "s").exists()
