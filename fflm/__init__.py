@@ -3,6 +3,21 @@
 The library follows the five ingredients of supervised learning, one module each:
 text -> vocab -> windows (I, data) -> model (II) + losses (III) -> train (IV) -> evaluate / generate (V),
 with ngram as the baseline every neural result is compared with.
+
+The API (each with runnable examples in its docstring):
+
+- `read_sentences(path | "nltk:NAME")`: text into token lists; `TextConfig` says how.
+- `Vocabulary`: words <-> ids with `<unk>`, `<s>`, `</s>`; `Vocabulary.build(sentences, min_count)`.
+- `NGramLM.train(sentences, order)`, `.load_arpa`, `.save_arpa`: the Kneser-Ney baseline.
+- `FFNNLM.train(sentences, ModelConfig(...), valid=..., epochs=...)`, `.save`, `.load`,
+  `.generate`: the neural model.
+- Both language models: `.logprob(word, context)`, `.score(sentence)`, `.perplexity(sentences)`,
+  in log10 as KenLM reports them (`fflm.lm.LanguageModel`).
+
+>>> from fflm import NGramLM
+>>> lm = NGramLM.train(["the cat sat", "the dog sat"], order=2, smoothing="add-k")
+>>> round(10 ** lm.logprob("cat", ["the"]), 4)    # (1 + 1) / (2 + 6 words)
+0.25
 """
 
 import os
@@ -15,6 +30,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .errors import FflmError, FflmWarning  # noqa: E402
 from .evaluate import perplexity  # noqa: E402
+from .lm import LanguageModel  # noqa: E402
 from .ngram import NGramLM  # noqa: E402
 from .text import TextConfig, read_sentences  # noqa: E402
 from .vocab import Vocabulary  # noqa: E402
@@ -41,6 +57,7 @@ __all__ = [
     "FFNNLM",
     "FflmError",
     "FflmWarning",
+    "LanguageModel",
     "ModelConfig",
     "NGramLM",
     "TextConfig",

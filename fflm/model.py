@@ -24,6 +24,7 @@ import numpy as np
 from . import kernels as K
 from .errors import FflmError
 from .fileio import atomic_write, check_readable
+from .lm import LanguageModel
 from .vocab import Vocabulary
 
 FORMAT = "fflm-model"
@@ -177,7 +178,7 @@ class Workspace:
             K.dropout_forward(a, mask[:B], p)
 
 
-class FFNNLM:
+class FFNNLM(LanguageModel):
     """The feedforward neural language model: parameters, forward, backward, files.
 
     >>> from fflm import Vocabulary
@@ -186,6 +187,19 @@ class FFNNLM:
     >>> p = lm.probs(np.array([[1, 1]]))        # p(w | <s> <s>) for every w
     >>> p.shape, round(float(p.sum()), 5), float(p[0, vocab.BOS_ID])
     ((1, 6), 1.0, 0.0)
+
+    From sentences to a trained model and back (fflm.lm gives logprob, score, perplexity):
+
+    >>> corpus = ["the cat sat on the mat", "the dog sat on the log", "a cat ran"] * 20
+    >>> lm = FFNNLM.train(corpus, ModelConfig(order=3, embed_dim=8, hidden=(16,)), epochs=3, seed=1)
+    >>> lm.perplexity(corpus) < 10 < len(lm.vocab) - 1    # it learned: far below a uniform guess
+    True
+    >>> lm.logprob("sat", ["the", "cat"]) > lm.logprob("log", ["the", "cat"])
+    True
+    >>> abs(lm.score("the cat sat") - sum(p for _, p in lm.token_scores("the cat sat"))) < 1e-9
+    True
+    >>> len(lm.generate(num_samples=2, prompt="the", seed=3))
+    2
     """
 
     def __init__(self, vocab, config=ModelConfig(), dtype=np.float32, seed=0, unigram_counts=None):
@@ -249,6 +263,42 @@ class FFNNLM:
                 p[...] = 0.0
         counts = np.asarray(unigram_counts if unigram_counts is not None else self.vocab.counts, dtype=np.float64)
         self.c[...] = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+
+    # --- the sentence-level API (fflm.lm.LanguageModel) and training from sentences -----------
+    @property
+    def order(self):
+        return self.config.order
+
+    def _windows(self, sentences):
+        return self.windows(sentences)
+
+    def _log10(self, contexts, targets):
+        return self.log10_probs(contexts, targets)
+
+    @classmethod
+    def train(cls, sentences, config=ModelConfig(), valid=None, min_count=1, max_vocab=None, seed=1, **train_options):
+        """Build a vocabulary from `sentences` (strings or token lists), train a model of
+        `config` with mini-batch SGD (`train_options`: TrainConfig's fields, such as epochs, lr,
+        batch_size, dropout), keep the best weights on `valid` if given; returns the model with
+        its learning curve in `history`. The command line's `fflm train` does the same."""
+        from .train import TrainConfig, train  # the optimizer lives a layer up; this is a convenience
+
+        tok = lambda ss: [s.split() if isinstance(s, str) else list(s) for s in ss]  # noqa: E731
+        sents = tok(sentences)
+        vocab = Vocabulary.build(sents, min_count=min_count, max_size=max_vocab)
+        model = cls(vocab, config, seed=seed)
+        train_options.setdefault("batch_size", 32)
+        tc = TrainConfig(seed=seed, **train_options)
+        model.history = train(model, model.windows(sents), model.windows(tok(valid)) if valid else None, tc)
+        return model
+
+    def generate(self, num_samples=1, prompt="", num_words=30, temperature=1.0, top_k=0, seed=None, no_unk=False):
+        """Sampled continuations of `prompt`, each a string (see fflm.generate.sample)."""
+        from .generate import sample
+
+        prompt = prompt.split() if isinstance(prompt, str) else list(prompt)
+        samples = sample(self, num_samples, prompt, num_words, temperature, top_k, seed, no_unk)
+        return [" ".join(s) for s in samples]
 
     def windows(self, sentences):
         """The (context, target) pairs this model reads for `sentences`: its order, its padding."""
@@ -412,7 +462,17 @@ class FFNNLM:
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, path, meta=None):
-        """One .npz file, no pickle: the weights and a JSON 'meta' entry (config, vocabulary, ...)."""
+        """One .npz file, no pickle: the weights and a JSON 'meta' entry (config, vocabulary, ...).
+
+        >>> import tempfile, os
+        >>> from fflm import Vocabulary
+        >>> lm = FFNNLM(Vocabulary(["a", "b"]), ModelConfig(order=2, embed_dim=2, hidden=(3,)))
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.npz")
+        >>> lm.save(path)
+        >>> again, meta = FFNNLM.load(path)
+        >>> bool((again.dense == lm.dense).all()), meta["config"]["order"]
+        (True, 2)
+        """
         for name, p in self.params.items():
             if not np.isfinite(p).all():  # divergence must never reach a model file
                 raise FflmError(f"{path}: not saved: {name} contains NaN or infinite values")

@@ -25,8 +25,10 @@ import numpy as np
 
 from .errors import FflmError, FflmWarning
 from .fileio import atomic_write, read_bytes
+from .lm import LanguageModel
 from .text import decode
 from .vocab import Vocabulary
+from .windows import Windows
 
 SMOOTHINGS = ("kn", "add-k", "mle")
 MAX_ORDER = 10
@@ -160,7 +162,7 @@ def _kn_discounts(adjusted, order_k, fallback):
     return tuple(float(x) for x in fallback)
 
 
-class NGramLM:
+class NGramLM(LanguageModel):
     """A back-off n-gram model in ARPA form: log10 probabilities and back-off weights per n-gram.
 
     >>> from fflm import Vocabulary, Windows
@@ -170,18 +172,46 @@ class NGramLM:
     >>> p = 10 ** lm.distribution(["<s>"])   # p(w | <s>) for every w
     >>> round(float(p.sum()), 6)
     1.0
+
+    The sentence-level API (fflm.lm.LanguageModel), in log10 like KenLM:
+
+    >>> round(10 ** lm.logprob("b", ["a"]), 6)    # add-one: (count(a b) + 1) / (count(a) + 5 words) = 3/8
+    0.375
+    >>> parts = lm.logprob("a") + lm.logprob("b", ["a"]) + lm.logprob("</s>", ["b"])
+    >>> abs(lm.score("a b") - parts) < 1e-12
+    True
+    >>> abs(lm.perplexity(["a b", "b a"]) - 10 ** -((lm.score("a b") + lm.score("b a")) / 6)) < 1e-9
+    True
     """
 
     def __init__(self, vocab, order, keys, logprob, bow, smoothing, discounts=None, k=None, meta=None):
         self.vocab = vocab
         self.order = order
         self.keys = keys  # per order: sorted int64 keys
-        self.logprob = logprob  # per order: float64 log10 p; NaN = a context-only entry
+        self.log10p = logprob  # per order: float64 log10 p; NaN = a context-only entry
         self.bow = bow  # per order: float64 log10 back-off weight (0 where not a context)
         self.smoothing = smoothing
         self.discounts = discounts  # per order (D1, D2, D3+) for Kneser-Ney
         self.k = k
         self.meta = meta or {}  # free-form facts kept in the ARPA header (text settings, corpus)
+
+    def _windows(self, sentences):
+        return Windows.from_sentences(sentences, self.vocab, self.order)
+
+    def _log10(self, contexts, targets):
+        return self.logprob_windows(contexts, targets)[0]
+
+    @classmethod
+    def train(cls, sentences, order=3, smoothing="kn", k=1.0, min_count=1):
+        """Build the vocabulary and estimate the model from sentences (strings or token lists).
+
+        >>> lm = NGramLM.train(["the cat sat", "the dog sat", "a cat ran"], order=2, smoothing="add-k")
+        >>> lm.name, len(lm.vocab)
+        ('laplace2', 9)
+        """
+        sents = [s.split() if isinstance(s, str) else list(s) for s in sentences]
+        vocab = Vocabulary.build(sents, min_count=min_count)
+        return cls.estimate(Windows.from_sentences(sents, vocab, order), vocab, order, smoothing=smoothing, k=k)
 
     @property
     def name(self):
@@ -326,7 +356,7 @@ class NGramLM:
         length = np.zeros(len(gram), dtype=np.int64)
         for k in range(N, 0, -1):
             i = ending[N - 1][k - 1]
-            lp = np.where(i >= 0, self.logprob[k - 1][np.maximum(i, 0)], np.nan)
+            lp = np.where(i >= 0, self.log10p[k - 1][np.maximum(i, 0)], np.nan)
             take = (length == 0) & ~np.isnan(lp)
             logp[take] = lp[take]
             length[take] = k
@@ -371,7 +401,7 @@ class NGramLM:
                 f.write(f"ngram {k}={len(self.keys[k - 1])}\n")
             for k in range(1, self.order + 1):
                 f.write(f"\n\\{k}-grams:\n")
-                lp = np.nan_to_num(self.logprob[k - 1], nan=ARPA_LOG_ZERO, neginf=ARPA_LOG_ZERO).tolist()
+                lp = np.nan_to_num(self.log10p[k - 1], nan=ARPA_LOG_ZERO, neginf=ARPA_LOG_ZERO).tolist()
                 if k < self.order:
                     bw = np.nan_to_num(self.bow[k - 1], neginf=ARPA_LOG_ZERO).tolist()
                     f.write("".join(f"{p:.7g}\t{s}\t{b:.7g}\n" for p, s, b in zip(lp, strings[k - 1], bw)))
