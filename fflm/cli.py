@@ -910,7 +910,7 @@ def bench_recipe(corpus, data_dir, threads, as_json, extra):
 
 @cli.group()
 def data():
-    """Corpora: the embedded synthetic corpus, splitting a corpus."""
+    """Corpora: the standard benchmarks (get, list), splitting a corpus, the embedded synthetic corpus."""
 
 
 @data.command("synth")
@@ -929,6 +929,62 @@ def data_synth(output, seed, as_json):
             f"wrote {output}: {manifest['vocabulary']} words; true entropy {manifest['entropy_nats_per_token']:.4f} "
             f"nats/token, best possible perplexity {manifest['perplexity_floor']:.3f}"
         )
+
+
+@data.command("get")
+@click.argument("name")
+@click.option("--dir", "folder", default=None, help="Where datasets go.  [default: $FFLM_DATA or ~/.cache/fflm/data]")
+@click.option("--mirror", default=None, help="Fetch the same file names from this address instead.")
+@click.option("--sha256", default=None, help="The checksum to require where data/datasets.toml has none.")
+@click.option("--force", is_flag=True, help="Download and prepare again even if a verified copy is there.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def data_get(name, folder, mirror, sha256, force, as_json, quiet):
+    """Download a standard benchmark, verify its sha256, and prepare train/valid/test files.
+
+    \b
+    Known datasets and their checksums: data/datasets.toml (`fflm data list`). Nothing is kept
+    unless it verifies; a complete copy is left alone (idempotent).
+    Example:
+      fflm data get ptb --dir ~/corpora
+    """
+    from .datasets import default_dir, get
+
+    folder = folder or default_dir()
+    manifest = get(name, folder, mirror, sha256, progress=_progress(quiet), force=force)
+    if as_json:
+        _echo_json(manifest)
+        return
+    where = os.path.join(folder, name)
+    if manifest["already_present"]:
+        click.echo(f"{name}: already in {where} (verified when it was fetched; --force to fetch again)")
+    else:
+        for rel, f in manifest["files"].items():
+            click.echo(f"{os.path.join(where, rel)}  {f['bytes']:,} bytes  sha256 {f['sha256'][:16]}")
+
+
+@data.command("list")
+@click.option("--dir", "folder", default=None, help="Where datasets go.  [default: $FFLM_DATA or ~/.cache/fflm/data]")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def data_list(folder, as_json):
+    """The datasets `fflm data get` knows, and which of them are present in --dir."""
+    from .datasets import default_dir, registry, status
+
+    folder = folder or default_dir()
+    rows = []
+    for name, entry in registry().items():
+        m = status(folder, name)
+        rows.append({"name": name, "description": entry.get("description"), "present": m is not None,
+                     "path": os.path.join(folder, name) if m else None,
+                     "checksum_recorded": all(f.get("sha256") for f in entry.get("files", []))})
+    if as_json:
+        _echo_json(rows)
+        return
+    click.echo(f"datasets in {folder}:")
+    for r in rows:
+        mark = "present" if r["present"] else "-"
+        note = "" if r["checksum_recorded"] else "  (no sha256 recorded: needs --sha256)"
+        click.echo(f"  {r['name']:<14} {mark:<8} {r['description']}{note}")
 
 
 @data.command("split")
