@@ -280,7 +280,12 @@ class FFNNLM(LanguageModel):
         """Build a vocabulary from `sentences` (strings or token lists), train a model of
         `config` with mini-batch SGD (`train_options`: TrainConfig's fields, such as epochs, lr,
         batch_size, dropout), keep the best weights on `valid` if given; returns the model with
-        its learning curve in `history`. The command line's `fflm train` does the same."""
+        its learning curve in `history`. The command line's `fflm train` does the same.
+
+        >>> lm = FFNNLM.train(["a b c", "a c b"] * 10, ModelConfig(order=2, embed_dim=4, hidden=(8,)), epochs=2)
+        >>> len(lm.history), lm.config.order
+        (2, 2)
+        """
         from .train import TrainConfig, train  # the optimizer lives a layer up; this is a convenience
 
         tok = lambda ss: [s.split() if isinstance(s, str) else list(s) for s in ss]  # noqa: E731
@@ -293,7 +298,13 @@ class FFNNLM(LanguageModel):
         return model
 
     def generate(self, num_samples=1, prompt="", num_words=30, temperature=1.0, top_k=0, seed=None, no_unk=False):
-        """Sampled continuations of `prompt`, each a string (see fflm.generate.sample)."""
+        """Sampled continuations of `prompt`, each a string (see fflm.generate.sample).
+
+        >>> from fflm import Vocabulary
+        >>> lm = FFNNLM(Vocabulary(["a", "b"]), ModelConfig(order=2, embed_dim=2, hidden=(3,)), seed=0)
+        >>> lm.generate(num_samples=2, prompt="a", seed=1) == lm.generate(num_samples=2, prompt="a", seed=1)
+        True
+        """
         from .generate import sample
 
         prompt = prompt.split() if isinstance(prompt, str) else list(prompt)
