@@ -107,3 +107,15 @@ def test_shell_completion_script(run_cli):
     assert code == 0 and "_FFLM_COMPLETE=bash_complete" in out and "complete " in out
     code, _, err = run_cli("completion", "powershell")
     assert code == 2 and "powershell" in err
+
+
+def test_train_ends_with_a_text_plot_on_a_terminal_only(tmp_path, run_cli, monkeypatch):
+    import sys
+
+    args = ["train", SYNTH / "valid.txt", "--valid", SYNTH / "test.txt", "-o", tmp_path / "m.npz", "--order", "2",
+            "--embed-dim", "4", "--hidden", "8", "--epochs", "3", "--threads", "1", "--min-count", "1"]
+    code, out, err = run_cli(*args)
+    assert code == 0 and "valid ppl" not in out, err  # piped: nothing on stdout
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, err = run_cli(*args)
+    assert code == 0 and out.startswith("valid ppl ") and out.count("*") == 3, err
