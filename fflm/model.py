@@ -517,7 +517,14 @@ class FFNNLM(LanguageModel):
 
     @classmethod
     def load(cls, path):
-        """Load and validate a model file; returns (model, meta). Never unpickles anything."""
+        """Load and validate a model file; returns (model, meta). Never unpickles anything.
+
+        >>> FFNNLM.load("no-such-model.npz")
+        Traceback (most recent call last):
+        fflm.errors.FflmError: no-such-model.npz: no such file
+
+        (FFNNLM.save shows a round trip.)
+        """
         path = str(path)
         arrays, meta = read_npz(path, "meta", FORMAT, FORMAT_VERSION, "model")
         model = cls.from_description(meta, path)
