@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .errors import FflmError
-from .fileio import atomic_write
+from .fileio import atomic_write, make_folder
 
 
 def split_sentences(sentences, valid=0.1, test=0.1, seed=1):
@@ -37,12 +37,7 @@ def split_sentences(sentences, valid=0.1, test=0.1, seed=1):
 def write_split(sentences, folder, valid=0.1, test=0.1, seed=1, source=None):
     """Write train.txt, valid.txt, test.txt (one sentence per line) and split.json into `folder`."""
     parts = split_sentences(sentences, valid, test, seed)
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise FflmError(f"{folder}: exists and is not a folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise FflmError(f"{folder}: cannot make the folder ({e.strerror})") from None
+    make_folder(folder)
     summary = {"source": source, "seed": seed, "valid": valid, "test": test, "files": {}}
     for name, part in zip(("train", "valid", "test"), parts):
         path = os.path.join(folder, f"{name}.txt")
@@ -164,10 +159,7 @@ def get(name, folder=None, base_url=None, sha256=None, progress=None, force=Fals
             raise FflmError(f"no sha256 is recorded for {name} yet; pass --sha256 with a checksum you trust")
     if sha256 and len(files) != 1:
         raise FflmError(f"--sha256 names one file's checksum, but {name} has {len(files)} files")
-    try:
-        os.makedirs(os.path.join(target, ".download"), exist_ok=True)
-    except OSError as e:
-        raise FflmError(f"{target}: cannot make the folder ({e.strerror})") from None
+    make_folder(os.path.join(target, ".download"))
     fetched = []
     for f in files:
         url = f["url"]

@@ -80,6 +80,16 @@ def atomic_write(path, mode="w", encoding="utf-8"):
         raise
 
 
+def make_folder(folder):
+    """Make `folder` (and its parents) if it is not there; FflmError if that cannot be done."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise FflmError(f"{folder}: exists and is not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise FflmError(f"{folder}: cannot make the folder ({e.strerror})") from None
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

@@ -21,9 +21,8 @@ import os
 
 import numpy as np
 
-from .errors import FflmError
 
-from .fileio import atomic_write
+from .fileio import atomic_write, make_folder
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -167,12 +166,7 @@ def write_corpus(folder, seed=2003):
         "expected_tokens_per_sentence": round(mean_tokens, 4),
         "files": {},
     }
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise FflmError(f"{folder}: exists and is not a folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise FflmError(f"{folder}: cannot make the folder ({e.strerror})") from None
+    make_folder(folder)
     for name, n in SPLITS:
         sentences = sample(process, n, rng)
         text = "".join(" ".join(s) + "\n" for s in sentences)
