@@ -21,7 +21,6 @@ import os
 
 import numpy as np
 
-
 from .fileio import atomic_write, make_folder
 
 CONSONANTS = "bdfgklmnprstvz"
