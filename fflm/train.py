@@ -319,10 +319,10 @@ class Trainer:
     weights, optimizer moments, the three random streams (shuffling, dropout masks, noise), the
     epoch's shuffled order and position, the schedule, the best and the last good weights.
 
-    Divergence never reaches the best weights: a non-finite loss or weight, or a mean loss
-    twice the uniform model's, rolls the model back
-    to the last good snapshot (taken every `snapshot_every` steps), halves the learning rate and
-    goes on; after `max_rollbacks` rollbacks training stops with an FflmError.
+    Divergence never reaches the best weights: a non-finite loss or weight, or a mean loss twice
+    the uniform model's, rolls the model back to the last good snapshot (taken every
+    `snapshot_every` steps), halves the learning rate and goes on; after `max_rollbacks`
+    rollbacks training stops with `Diverged`.
     """
 
     def __init__(self, model, train_windows, valid_windows=None, config=TrainConfig(), snapshot_every=100,
@@ -391,18 +391,14 @@ class Trainer:
         and Interrupted raised. on_checkpoint also runs every `checkpoint_seconds` and after each
         epoch. on_event(message) hears about rollbacks.
         """
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught and rolled back below
+            return self._run(progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds)
+
+    def _run(self, progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds):
         config, windows, sgd = self.config, self.windows, self.sgd
         B = config.batch_size
         n_batches = -(-len(windows) // B)
         last_checkpoint = time.perf_counter()
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught and rolled back below
-            return self._run(progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds,
-                             last_checkpoint)
-
-    def _run(self, progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds, last_checkpoint):
-        config, windows, sgd = self.config, self.windows, self.sgd
-        B = config.batch_size
-        n_batches = -(-len(windows) // B)
         while not self.done:
             if self.order is None:  # a new epoch: a new random order
                 self.order = self.rng.permutation(len(windows))
@@ -432,7 +428,7 @@ class Trainer:
                     if self.steps % self.snapshot_every == 0:
                         mean, self.recent_loss = self.recent_loss / self.snapshot_every, 0.0
                         if not self._finite():
-                            self._rollback("the weights became infinite", on_event)
+                            self._rollback("the weights became NaN or infinite", on_event)
                         elif mean > self.diverged_loss:
                             self._rollback(f"the mean loss reached {mean:.3g}", on_event)
                         else:
@@ -464,7 +460,7 @@ class Trainer:
         config, model = self.config, self.model
         start = time.perf_counter()
         if not self._finite():
-            self._rollback("the weights became infinite", on_event)
+            self._rollback("the weights became NaN or infinite", on_event)
         valid_ppl = evaluate_ppl(model, self.valid)
         seen = max(self.seen, 1)
         row = {
