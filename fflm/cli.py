@@ -247,17 +247,16 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                  and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise FflmError(f"--resume continues with the checkpoint's own settings; drop {', '.join(given)}")
-        trainer_meta = training.Trainer.read_meta(resume)
-        run = trainer_meta.get("run")
+        run = training.Trainer.read_meta(resume).get("run")
         if not isinstance(run, dict) or "corpus" not in run:
             raise FflmError(f"{resume}: this checkpoint does not say which corpus it was training on")
         if corpus is not None and source_name(corpus) != run["corpus"]:
             raise FflmError(f"{resume}: was made on {run['corpus']}, not {corpus}")
         corpus, valid, output, checkpoint = run["corpus"], run.get("valid"), run["output"], resume
+        from .fileio import check_readable
+
         for path, digest in ((corpus, run.get("sha256")), (valid, run.get("valid_sha256"))):
             if path is not None:
-                from .fileio import check_readable
-
                 if not is_nltk(path):
                     check_readable(path)
                 if _sha256(path) != digest:
@@ -274,12 +273,13 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         text = _text_config(None, tokenizer, lowercase, encoding_errors)
         checkpoint = checkpoint or _checkpoint_path(output)
         if preset:  # the preset's values wherever the command line gave none
+            names = ("order", "cross_sentence", "embed_dim", "hidden", "tied", "dropout", "embed_dropout",
+                     "activation", "lr", "batch_size", "epochs", "weight_decay", "max_halvings")
+            assert set(PRESETS[preset]) <= set(names), "a preset sets an option this list does not apply"
             given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
             p = {**ctx.params, **{k: v for k, v in PRESETS[preset].items() if k not in given}}
             (order, cross_sentence, embed_dim, hidden, tied, dropout, embed_dropout, activation, lr, batch_size,
-             epochs, weight_decay, max_halvings) = (p[k] for k in (
-                "order", "cross_sentence", "embed_dim", "hidden", "tied", "dropout", "embed_dropout", "activation",
-                "lr", "batch_size", "epochs", "weight_decay", "max_halvings"))
+             epochs, weight_decay, max_halvings) = (p[k] for k in names)
     _check_output(output)
     _check_output(checkpoint)
     if json_log:
