@@ -488,13 +488,21 @@ class Trainer:
                 model.E[...], model.dense[...] = self.best
             stop = self.schedule.update(valid_ppl)
         self.schedule.end_epoch()
-        if self._finite():
-            self.good, self.good_step = self._state_arrays(), self.steps
+        self.good, self.good_step = self._state_arrays(), self.steps  # finite: checked or rolled back above
         self.order, self.batch = None, 0
         self.epoch += 1
         self.done = stop or self.epoch > config.epochs
 
     # --- checkpoints --------------------------------------------------------------------------
+    def _streams(self):
+        """The run's random streams by name: shuffling, and noise and dropout masks if used."""
+        streams = {"shuffle": self.rng}
+        if self.sgd.noise is not None:
+            streams["noise"] = self.sgd.noise.rng
+        if getattr(self.sgd.ws, "rng", None) is not None:
+            streams["dropout"] = self.sgd.ws.rng
+        return streams
+
     def save_checkpoint(self, path, meta=None):
         """Write the whole state to `path` (an .npz without pickle), atomically."""
         import json
@@ -514,11 +522,6 @@ class Trainer:
             arrays["best_E"], arrays["best_dense"] = self.best
         if self.order is not None:
             arrays["order"] = self.order
-        rngs = {"shuffle": self.rng}
-        if self.sgd.noise is not None:
-            rngs["noise"] = self.sgd.noise.rng
-        if getattr(self.sgd.ws, "rng", None) is not None:
-            rngs["dropout"] = self.sgd.ws.rng
         state = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -530,7 +533,7 @@ class Trainer:
             "recent_loss": self.recent_loss,
             "optimizer_t": opt.t, "good_t": good_t,
             "schedule": {"lr": self.schedule.lr, "best": self.schedule.best, "halvings": self.schedule.halvings},
-            "rng": {name: r.bit_generator.state for name, r in rngs.items()},
+            "rng": {name: r.bit_generator.state for name, r in self._streams().items()},
             "meta": meta or {},
         }
         arrays["state"] = np.array(json.dumps(state, ensure_ascii=False))
@@ -604,11 +607,7 @@ class Trainer:
             s = state["schedule"]
             trainer.schedule.lr, trainer.schedule.best, trainer.schedule.halvings = (
                 float(s["lr"]), float(s["best"]), int(s["halvings"]))
-            rngs = {"shuffle": trainer.rng}
-            if trainer.sgd.noise is not None:
-                rngs["noise"] = trainer.sgd.noise.rng
-            if getattr(trainer.sgd.ws, "rng", None) is not None:
-                rngs["dropout"] = trainer.sgd.ws.rng
+            rngs = trainer._streams()
             if set(state["rng"]) != set(rngs):
                 raise FflmError(f"{path}: the checkpoint's random streams do not match its configuration")
             for name, r in rngs.items():
