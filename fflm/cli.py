@@ -931,27 +931,33 @@ def data_synth(output, seed, as_json):
         )
 
 
+REGISTRY_HELP = "A datasets.toml of your own, in fflm/datasets.toml's layout.  [default: fflm's]"
+
+
 @data.command("get")
 @click.argument("name")
 @click.option("--dir", "folder", default=None, help="Where datasets go.  [default: $FFLM_DATA or ~/.cache/fflm/data]")
 @click.option("--mirror", default=None, help="Fetch the same file names from this address instead.")
-@click.option("--sha256", default=None, help="The checksum to require where data/datasets.toml has none.")
+@click.option("--sha256", default=None, help="The checksum to require of a file the registry has none for.")
+@click.option("--registry", "registry_path", default=None, help=REGISTRY_HELP)
 @click.option("--force", is_flag=True, help="Download and prepare again even if a verified copy is there.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def data_get(name, folder, mirror, sha256, force, as_json, quiet):
+def data_get(name, folder, mirror, sha256, registry_path, force, as_json, quiet):
     """Download a standard benchmark, verify its sha256, and prepare train/valid/test files.
 
     \b
-    Known datasets and their checksums: data/datasets.toml (`fflm data list`). Nothing is kept
-    unless it verifies; a complete copy is left alone (idempotent).
+    Known datasets and their checksums: fflm/datasets.toml (`fflm data list`). Nothing is kept
+    unless it verifies; a complete copy is left alone (idempotent). Where a dataset has several
+    sources (ptb: Mikolov's archive, then copies of its files), the next is tried if one fails.
     Example:
       fflm data get ptb --dir ~/corpora
     """
-    from .datasets import default_dir, get
+    from .datasets import default_dir, get, registry
 
     folder = folder or default_dir()
-    manifest = get(name, folder, mirror, sha256, progress=_progress(quiet), force=force)
+    entries = registry(registry_path) if registry_path else None
+    manifest = get(name, folder, mirror, sha256, progress=_progress(quiet), force=force, entries=entries)
     if as_json:
         _echo_json(manifest)
         return
@@ -965,18 +971,20 @@ def data_get(name, folder, mirror, sha256, force, as_json, quiet):
 
 @data.command("list")
 @click.option("--dir", "folder", default=None, help="Where datasets go.  [default: $FFLM_DATA or ~/.cache/fflm/data]")
+@click.option("--registry", "registry_path", default=None, help=REGISTRY_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-def data_list(folder, as_json):
+def data_list(folder, registry_path, as_json):
     """The datasets `fflm data get` knows, and which of them are present in --dir."""
-    from .datasets import default_dir, registry, status
+    from .datasets import default_dir, registry, sources, status, verifiable
 
     folder = folder or default_dir()
     rows = []
-    for name, entry in registry().items():
+    for name, entry in (registry(registry_path) if registry_path else registry()).items():
         m = status(folder, name)
         rows.append({"name": name, "description": entry.get("description"), "present": m is not None,
                      "path": os.path.join(folder, name) if m else None,
-                     "checksum_recorded": all(f.get("sha256") for f in entry.get("files", []))})
+                     "sources": [f["url"] for s in sources(entry) for f in s.get("files", [])],
+                     "checksum_recorded": any(verifiable(entry, s) for s in sources(entry))})
     if as_json:
         _echo_json(rows)
         return

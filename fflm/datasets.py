@@ -3,10 +3,11 @@ reproducibly (a seeded shuffle of sentence numbers)."""
 
 import json
 import os
+import warnings
 
 import numpy as np
 
-from .errors import FflmError
+from .errors import FflmError, FflmWarning
 from .fileio import atomic_write, make_folder
 
 
@@ -52,22 +53,55 @@ def write_split(sentences, folder, valid=0.1, test=0.1, seed=1, source=None):
 
 
 # --- the standard benchmarks: fetch, verify, prepare (fflm data get / list) ----------------------
-# What each dataset is, where it comes from and its checksums live in data/datasets.toml.
-REGISTRY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "datasets.toml")
+# What each dataset is, where it comes from and its checksums live in fflm/datasets.toml (shipped
+# inside the package so an installed fflm has it; data/datasets.toml is a link to it).
+REGISTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets.toml")
 MANIFEST = "fflm-dataset.json"  # written last: a folder with it holds a complete, verified dataset
 
 
 def registry(path=REGISTRY):
-    """The datasets data/datasets.toml describes, by name."""
+    """The datasets a registry (fflm/datasets.toml, or the user's own) describes, by name; its
+    layout is checked, so a wrong one is one line naming the problem."""
+    import re
+
     try:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            entries = tomllib.load(f)
     except OSError as e:
         raise FflmError(f"{path}: cannot read the dataset registry ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:  # TOMLDecodeError is a ValueError
+        raise FflmError(f"{path}: not a TOML dataset registry ({e})") from None
+
+    def bad(name, what):
+        raise FflmError(f"{path}: dataset {name!r}: {what}")
+
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            bad(name, "is not a table")
+        ways = sources(entry)
+        if not isinstance(ways, list) or not ways:
+            bad(name, "names no files to fetch")
+        for way in ways:
+            files = way.get("files") if isinstance(way, dict) else None
+            if not isinstance(files, list) or not files:
+                bad(name, "names no files to fetch")
+            if way.get("prepare", "copy") not in PREPARE:
+                bad(name, f"unknown prepare step {way.get('prepare')!r} (known: {', '.join(sorted(PREPARE))})")
+            for f in files:
+                if not (isinstance(f, dict) and isinstance(f.get("url"), str) and "/" in f["url"]
+                        and f["url"].rsplit("/", 1)[-1] not in ("", ".", "..")):
+                    bad(name, "every file needs a url ending in a file name")
+                if f.get("sha256") and not re.fullmatch(r"[0-9a-f]{64}", str(f["sha256"])):
+                    bad(name, f"{f['sha256']!r} is not a sha256 (64 lowercase hex digits)")
+        outputs = entry.get("outputs", {})
+        if not isinstance(outputs, dict) or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
+                                                    for v in outputs.values()):
+            bad(name, "outputs must map file names to sha256s")
+    return entries
 
 
 def default_dir():
@@ -95,9 +129,10 @@ def _sha256_file(path):
     return h.hexdigest()
 
 
-def download(url, path, sha256, progress=None, timeout=60):
-    """Fetch `url` into `path`, hashing as it goes; the file appears only if it is whole and its
-    sha256 is `sha256`. A short read, a network error or a wrong checksum leaves nothing."""
+def download(url, path, sha256=None, progress=None, timeout=60):
+    """Fetch `url` into `path`, hashing as it goes; the file appears only if it is whole and, when
+    `sha256` is given, has that checksum. A short read, a network error or a wrong checksum
+    leaves nothing."""
     import hashlib
     import tempfile
     import urllib.error
@@ -130,7 +165,7 @@ def download(url, path, sha256, progress=None, timeout=60):
                 raise FflmError(f"{url}: download failed ({reason})") from None
             if total is not None and got != total:
                 raise FflmError(f"{url}: the download was cut short ({got} of {total} bytes); nothing kept")
-        if h.hexdigest() != sha256:
+        if sha256 and h.hexdigest() != sha256:
             raise FflmError(f"{url}: sha256 {h.hexdigest()} is not the recorded {sha256}; nothing kept")
         os.replace(tmp, path)
     except BaseException:
@@ -140,11 +175,30 @@ def download(url, path, sha256, progress=None, timeout=60):
     return got
 
 
-def get(name, folder=None, base_url=None, sha256=None, progress=None, force=False):
+def sources(entry):
+    """The ways to get a dataset, tried in order: each {"files": [...], "prepare": ...}. An entry
+    names them as [[NAME.sources]], or, with one way only, as NAME.files and NAME.prepare."""
+    if "sources" in entry:
+        return entry["sources"]
+    return [{"files": entry.get("files", []), "prepare": entry.get("prepare", "copy")}]
+
+
+def verifiable(entry, source, sha256=None):
+    """Whether what `source` fetches can be checked: every file has a recorded sha256 (or the
+    user's, for the one file without), or the dataset records the sha256 of every prepared file."""
+    if entry.get("outputs"):
+        return True
+    unchecked = [f for f in source.get("files", []) if not f.get("sha256")]
+    return not unchecked or (sha256 is not None and len(unchecked) == 1)
+
+
+def get(name, folder=None, base_url=None, sha256=None, progress=None, force=False, entries=None):
     """Download, verify and prepare dataset `name` into folder/name; idempotent: a complete,
     verified copy is left alone (force: fetch again). base_url: a mirror holding the same file
-    names. sha256: the checksum to require where the registry has none. Returns the manifest."""
-    entries = registry()
+    names. sha256: the checksum to require of a file the registry has none for. entries: the
+    registry to use (default fflm/datasets.toml). Sources are tried in order; the first that
+    verifies wins. Returns the manifest."""
+    entries = registry() if entries is None else entries
     if name not in entries:
         raise FflmError(f"unknown dataset {name!r} (known: {', '.join(sorted(entries))})")
     entry = entries[name]
@@ -153,14 +207,42 @@ def get(name, folder=None, base_url=None, sha256=None, progress=None, force=Fals
     done = status(folder, name)
     if done is not None and not force:
         return dict(done, already_present=True)
-    files = entry.get("files", [])
-    for f in files:
-        if not (f.get("sha256") or sha256):
-            raise FflmError(f"no sha256 is recorded for {name} yet; pass --sha256 with a checksum you trust")
-    if sha256 and len(files) != 1:
-        raise FflmError(f"--sha256 names one file's checksum, but {name} has {len(files)} files")
+    ways = sources(entry)
+    if not any(verifiable(entry, s, sha256) for s in ways):
+        unchecked = sum(not f.get("sha256") for s in ways for f in s.get("files", []))
+        if sha256 and unchecked > 1:
+            raise FflmError(f"--sha256 names one file's checksum, but {name} has {unchecked} files without one")
+        raise FflmError(f"no sha256 is recorded for {name} yet; pass --sha256 with a checksum you trust")
+    failures = []
+    for source in ways:
+        if not verifiable(entry, source, sha256):
+            continue
+        try:
+            outputs, used = _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress)
+            break
+        except FflmError as e:
+            failures.append(str(e))
+    else:
+        raise FflmError(failures[0] if len(failures) == 1 else f"{name}: no source worked: {'; '.join(failures)}")
+    for failure in failures:  # said once the outcome is known, so a total failure stays one line
+        warnings.warn(f"{name}: a source failed, the next one was used: {failure}", FflmWarning)
+    manifest = {"name": name, "description": entry.get("description"), "license": entry.get("license"),
+                "sources": used,
+                "files": {rel: {"bytes": os.path.getsize(os.path.join(target, rel)),
+                                "sha256": _sha256_file(os.path.join(target, rel))} for rel in outputs}}
+    with atomic_write(os.path.join(target, MANIFEST)) as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    return dict(manifest, already_present=False)
+
+
+def _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress):
+    """One source: fetch its files (reusing verified earlier downloads), prepare them, check the
+    prepared files against the recorded sha256s. Returns (prepared files, urls fetched); on a
+    failure nothing that failed the check is left and FflmError says why."""
+    files = source.get("files", [])
     make_folder(os.path.join(target, ".download"))
-    fetched = []
+    fetched, used = [], []
     for f in files:
         url = f["url"]
         fname = url.rsplit("/", 1)[-1]
@@ -168,22 +250,27 @@ def get(name, folder=None, base_url=None, sha256=None, progress=None, force=Fals
             url = base_url.rstrip("/") + "/" + fname
         path = os.path.join(target, ".download", fname)
         want = f.get("sha256") or sha256
-        if not (os.path.exists(path) and _sha256_file(path) == want):  # a verified earlier download is reused
+        # an earlier download is reused when its checksum is known to be right; a file without
+        # one is fetched again, since only the prepared files' check below vouches for it
+        if not (want and os.path.exists(path) and _sha256_file(path) == want):
             download(url, path, want, progress)
         fetched.append(path)
-    outputs = PREPARE[entry.get("prepare", "copy")](fetched, target)
-    for rel, want in entry.get("outputs", {}).items():
+        used.append(url)
+    outputs = PREPARE[source.get("prepare", "copy")](fetched, target)
+    recorded = entry.get("outputs", {})
+    for rel in outputs if recorded else ():
         got = _sha256_file(os.path.join(target, rel))
-        if got != want:
-            raise FflmError(f"{name}: prepared {rel} has sha256 {got}, not the recorded {want}")
-    manifest = {"name": name, "description": entry.get("description"), "license": entry.get("license"),
-                "sources": [f["url"] for f in files],
-                "files": {rel: {"bytes": os.path.getsize(os.path.join(target, rel)),
-                                "sha256": _sha256_file(os.path.join(target, rel))} for rel in outputs}}
-    with atomic_write(os.path.join(target, MANIFEST)) as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    return dict(manifest, already_present=False)
+        if got != recorded.get(rel):
+            for r in outputs:  # a prepared file that does not verify is not left behind
+                if os.path.exists(os.path.join(target, r)):
+                    os.remove(os.path.join(target, r))
+            for path, f in zip(fetched, files):
+                if not f.get("sha256") and os.path.exists(path):
+                    os.remove(path)
+            want = recorded.get(rel)
+            raise FflmError(f"{name}: prepared {rel} has sha256 {got}, not the recorded {want}" if want
+                            else f"{name}: prepared {rel} has no recorded sha256")
+    return outputs, used
 
 
 def _prepare_copy(fetched, target):
@@ -195,6 +282,36 @@ def _prepare_copy(fetched, target):
         with open(path, "rb") as src, atomic_write(os.path.join(target, rel), "wb") as dst:
             shutil.copyfileobj(src, dst)
         out.append(rel)
+    return out
+
+
+def _member(names, suffix, archive):
+    """The one archive member whose path ends in `suffix` (archives differ in their top folder)."""
+    found = [n for n in names if n == suffix or n.endswith("/" + suffix)]
+    if not found:
+        raise FflmError(f"{archive}: no {suffix} inside")
+    return found[0]
+
+
+def _prepare_ptb_tgz(fetched, target):
+    """Mikolov's simple-examples.tgz: its data/ptb.{train,valid,test}.txt, byte for byte."""
+    import shutil
+    import tarfile
+
+    out = []
+    try:
+        with tarfile.open(fetched[0], "r:*") as t:
+            names = t.getnames()
+            for part in ("train", "valid", "test"):
+                rel = f"ptb.{part}.txt"
+                src = t.extractfile(_member(names, f"data/{rel}", fetched[0]))
+                if src is None:
+                    raise FflmError(f"{fetched[0]}: data/{rel} is not a regular file")
+                with src, atomic_write(os.path.join(target, rel), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                out.append(rel)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise FflmError(f"{fetched[0]}: not a readable tar archive ({e})") from None
     return out
 
 
@@ -245,23 +362,22 @@ def _prepare_brown(fetched, target):
 def _prepare_wikitext(fetched, target):
     """wiki.{train,valid,test}.tokens from the archive, as train/valid/test.txt (one paragraph
     or heading per line; blank lines are skipped when read)."""
+    import shutil
     import zipfile
 
     out = []
     try:
         with zipfile.ZipFile(fetched[0]) as z:
+            names = z.namelist()
             for name in ("train", "valid", "test"):
-                member = next((n for n in z.namelist() if n.endswith(f"wiki.{name}.tokens")), None)
-                if member is None:
-                    raise FflmError(f"{fetched[0]}: no wiki.{name}.tokens inside")
-                with z.open(member) as src, atomic_write(os.path.join(target, f"{name}.txt"), "wb") as dst:
-                    import shutil
-
+                with z.open(_member(names, f"wiki.{name}.tokens", fetched[0])) as src, \
+                        atomic_write(os.path.join(target, f"{name}.txt"), "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 out.append(f"{name}.txt")
-    except zipfile.BadZipFile as e:
-        raise FflmError(f"{fetched[0]}: not a zip archive ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise FflmError(f"{fetched[0]}: not a readable zip archive ({e})") from None
     return out
 
 
-PREPARE = {"copy": _prepare_copy, "brown-bengio": _prepare_brown, "wikitext": _prepare_wikitext}
+PREPARE = {"copy": _prepare_copy, "ptb-tgz": _prepare_ptb_tgz, "brown-bengio": _prepare_brown,
+           "wikitext": _prepare_wikitext}

@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import os
+import tarfile
 import threading
 import zipfile
 
@@ -62,7 +63,8 @@ def test_get_ptb_verifies_and_is_idempotent(server, tmp_path, run_cli):
     code, out, err = run_cli("data", "get", "ptb", "--dir", tmp_path, "--mirror", url)
     assert code == 0 and "already in" in out, err
     rows = {r["name"]: r for r in json.loads(run_cli("data", "list", "--dir", tmp_path, "--json")[1])}
-    assert rows["ptb"]["present"] and not rows["brown"]["present"] and not rows["wikitext-2"]["checksum_recorded"]
+    assert rows["ptb"]["present"] and not rows["brown"]["present"]
+    assert all(r["checksum_recorded"] for r in rows.values())  # every dataset fflm knows can be verified
 
 
 def test_get_brown_reproduces_bengios_split_byte_for_byte(server, tmp_path, run_cli):
@@ -103,6 +105,51 @@ def test_an_interrupted_download_keeps_nothing_and_a_retry_completes(server, tmp
     assert code == 0, err
 
 
+def _ptb_tgz(change=None):
+    """simple-examples.tgz as Mikolov lays it out, holding the shared PTB files (one changed)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        members = {"./simple-examples/README": b"Mikolov's examples\n"}
+        for part in ("train", "valid", "test"):
+            members[f"./simple-examples/data/ptb.{part}.txt"] = shared_path("ptb", f"ptb.{part}.txt").read_bytes()
+        if change:
+            members[f"./simple-examples/data/{change}"] = members[f"./simple-examples/data/{change}"].replace(b" the ", b" teh ", 1)
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            t.addfile(info, io.BytesIO(body))
+    return buf.getvalue()
+
+
+def test_get_ptb_from_mikolovs_archive_checks_the_files_inside(server, tmp_path, run_cli):
+    files, url = server
+    files["simple-examples.tgz"] = _ptb_tgz()
+    code, out, err = run_cli("data", "get", "ptb", "--dir", tmp_path, "--mirror", url, "--json", "-q")
+    assert code == 0 and err == "", err  # the first source worked: no word of the others
+    manifest = json.loads(out)
+    assert manifest["sources"] == [f"{url}/simple-examples.tgz"]
+    for part in ("train", "valid", "test"):
+        assert (tmp_path / "ptb" / f"ptb.{part}.txt").read_bytes() == shared_path("ptb", f"ptb.{part}.txt").read_bytes()
+
+
+def test_a_wrong_archive_falls_back_to_the_copies_and_says_so(server, tmp_path, run_cli):
+    files, url = server
+    _ptb(files)
+    files["simple-examples.tgz"] = _ptb_tgz(change="ptb.valid.txt")
+    code, out, err = run_cli("data", "get", "ptb", "--dir", tmp_path, "--mirror", url, "--json", "-q")
+    assert code == 0, err
+    assert "a source failed, the next one was used" in err and "prepared ptb.valid.txt has sha256" in err
+    assert json.loads(out)["sources"] == [f"{url}/ptb.{p}.txt" for p in ("train", "valid", "test")]
+    assert (tmp_path / "ptb" / "ptb.valid.txt").read_bytes() == files["ptb.valid.txt"]
+    assert not (tmp_path / "ptb" / ".download" / "simple-examples.tgz").exists()  # unverified: not kept
+    # both sources bad: one line naming each failure, nothing kept
+    files["ptb.valid.txt"] = files["ptb.valid.txt"].replace(b" the ", b" teh ", 1)
+    code, _, err = run_cli("data", "get", "ptb", "--dir", tmp_path / "again", "--mirror", url, "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "no source worked" in err and "prepared ptb.valid.txt" in err and "ptb.valid.txt: sha256" in err
+    assert not (tmp_path / "again" / "ptb" / "ptb.valid.txt").exists() and not _no_leftovers(tmp_path)
+
+
 def _wikitext_zip():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -111,17 +158,57 @@ def _wikitext_zip():
     return buf.getvalue()
 
 
-def test_a_dataset_without_a_recorded_checksum_needs_one_from_the_user(server, tmp_path, run_cli):
+def test_wikitext_must_have_the_published_checksum(server, tmp_path, run_cli):
     files, url = server
-    files["wikitext-2-v1.zip"] = body = _wikitext_zip()
+    files["wikitext-2-v1.zip"] = _wikitext_zip()  # a stand-in: not the real archive, so refused
     code, _, err = run_cli("data", "get", "wikitext-2", "--dir", tmp_path, "--mirror", url, "-q")
-    assert code == 1 and "pass --sha256" in err and not (tmp_path / "wikitext-2" / "train.txt").exists()
-    code, _, err = run_cli("data", "get", "wikitext-2", "--dir", tmp_path, "--mirror", url, "-q", "--sha256", "0" * 64)
-    assert code == 1 and "is not the recorded" in err
+    assert code == 1 and "is not the recorded 92675f1d" in err and len(err.strip().splitlines()) == 1
+    # the user's --sha256 cannot override a recorded checksum
     code, _, err = run_cli("data", "get", "wikitext-2", "--dir", tmp_path, "--mirror", url, "-q",
-                           "--sha256", hashlib.sha256(body).hexdigest())
+                           "--sha256", hashlib.sha256(files["wikitext-2-v1.zip"]).hexdigest())
+    assert code == 1 and "is not the recorded 92675f1d" in err
+    assert not (tmp_path / "wikitext-2" / "train.txt").exists() and not _no_leftovers(tmp_path)
+
+
+def _registry(tmp_path, text):
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_registry_of_ones_own_and_a_file_without_a_checksum(server, tmp_path, run_cli):
+    files, url = server
+    files["wt.zip"] = body = _wikitext_zip()
+    reg = _registry(tmp_path, '[wt]\ndescription = "a WikiText-shaped corpus"\nprepare = "wikitext"\n'
+                              '[[wt.files]]\nurl = "https://example.org/wt.zip"\n')
+    rows = json.loads(run_cli("data", "list", "--dir", tmp_path, "--registry", reg, "--json")[1])
+    assert [(r["name"], r["checksum_recorded"], r["present"]) for r in rows] == [("wt", False, False)]
+    get = ("data", "get", "wt", "--dir", tmp_path, "--mirror", url, "-q", "--registry", reg)
+    code, _, err = run_cli(*get)
+    assert code == 1 and "pass --sha256" in err and not (tmp_path / "wt" / "train.txt").exists()
+    code, _, err = run_cli(*get, "--sha256", "0" * 64)
+    assert code == 1 and "is not the recorded" in err
+    code, _, err = run_cli(*get, "--sha256", hashlib.sha256(body).hexdigest())
     assert code == 0, err
-    assert (tmp_path / "wikitext-2" / "valid.txt").read_text() == " = Title = \n\n the valid text <unk> . \n"
+    assert (tmp_path / "wt" / "valid.txt").read_text() == " = Title = \n\n the valid text <unk> . \n"
+    assert json.loads(run_cli("data", "list", "--dir", tmp_path, "--registry", reg, "--json")[1])[0]["present"]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[wt\n", "not a TOML dataset registry"),
+    ('wt = "a string"\n', "'wt': is not a table"),
+    ("[wt]\ndescription = 'no files'\n", "names no files to fetch"),
+    ("[wt]\n[[wt.files]]\nsha256 = ''\n", "every file needs a url"),
+    ("[wt]\n[[wt.files]]\nurl = 'https://example.org/'\n", "every file needs a url ending in a file name"),
+    ("[wt]\n[[wt.files]]\nurl = 'https://example.org/a.zip'\nsha256 = 'abc'\n", "is not a sha256"),
+    ("[wt]\nprepare = 'unzip-all'\n[[wt.files]]\nurl = 'https://example.org/a.zip'\n", "unknown prepare step 'unzip-all'"),
+    ("[wt]\noutputs = { 'a.txt' = 1 }\n[[wt.files]]\nurl = 'https://example.org/a.zip'\n", "outputs must map"),
+])
+def test_a_wrong_registry_is_one_line(tmp_path, run_cli, text, says):
+    reg = _registry(tmp_path, text)
+    for args in (("data", "list", "--registry", reg), ("data", "get", "wt", "--dir", tmp_path, "--registry", reg)):
+        code, out, err = run_cli(*args)
+        assert code == 1 and says in err and len(err.strip().splitlines()) == 1 and out == "", err
 
 
 def test_unknown_datasets_and_unreachable_servers_are_one_line(tmp_path, run_cli):
