@@ -386,7 +386,15 @@ class NGramLM(LanguageModel):
         return strings
 
     def save_arpa(self, path):
-        """Write the model as an ARPA file (gzipped if `path` ends in .gz), atomically."""
+        """Write the model as an ARPA file (gzipped if `path` ends in .gz), atomically.
+
+        >>> import os, tempfile
+        >>> lm = NGramLM.train(["the cat sat", "the dog sat", "a cat ran"], order=2, smoothing="add-k")
+        >>> path = os.path.join(tempfile.mkdtemp(), "cats.arpa.gz")
+        >>> lm.save_arpa(path)
+        >>> round(NGramLM.load_arpa(path).perplexity(["the cat ran"]), 4) == round(lm.perplexity(["the cat ran"]), 4)
+        True
+        """
         header = {"smoothing": self.smoothing, "order": self.order}
         if self.discounts:
             header["discounts"] = [[round(d, 6) for d in ds] for ds in self.discounts]
@@ -411,7 +419,16 @@ class NGramLM(LanguageModel):
 
     @classmethod
     def load_arpa(cls, path):
-        """Read an ARPA file (plain or .gz) written by fflm, KenLM, SRILM or any other tool."""
+        r"""Read an ARPA file (plain or .gz) written by fflm, KenLM, SRILM or any other tool.
+
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "tiny.arpa")
+        >>> lines = ["\\data\\", "ngram 1=3", "", "\\1-grams:", "-0.30103\t</s>", "-99\t<s>", "-0.30103\thi", "", "\\end\\"]
+        >>> _ = open(path, "w").write("\n".join(lines) + "\n")
+        >>> lm = NGramLM.load_arpa(path)
+        >>> lm.order, round(lm.logprob("hi"), 5), round(lm.score("hi"), 5)  # log10: the word; with </s>
+        (1, -0.30103, -0.60206)
+        """
         return _read_arpa(path)
 
 

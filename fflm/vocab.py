@@ -129,12 +129,22 @@ class Vocabulary:
         return cls(words[3:], counts, min_count=min_count, max_size=max_size)
 
     def save(self, path):
+        """Write the vocabulary (words, counts, the cut-offs that made it) as JSON, atomically.
+
+        >>> import os, tempfile
+        >>> v = Vocabulary.build([["a", "b", "a"]])
+        >>> path = os.path.join(tempfile.mkdtemp(), "vocab.json")
+        >>> v.save(path)
+        >>> Vocabulary.load(path).words == v.words
+        True
+        """
         with atomic_write(path) as f:
             json.dump(self.to_dict(), f, ensure_ascii=False)
             f.write("\n")
 
     @classmethod
     def load(cls, path):
+        """Read a vocabulary written by save(); anything else is one FflmError naming the problem."""
         text = decode(read_bytes(path), path)
         try:
             d = json.loads(text)
