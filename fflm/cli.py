@@ -401,20 +401,26 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
 @click.option("--baseline-train", default=None, help="Build the baseline on this corpus instead.")
 @click.option("--k", "add_k", type=float, default=1.0, show_default=True, help="k for --baseline add-k.")
 @click.option("--tune-on", default=None, help="Validation text: add the interpolation of both, its weight tuned there.")
+@click.option("--mix", "mix_paths", multiple=True, metavar="MODEL",
+              help="Another neural model with the same vocabulary (repeatable): rows fflm2, ..., their "
+                   "equal-weight ensemble and, with --tune-on, the mixture of all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--per-token", type=click.Path(dir_okay=False), default=None, help="Write every token's log10 p (TSV).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tune_on, as_json, per_token, threads,
-          quiet):
+def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tune_on, mix_paths, as_json, per_token,
+          threads, quiet):
     """Perplexity of a neural MODEL on TEXT, beside an n-gram baseline, on exactly the same tokens.
 
     \b
     Every word and one </s> per sentence is scored with the exact softmax; OOV words are
     scored as <unk>. Rows: fflm, the baseline (kn5, laplace5, ...) and, with --tune-on,
-    their linear interpolation with the weight that is best on the tuning text.
-    Example:
+    their linear interpolation with the weight that is best on the tuning text. With --mix,
+    the other models too, their equal-weight ensemble, and (with --tune-on) the mixture of
+    every model, its weights tuned by EM.
+    Examples:
       fflm eval brown.npz ../shared/data/brown/test.txt --tune-on ../shared/data/brown/valid.txt
+      fflm eval a.npz test.txt --mix b.npz --tune-on valid.txt
     """
     from . import evaluate as ev
     from .ngram import NGramLM
@@ -426,13 +432,26 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         _check_output(per_token)
     set_threads(threads)
     model, meta, config = _load_model(model_path)
+    others = []  # (row name, path, model): the --mix models, checked to score the same tokens
+    for i, path in enumerate(mix_paths, start=2):
+        other, _, other_config = _load_model(path)
+        if other.vocab.words != model.vocab.words:
+            raise FflmError(f"{path}: its vocabulary differs from {model_path}'s; only models over the same "
+                            "vocabulary can be mixed (their perplexities are not comparable)")
+        if other_config != config:
+            raise FflmError(f"{path}: its text settings ({other_config.to_dict()}) differ from {model_path}'s "
+                            f"({config.to_dict()}); only models reading text the same way can be mixed")
+        others.append((f"fflm{i}", path, other))
     n = model.config.order
     N = baseline_order or n
-    width = max(n, N)
+    width = max([n, N] + [o.config.order for _, _, o in others])
     sentences = read_sentences(text, config)
     ev.check_coverage(sentences, model.vocab, text)
     windows = Windows.from_sentences(sentences, model.vocab, width)
     scores = {"fflm": (n, ev.score_neural(model, model.windows(sentences)))}  # its own contexts; same targets
+    for name, _, other in others:
+        scores[name] = (other.config.order, ev.score_neural(other, other.windows(sentences)))
+    neural = list(scores)
     lm = None
     if baseline != "none":
         source = baseline_train or meta.get("training", {}).get("corpus")
@@ -442,17 +461,35 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         train_windows = Windows.from_sentences(read_sentences(source, config), model.vocab, N)
         lm = NGramLM.estimate(train_windows, model.vocab, N, smoothing=baseline, k=add_k)
         scores[lm.name] = (N, ev.score_ngram(lm, windows))
-    lam = None
+    parts = neural + ([lm.name] if lm else [])
+    if others:
+        equal = [1.0 / len(neural)] * len(neural)
+        scores["ensemble"] = (max(scores[k][0] for k in neural), ev.mix([scores[k][1] for k in neural], equal))
+    lam = weights = None
     if tune_on:
-        if lm is None:
-            raise FflmError("--tune-on needs a baseline to interpolate with (not --baseline none)")
+        if len(parts) < 2:
+            raise FflmError("--tune-on needs something to interpolate with: a baseline (not --baseline none) or --mix")
         tune_sentences = read_sentences(tune_on, config)
         tune = Windows.from_sentences(tune_sentences, model.vocab, width)
-        lam = ev.tune_lambda(ev.score_neural(model, model.windows(tune_sentences)), ev.score_ngram(lm, tune))
-        scores["interpolated"] = (n, ev.interpolate(scores["fflm"][1], scores[lm.name][1], lam))
+        tuned = {"fflm": ev.score_neural(model, model.windows(tune_sentences))}
+        for name, _, other in others:
+            tuned[name] = ev.score_neural(other, other.windows(tune_sentences))
+        if lm is not None:
+            tuned[lm.name] = ev.score_ngram(lm, tune)
+            lam = ev.tune_lambda(tuned["fflm"], tuned[lm.name])
+            scores["interpolated"] = (max(n, N), ev.interpolate(scores["fflm"][1], scores[lm.name][1], lam))
+        if others:
+            weights = dict(zip(parts, ev.tune_weights([tuned[k] for k in parts]).tolist()))
+            scores["mixture"] = (max(scores[k][0] for k in parts),
+                                 ev.mix([scores[k][1] for k in parts], list(weights.values())))
     rep = ev.report(scores)
+    rows = {m["name"]: m for m in rep["models"]}
+    for name, path, _ in others:
+        rows[name]["model"] = path
     if lam is not None:
-        rep["models"][-1]["lambda"] = lam
+        rows["interpolated"]["lambda"] = lam
+    if weights is not None:
+        rows["mixture"]["weights"] = weights
     if per_token:
         from .fileio import atomic_write
 
@@ -468,8 +505,16 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         _echo_json(rep)
     else:
         click.echo(ev.format_report(rep))
+        if others:
+            click.echo("")
+            for name, path, _ in others:
+                click.echo(f"{name} = {path}")
+            click.echo(f"ensemble = the mean of the probabilities of {', '.join(neural[:-1])} and {neural[-1]}")
         if lam is not None:
             click.echo(f"\ninterpolated = {lam:.4f} * fflm + {1 - lam:.4f} * {lm.name}  (weight tuned on {tune_on})")
+        if weights is not None:
+            terms = " + ".join(f"{w:.4f} * {k}" for k, w in weights.items())
+            click.echo(f"mixture = {terms}  (weights tuned on {tune_on} by EM)")
 
 
 @cli.command()

@@ -136,6 +136,41 @@ def tune_lambda(a, b):
     return min((best.x, 0.0, 1.0), key=cost)
 
 
+def mix(parts, weights):
+    """Per-token log10 of sum_k w_k p_k: the linear mixture of models scored on the same tokens
+    (interpolate() is its two-model case)."""
+    ln10 = math.log(10)
+    with np.errstate(divide="ignore"):
+        logs = np.stack([np.log(w) + s.log10 * ln10 if w > 0 else np.full(len(s.log10), -np.inf)
+                         for s, w in zip(parts, weights)])
+    return Scores(np.logaddexp.reduce(logs, axis=0) / ln10, parts[0].targets, parts[0].sentences)
+
+
+def tune_weights(parts, tol=1e-10, max_iter=5000):
+    """Mixture weights (summing to 1) that maximise the likelihood of these scores, by EM, as
+    SRILM's compute-best-mix does: each step can only raise the likelihood, which is concave in
+    the weights, so the fixed point is the best mixture, never worse than its best part alone.
+
+    E step: each token's posterior over the parts, r_k = w_k p_k / sum_j w_j p_j;
+    M step: w_k = the mean of r_k over the tokens.
+    """
+    ln10 = math.log(10)
+    logp = np.stack([s.log10 * ln10 for s in parts])  # (K, T) natural logs
+    logp = logp[:, np.isfinite(logp).any(axis=0)]  # a token no part can score teaches nothing
+    w = np.full(len(parts), 1.0 / len(parts))
+    prev = -math.inf
+    for _ in range(max_iter):
+        with np.errstate(divide="ignore"):
+            joint = np.log(w)[:, None] + logp
+        total = np.logaddexp.reduce(joint, axis=0)
+        ll = float(total.sum())
+        w = np.exp(joint - total).mean(axis=1)
+        if ll - prev <= tol * abs(ll):
+            break
+        prev = ll
+    return w / w.sum()
+
+
 # --- KenLM's `query` layout, so that scripts written for KenLM read fflm's output --------------
 def query_lines(sentences, scores, order, per_token=False):
     """KenLM `query`'s per-sentence lines: `Total: <log10> OOV: <n>`, preceded with per_token by

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import SYNTH
@@ -218,3 +219,38 @@ def test_score_prints_kenlm_query_layout_for_arpa_and_fflm_models(tmp_path, run_
     assert sum(float(r.split()[1]) for r in rows[: len(lines)]) == pytest.approx(rep["models"][0]["log10_prob"], abs=1e-2)
     code, out, _ = run_cli("score", model, text, "--summary-only")
     assert out.splitlines() == rows[len(lines):]
+
+
+def test_eval_mixes_models_over_the_same_vocabulary(tmp_path, run_cli, small_corpus):
+    a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+    assert _train(run_cli, small_corpus, a, "--seed", "1")[0] == 0
+    assert _train(run_cli, small_corpus, b, "--seed", "2", "--order", "4")[0] == 0
+    valid = small_corpus / "valid.txt"
+    code, out, err = run_cli("eval", a, valid, "--mix", b, "--tune-on", valid, "--json", "--per-token", tmp_path / "t.tsv")
+    assert code == 0, err
+    rows = {m["name"]: m for m in json.loads(out)["models"]}
+    assert list(rows) == ["fflm", "fflm2", "kn3", "ensemble", "interpolated", "mixture"]
+    assert rows["fflm2"]["model"] == str(b) and rows["fflm2"]["order"] == 4
+    weights = rows["mixture"]["weights"]
+    assert list(weights) == ["fflm", "fflm2", "kn3"] and sum(weights.values()) == pytest.approx(1.0)
+    # tuned on the text it is scored on: the mixture is at least as good as every other row
+    assert all(rows["mixture"]["ppl"] <= r["ppl"] * (1 + 1e-9) for r in rows.values())
+    # the ensemble is the plain mean of the two models' probabilities, token by token
+    table = [line.split("\t") for line in (tmp_path / "t.tsv").read_text().splitlines()]
+    col = {name: i for i, name in enumerate(table[0])}
+    p = np.array([[10 ** float(r[col["fflm_log10"]]), 10 ** float(r[col["fflm2_log10"]])] for r in table[1:]])
+    assert [float(r[col["ensemble_log10"]]) for r in table[1:]] == pytest.approx(np.log10(p.mean(axis=1)), abs=2e-6)
+    assert rows["ensemble"]["ppl"] == pytest.approx(10 ** -np.log10(p.mean(axis=1)).mean(), rel=1e-4)
+    # the text report names the files and the weights
+    code, out, _ = run_cli("eval", a, valid, "--mix", b, "--baseline", "none", "--tune-on", valid)
+    assert code == 0 and f"fflm2 = {b}" in out and "mixture = " in out and "by EM" in out and "kn3" not in out
+    # a model over another vocabulary is refused in one line
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train.txt").write_text("\n".join(small_corpus.joinpath("train.txt").read_text().splitlines()[:300]) + "\n")
+    (other / "valid.txt").write_text(valid.read_text())
+    assert _train(run_cli, other, c)[0] == 0
+    code, out, err = run_cli("eval", a, valid, "--mix", c)
+    assert code == 1 and "vocabulary differs" in err and len(err.strip().splitlines()) == 1 and out == ""
+    code, _, err = run_cli("eval", a, valid, "--baseline", "none", "--tune-on", valid)
+    assert code == 1 and "--tune-on needs something to interpolate with" in err

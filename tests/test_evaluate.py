@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fflm import NGramLM, Vocabulary, Windows
-from fflm.evaluate import Scores, format_report, perplexity, report, score_ngram
+from fflm.evaluate import (Scores, format_report, interpolate, mix, perplexity, report, score_ngram, tune_lambda,
+                           tune_weights)
 
 
 def test_perplexity_is_exp_of_mean_nll():
@@ -43,3 +44,45 @@ def test_unseen_words_are_scored_as_unk_and_never_inf(synth_sentences):
     s = score_ngram(lm, Windows.from_sentences(text, vocab, 3))
     assert np.isfinite(s.log10).all()
     assert s.oov.sum() == 3 and len(s.targets) == 3 + len(train[0]) + 2
+
+
+def _scores(p, targets=None):
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore"):  # p = 0 is log10 -inf on purpose
+        log10 = np.log10(p)
+    return Scores(log10, np.arange(len(p)) if targets is None else targets, sentences=1)
+
+
+def test_a_mixture_of_distributions_is_a_distribution():
+    # mix() on every word of a 7-word vocabulary, for one context: the mixture sums to one
+    rng = np.random.default_rng(3)
+    dists = [rng.dirichlet(np.ones(7)) for _ in range(3)]
+    w = [0.2, 0.5, 0.3]
+    mixed = mix([_scores(d) for d in dists], w)
+    assert np.sum(10 ** mixed.log10) == pytest.approx(1.0, rel=1e-12)
+    assert 10 ** mixed.log10 == pytest.approx(sum(wk * d for wk, d in zip(w, dists)), rel=1e-12)
+    # two parts: the same as interpolate()
+    assert mix([_scores(dists[0]), _scores(dists[1])], [0.3, 0.7]).log10 == pytest.approx(
+        interpolate(_scores(dists[0]), _scores(dists[1]), 0.3).log10, rel=1e-12)
+    # a weight of zero ignores a part that gives some token probability zero
+    zero = _scores(np.r_[0.0, dists[2][1:]])
+    assert np.isfinite(mix([_scores(dists[0]), zero], [1.0, 0.0]).log10).all()
+
+
+def test_em_weights_are_the_best_mixture():
+    rng = np.random.default_rng(5)
+    T = 4000
+    parts = [_scores(rng.uniform(lo, 1.0, T)) for lo in (0.01, 0.05, 0.2)]
+    parts.append(_scores(np.where(rng.random(T) < 0.5, 0.9, 1e-4)))  # good on half the tokens
+    w = tune_weights(parts)
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    best = np.sum(mix(parts, w).log10)
+    for _ in range(300):  # no point of the simplex does better
+        assert np.sum(mix(parts, rng.dirichlet(np.ones(4))).log10) <= best + 1e-9
+    for k in range(4):  # nor any part alone
+        assert np.sum(parts[k].log10) <= best + 1e-9
+    # two parts: the same optimum as the 1-D search of tune_lambda
+    assert tune_weights(parts[:2])[0] == pytest.approx(tune_lambda(parts[0], parts[1]), abs=1e-3)
+    # a useless part gets (almost) no weight
+    useless = _scores(np.full(T, 1e-6))
+    assert tune_weights([parts[0], useless])[1] < 1e-3
