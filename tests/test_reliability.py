@@ -133,6 +133,8 @@ def cases(d):
         (["eval", model, d / "latin1.txt"], "not valid UTF-8"),
         (["eval", model, ok, "--per-token", d / "no" / "t.tsv"], "does not exist"),
         (["eval", model, ok, "--baseline-order", "0"], "--baseline-order"),
+        (["eval", model, ok, "--mix", d / "truncated.npz"], "not a readable fflm model"),
+        (["eval", model, ok, "--mix", d / "missing.npz"], "no such file"),
         # generate, info
         (["generate", d / "truncated.npz"], "not a readable fflm model"),
         (["generate", model, "--temperature", "0"], "--temperature"),
