@@ -209,31 +209,50 @@ def _run(cmd):
     return r.stdout, seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
 
-def run_recipe(data_dir, corpus, threads=0, extra=(), work_dir="out/bench"):
-    """Train the corpus's recipe with `fflm train`, then `fflm eval` it on test beside KN."""
+def run_recipe(data_dir, corpus, threads=0, extra=(), work_dir="out/bench", seeds=1):
+    """Train the corpus's recipe with `fflm train`, then `fflm eval` it on test beside KN. seeds > 1:
+    train it with --seed 1, 2, ... one after the other, and evaluate the first with the others
+    mixed in (`fflm eval --mix`: their ensemble and the EM-tuned mixture with KN)."""
+    from .errors import FflmError
+
+    if seeds < 1:
+        raise FflmError(f"--seeds must be at least 1, not {seeds}")
+    if seeds > 1 and any(a == "--seed" or a.startswith("--seed=") for a in extra):
+        raise FflmError("--seeds trains seeds 1..N itself; leave --seed out of the training flags")
     train, valid, test = recipe_paths(data_dir, corpus)
     os.makedirs(work_dir, exist_ok=True)
-    model, log = os.path.join(work_dir, f"{corpus}.npz"), os.path.join(work_dir, f"{corpus}.jsonl")
     args = RECIPES[corpus] + list(extra) + ["--threads", str(threads)]
     fflm = [sys.executable, "-m", "fflm"]
-    _, train_seconds, train_rss = _run(fflm + ["train", train, "--valid", valid, "-o", model, "--quiet",
-                                               "--json-log", log] + args)
+    runs = []
+    for seed in range(1, seeds + 1):
+        stem = corpus if seed == 1 else f"{corpus}-seed{seed}"
+        model, log = os.path.join(work_dir, f"{stem}.npz"), os.path.join(work_dir, f"{stem}.jsonl")
+        if os.path.exists(log):
+            os.remove(log)  # --json-log appends: a previous run's epochs are not this one's
+        seed_args = args + (["--seed", str(seed)] if seeds > 1 else [])
+        _, seconds, rss = _run(fflm + ["train", train, "--valid", valid, "-o", model, "--quiet",
+                                       "--json-log", log] + seed_args)
+        with open(log, encoding="utf-8") as f:
+            runs.append({"seed": seed if seeds > 1 else None, "model": model, "train_seconds": seconds,
+                         "train_peak_rss_mb": rss, "epochs": [json.loads(line) for line in f]})
+    mix = [a for r in runs[1:] for a in ("--mix", r["model"])]
     # beside KN5, the baseline the papers and issue 5 compare with, whatever the model's n
-    out, eval_seconds, _ = _run(fflm + ["eval", model, test, "--tune-on", valid, "--baseline-order", "5", "--json",
-                                        "--threads", str(threads)])
-    with open(log, encoding="utf-8") as f:
-        curve = [json.loads(line) for line in f]
-    return {
+    out, eval_seconds, _ = _run(fflm + ["eval", runs[0]["model"], test, "--tune-on", valid, "--baseline-order", "5",
+                                        "--json", "--threads", str(threads)] + mix)
+    result = {
         "benchmark": "recipe",
         "corpus": corpus,
         "machine": machine(),
         "command": "fflm train TRAIN --valid VALID -o MODEL " + " ".join(args),
-        "train_seconds": train_seconds,
-        "train_peak_rss_mb": train_rss,
+        "train_seconds": sum(r["train_seconds"] for r in runs),
+        "train_peak_rss_mb": max(r["train_peak_rss_mb"] for r in runs),
         "eval_seconds": eval_seconds,
-        "epochs": curve,
+        "epochs": runs[0]["epochs"],
         "report": json.loads(out),
     }
+    if seeds > 1:
+        result["seeds"] = runs
+    return result
 
 
 def format_recipe(result):
@@ -244,9 +263,15 @@ def format_recipe(result):
     for r in result["epochs"]:
         lines.append(f"{r['epoch']:>5}  {r['train_ppl']:9.2f}  {r['valid_ppl']:9.2f}  {r['lr']:6.4g}  "
                      f"{r['seconds']:7.1f}  {r['tokens_per_s']:8,.0f}")
+    for r in result.get("seeds", [])[1:]:
+        last = r["epochs"][-1] if r["epochs"] else {}
+        lines.append(f"seed {r['seed']}: {len(r['epochs'])} epochs, {r['train_seconds']:.0f} s, "
+                     f"valid ppl {last.get('valid_ppl', float('nan')):.2f} at the end ({r['model']})")
     lines.append("test:")
     for m in result["report"]["models"]:
         extra = f"  (lambda {m['lambda']:.3f})" if "lambda" in m else ""
+        if "weights" in m:
+            extra = "  (" + ", ".join(f"{k} {w:.3f}" for k, w in m["weights"].items()) + ")"
         lines.append(f"  {m['name']:<14} ppl {m['ppl']:8.2f}{extra}")
     return "\n".join(lines)
 

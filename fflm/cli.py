@@ -938,9 +938,11 @@ def bench_ngram(data_dir, orders, nltk_tokens, as_json):
 @click.argument("corpus", metavar="CORPUS", type=click.Choice(sorted(PRESETS)))
 @click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train the recipe with seeds 1..N, one after the other, and evaluate their mixture too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def bench_recipe(corpus, data_dir, threads, as_json, extra):
+def bench_recipe(corpus, data_dir, threads, seeds, as_json, extra):
     """Train the README's recipe for CORPUS and evaluate it on test beside KN (options after -- go to
     fflm train, e.g. `fflm bench recipe brown -- --hidden 512`)."""
     from .bench import format_recipe, recipe_paths, run_recipe
@@ -949,7 +951,7 @@ def bench_recipe(corpus, data_dir, threads, as_json, extra):
     for path in recipe_paths(data_dir, corpus):
         if not os.path.isfile(path):
             raise FflmError(f"{path}: not found; pass --data or set FFLM_DATA")
-    result = run_recipe(data_dir, corpus, threads, extra)
+    result = run_recipe(data_dir, corpus, threads, extra, seeds=seeds)
     _echo_json(result) if as_json else click.echo(format_recipe(result))
 
 

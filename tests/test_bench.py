@@ -81,3 +81,21 @@ def test_flops_per_token_count_every_product():
     assert score_flops_per_token(c, 10) == 2 * (7 * 10 + 4 * 5 + 5 * 7)
     d = ModelConfig(order=3, embed_dim=2, hidden=(5,), direct=True)  # the output reads [h, e]
     assert train_flops_per_token(d, 10) == 6 * ((5 + 4) * 10 + 4 * 5)
+
+
+def test_recipe_with_seeds_trains_each_and_mixes_them(run_cli, fake_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("bench", "recipe", "brown", "--data", fake_data, "--threads", "1", "--seeds", "2",
+                             "--json", *TINY)
+    assert code == 0, err
+    r = json.loads(out)
+    assert [s["seed"] for s in r["seeds"]] == [1, 2] and all(len(s["epochs"]) == 2 for s in r["seeds"])
+    assert r["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in r["seeds"]))
+    rows = {m["name"]: m for m in r["report"]["models"]}
+    assert list(rows) == ["fflm", "fflm2", "kn5", "ensemble", "interpolated", "mixture"]
+    assert rows["fflm2"]["model"] == r["seeds"][1]["model"] and rows["fflm"]["ppl"] != rows["fflm2"]["ppl"]
+    from fflm import FFNNLM
+
+    assert [FFNNLM.load(s["model"])[1]["training"]["config"]["seed"] for s in r["seeds"]] == [1, 2]
+    code, _, err = run_cli("bench", "recipe", "brown", "--data", fake_data, "--seeds", "2", "--", "--seed", "4")
+    assert code == 1 and "leave --seed out" in err
