@@ -213,12 +213,14 @@ def get(name, folder=None, base_url=None, sha256=None, progress=None, force=Fals
         if sha256 and unchecked > 1:
             raise FflmError(f"--sha256 names one file's checksum, but {name} has {unchecked} files without one")
         raise FflmError(f"no sha256 is recorded for {name} yet; pass --sha256 with a checksum you trust")
+    if done is not None:  # --force: the folder is no longer vouched for until the new manifest is written
+        os.remove(os.path.join(target, MANIFEST))
     failures = []
     for source in ways:
         if not verifiable(entry, source, sha256):
             continue
         try:
-            outputs, used = _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress)
+            outputs, used = _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress, force)
             break
         except FflmError as e:
             failures.append(str(e))
@@ -236,8 +238,8 @@ def get(name, folder=None, base_url=None, sha256=None, progress=None, force=Fals
     return dict(manifest, already_present=False)
 
 
-def _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress):
-    """One source: fetch its files (reusing verified earlier downloads), prepare them, check the
+def _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress, force=False):
+    """One source: fetch its files (reusing verified earlier downloads unless `force`), prepare them, check the
     prepared files against the recorded sha256s. Returns (prepared files, urls fetched); on a
     failure nothing that failed the check is left and FflmError says why."""
     files = source.get("files", [])
@@ -250,9 +252,9 @@ def _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress):
             url = base_url.rstrip("/") + "/" + fname
         path = os.path.join(target, ".download", fname)
         want = f.get("sha256") or sha256
-        # an earlier download is reused when its checksum is known to be right; a file without
-        # one is fetched again, since only the prepared files' check below vouches for it
-        if not (want and os.path.exists(path) and _sha256_file(path) == want):
+        # an earlier download is reused when its checksum is known to be right (unless forced); a
+        # file without one is fetched again, since only the prepared files' check vouches for it
+        if force or not (want and os.path.exists(path) and _sha256_file(path) == want):
             download(url, path, want, progress)
         fetched.append(path)
         used.append(url)

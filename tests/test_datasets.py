@@ -216,3 +216,19 @@ def test_unknown_datasets_and_unreachable_servers_are_one_line(tmp_path, run_cli
     assert code == 1 and "unknown dataset 'imagenet'" in err and "ptb" in err
     code, _, err = run_cli("data", "get", "ptb", "--dir", tmp_path, "--mirror", "http://127.0.0.1:9", "-q")
     assert code == 1 and "download failed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_force_fetches_again_and_a_failed_refetch_is_not_called_complete(server, tmp_path, run_cli):
+    files, url = server
+    _ptb(files)
+    get = ("data", "get", "ptb", "--dir", tmp_path, "--mirror", url, "-q")
+    assert run_cli(*get)[0] == 0
+    present = lambda: json.loads(run_cli("data", "list", "--dir", tmp_path, "--json")[1])[0]["present"]  # noqa: E731
+    assert present()
+    files["ptb.test.txt"] = files["ptb.test.txt"].replace(b" the ", b" teh ", 1)  # the server now serves a bad file
+    code, _, err = run_cli(*get, "--force")
+    assert code == 1 and "ptb.test.txt: sha256" in err
+    assert not present() and not _no_leftovers(tmp_path)  # no manifest vouches for a half-refreshed folder
+    _ptb(files)
+    code, out, err = run_cli(*get, "--force", "--json")
+    assert code == 0 and not json.loads(out)["already_present"] and present(), err
