@@ -12,7 +12,8 @@ rate follows the classic recipe (`Schedule`, as in Mikolov's RNNLM toolkit): aft
 the model is scored on validation text; an epoch that makes it worse is undone (the best
 weights are kept). The first time perplexity improves by less than `min_improvement`, the
 learning rate starts halving, and from then on it halves after every epoch; training stops
-when it stalls a second time, after `max_halvings` halvings, or after `epochs` epochs.
+when it stalls a second time, after `max_halvings` halvings, or after `epochs` epochs. Halving
+starts at the latest `max_halvings` epochs before the cap, so a run the cap ends has annealed.
 """
 
 import math
@@ -117,13 +118,22 @@ class Schedule:
         """The steady decay, applied after every epoch."""
         self.lr *= self.decay
 
-    def update(self, valid_ppl):
-        """Record an epoch's perplexity; returns True when training should stop."""
+    def update(self, valid_ppl, epochs_left=None):
+        """Record an epoch's perplexity; returns True when training should stop. `epochs_left`: how
+        many more epochs the cap allows; once that is no more than max_halvings, halving starts
+        even without a stall, so a run the cap stops has always annealed (a noisy high-rate run
+        that keeps creeping forward would otherwise end un-annealed: two PTB seeds did).
+
+        >>> s = Schedule(lr=1.0, min_improvement=0.01, max_halvings=2)
+        >>> [(s.update(ppl, left), s.lr) for ppl, left in ((100.0, 3), (90.0, 2), (80.0, 1), (70.0, 0))]
+        [(False, 1.0), (False, 0.5), (False, 0.25), (True, 0.25)]
+        """
         enough = valid_ppl < self.best * (1 - self.min_improvement)
         self.best = min(self.best, valid_ppl)
         if not enough and self.halvings > 0:
             return True  # stalled again, even at a smaller rate: converged
-        if not enough or self.halvings > 0:
+        late = epochs_left is not None and epochs_left <= self.max_halvings
+        if not enough or self.halvings > 0 or late:
             if self.halvings == self.max_halvings:
                 return True
             self.halvings += 1
@@ -486,7 +496,7 @@ class Trainer:
                 self.best = (model.E.copy(), model.dense.copy())
             else:  # worse than before: go back to the best weights
                 model.E[...], model.dense[...] = self.best
-            stop = self.schedule.update(valid_ppl)
+            stop = self.schedule.update(valid_ppl, config.epochs - self.epoch)
         self.schedule.end_epoch()
         self.good, self.good_step = self._state_arrays(), self.steps  # finite: checked or rolled back above
         self.order, self.batch = None, 0

@@ -57,6 +57,15 @@ def test_learning_rate_halves_when_validation_stalls_and_training_stops(data):
     assert [r["lr"] for r in history] == [1e-7, 1e-7, 5e-8]
 
 
+def test_the_cap_always_leaves_room_to_anneal(data):
+    # a run still improving at the cap: the last max_halvings epochs run at halved rates
+    vocab, tw, vw = data
+    model, history = fit(vocab, tw, vw, epochs=5, max_halvings=2, min_improvement=0.0)
+    assert [r["lr"] for r in history] == [0.5, 0.5, 0.5, 0.25, 0.125]
+    model, history = fit(vocab, tw, vw, epochs=5, max_halvings=0, min_improvement=0.0)
+    assert [r["lr"] for r in history] == [0.5] * 5  # no halvings allowed: the rate never changes
+
+
 @pytest.mark.parametrize(
     "ppls, max_halvings, lrs, stops_at",
     [
@@ -303,7 +312,8 @@ def test_warmup_and_decay_shape_the_learning_rate(data):
     s.end_epoch()
     assert s.step_lr(10) == 0.4  # after warm-up, the epoch's rate
     vocab, tw, vw = data
-    model, history = fit(vocab, tw, vw, epochs=3, warmup_steps=50, lr_decay=0.7)
+    # max_halvings=1: the halving before the cap comes after epoch 2, so epoch 2 shows the decay alone
+    model, history = fit(vocab, tw, vw, epochs=3, warmup_steps=50, lr_decay=0.7, max_halvings=1)
     assert [r["lr"] for r in history][:2] == [0.5, 0.35]  # the logged rate is each epoch's, after warm-up
     assert history[-1]["valid_ppl"] < history[0]["valid_ppl"]
     # warm-up changes only the first steps: one step in, the two runs already differ
