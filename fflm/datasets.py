@@ -213,6 +213,8 @@ def get(name, folder=None, base_url=None, sha256=None, progress=None, force=Fals
         if sha256 and unchecked > 1:
             raise FflmError(f"--sha256 names one file's checksum, but {name} has {unchecked} files without one")
         raise FflmError(f"no sha256 is recorded for {name} yet; pass --sha256 with a checksum you trust")
+    if sha256 and all(f.get("sha256") for s in ways for f in s.get("files", [])):
+        warnings.warn(f"{name}: every file has a recorded sha256; --sha256 is not used", FflmWarning)
     if done is not None:  # --force: the folder is no longer vouched for until the new manifest is written
         os.remove(os.path.join(target, MANIFEST))
     failures = []
