@@ -186,7 +186,8 @@ def _checkpoint_path(output):
               help="Raise the learning rate linearly from 0 over this many first steps.")
 @click.option("--lr-decay", type=float, default=1.0, show_default=True,
               help="Multiply the learning rate by this after every epoch (besides the halving).")
-@click.option("--max-halvings", type=int, default=4, show_default=True, help="Stop after this many halvings; halving starts this many epochs before --epochs at the latest.")
+@click.option("--max-halvings", type=int, default=4, show_default=True,
+              help="Stop after this many halvings; halving starts this many epochs before --epochs at the latest.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 penalty on weights and embeddings.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default="sgd", show_default=True,
               help="Plain SGD (the teaching path), or Adagrad / Adam (use a smaller --lr, e.g. 0.05 / 0.002).")

@@ -241,8 +241,8 @@ def get(name, folder=None, base_url=None, sha256=None, progress=None, force=Fals
 
 
 def _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress, force=False):
-    """One source: fetch its files (reusing verified earlier downloads unless `force`), prepare them, check the
-    prepared files against the recorded sha256s. Returns (prepared files, urls fetched); on a
+    """One source: fetch its files (reusing verified earlier downloads unless `force`), prepare
+    them, check the prepared files against the recorded sha256s. Returns (prepared files, urls fetched); on a
     failure nothing that failed the check is left and FflmError says why."""
     files = source.get("files", [])
     make_folder(os.path.join(target, ".download"))

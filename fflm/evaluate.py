@@ -114,11 +114,7 @@ def score_neural(model, windows, batch_size=1024):
 
 def interpolate(a, b, lam):
     """Per-token log10 of lam * p_a + (1 - lam) * p_b (Bengio's mixture of the two models)."""
-    ln10 = math.log(10)
-    with np.errstate(divide="ignore"):
-        la = np.log(lam) + a.log10 * ln10 if lam > 0 else np.full(len(a.log10), -np.inf)
-        lb = np.log1p(-lam) + b.log10 * ln10 if lam < 1 else np.full(len(b.log10), -np.inf)
-    return Scores(np.logaddexp(la, lb) / ln10, a.targets, a.sentences)
+    return mix([a, b], [lam, 1.0 - lam])
 
 
 def tune_lambda(a, b):
@@ -138,7 +134,7 @@ def tune_lambda(a, b):
 
 def mix(parts, weights):
     """Per-token log10 of sum_k w_k p_k: the linear mixture of models scored on the same tokens
-    (interpolate() is its two-model case)."""
+    (a zero weight drops a part, even one that gives some token probability zero)."""
     ln10 = math.log(10)
     with np.errstate(divide="ignore"):
         logs = np.stack([np.log(w) + s.log10 * ln10 if w > 0 else np.full(len(s.log10), -np.inf)
