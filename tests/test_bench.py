@@ -97,5 +97,11 @@ def test_recipe_with_seeds_trains_each_and_mixes_them(run_cli, fake_data, tmp_pa
     from fflm import FFNNLM
 
     assert [FFNNLM.load(s["model"])[1]["training"]["config"]["seed"] for s in r["seeds"]] == [1, 2]
+    from fflm.bench import format_recipe
+
+    text = format_recipe(r)
+    assert "seed 2: 2 epochs" in text and f"({r['seeds'][1]['model']})" in text
+    weights = rows["mixture"]["weights"]
+    assert f"(fflm {weights['fflm']:.3f}, fflm2 {weights['fflm2']:.3f}, kn5 {weights['kn5']:.3f})" in text
     code, _, err = run_cli("bench", "recipe", "brown", "--data", fake_data, "--seeds", "2", "--", "--seed", "4")
     assert code == 1 and "leave --seed out" in err

@@ -232,3 +232,36 @@ def test_force_fetches_again_and_a_failed_refetch_is_not_called_complete(server,
     _ptb(files)
     code, out, err = run_cli(*get, "--force", "--json")
     assert code == 0 and not json.loads(out)["already_present"] and present(), err
+
+
+def test_damaged_archives_are_one_line_and_fall_back(server, tmp_path, run_cli):
+    files, url = server
+    _ptb(files)
+    for body, says in ((b"not a tar archive at all", "not a readable tar archive"),
+                       (_ptb_tgz()[: 4000], "not a readable tar archive"),  # cut inside the gzip stream
+                       (_wikitext_zip(), "not a readable tar archive")):  # a zip where a tgz belongs
+        files["simple-examples.tgz"] = body
+        folder = tmp_path / str(len(body))
+        code, _, err = run_cli("data", "get", "ptb", "--dir", folder, "--mirror", url, "-q")
+        assert code == 0 and says in err and "the next one was used" in err, err
+        assert (folder / "ptb" / "ptb.test.txt").read_bytes() == files["ptb.test.txt"]
+    # a tar without the PTB files in it
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        info = tarfile.TarInfo("simple-examples/README")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"hi\n"))
+    files["simple-examples.tgz"] = buf.getvalue()
+    code, _, err = run_cli("data", "get", "ptb", "--dir", tmp_path / "empty", "--mirror", url, "-q")
+    assert code == 0 and "no data/ptb.train.txt inside" in err
+    # a zip that is not one, and two files without checksums for one --sha256
+    files["wt.zip"] = b"PK\x03\x04 damaged"
+    reg = _registry(tmp_path, '[wt]\nprepare = "wikitext"\n[[wt.files]]\nurl = "https://example.org/wt.zip"\n')
+    code, _, err = run_cli("data", "get", "wt", "--dir", tmp_path, "--mirror", url, "-q", "--registry", reg,
+                           "--sha256", hashlib.sha256(files["wt.zip"]).hexdigest())
+    assert code == 1 and "not a readable zip archive" in err and len(err.strip().splitlines()) == 1
+    reg = _registry(tmp_path, '[two]\n[[two.files]]\nurl = "https://example.org/a.txt"\n'
+                              '[[two.files]]\nurl = "https://example.org/b.txt"\n')
+    code, _, err = run_cli("data", "get", "two", "--dir", tmp_path, "--mirror", url, "-q", "--registry", reg,
+                           "--sha256", "0" * 64)
+    assert code == 1 and "--sha256 names one file's checksum, but two has 2 files without one" in err
