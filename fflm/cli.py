@@ -141,6 +141,16 @@ def _parse_hidden(text):
     return sizes
 
 
+def _parse_cutoffs(text):
+    """'2000,10000' -> (2000, 10000); None -> None (chosen from the counts)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(c) for c in text.replace(" ", "").split(",") if c)
+    except ValueError:
+        raise FflmError(f"--cutoffs takes ids separated by commas (e.g. 2000,10000), not {text!r}") from None
+
+
 def _available_memory():
     try:
         with open("/proc/meminfo") as f:
@@ -177,6 +187,14 @@ def _checkpoint_path(output):
 @click.option("--direct", is_flag=True, help="Bengio's direct connections from the embeddings to the output.")
 @click.option("--tie-embeddings", "tied", is_flag=True,
               help="Use the embedding table as the output layer (U = Eᵀ; the last hidden size must equal --embed-dim).")
+@click.option("--softmax", type=click.Choice(["full", "adaptive"]), default="full", show_default=True,
+              help="Output layer: the full softmax, or the adaptive softmax (a head of frequent words and tail "
+                   "clusters; exact, far cheaper for large vocabularies).")
+@click.option("--cutoffs", default=None, metavar="ID,ID",
+              help="Adaptive: where each tail cluster starts in the frequency ranking, e.g. 2000,10000 "
+                   "[default: the head covers 85% of the training tokens, the first tail up to 95%].")
+@click.option("--tail-div", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Adaptive: tail cluster i projects the output layer's input to width / DIV**i units.")
 @click.option("--cross-sentence", is_flag=True,
               help="Contexts run on from the previous sentence instead of <s> padding (same scored tokens).")
 @click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
@@ -221,7 +239,8 @@ def _checkpoint_path(output):
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.pass_context
-def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, cross_sentence, epochs,
+def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, tail_div,
+          cross_sentence, epochs,
           batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
           noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
           encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, json_log, quiet):
@@ -297,7 +316,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         say(f"resuming {resume}: epoch {trainer.epoch}, batch {trainer.batch}, {used} thread(s)")
     else:
         config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
-                             direct=direct, cross_sentence=cross_sentence, tied=tied)
+                             direct=direct, cross_sentence=cross_sentence, tied=tied, softmax=softmax,
+                             cutoffs=_parse_cutoffs(cutoffs), tail_div=tail_div)
         config.check()
         tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                        lr_decay=lr_decay, max_halvings=max_halvings,
@@ -306,6 +326,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                                        noise_power=noise_power, clip=clip, seed=seed, threads=threads)
         tconfig.check()
         vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
+        config = config.resolve(vocab.counts)
+        config.check_vocab(len(vocab))
         windows = Windows.from_sentences(sentences, vocab, order, cross_sentence)
         words = len(windows) - windows.num_sentences
         if words < order - 1:
@@ -565,6 +587,15 @@ def info(model_path, as_json):
     click.echo(f"architecture: n={c.order}, embedding {c.embed_dim}, hidden {list(c.hidden) or 'none'}, "
                f"{c.activation}{', direct connections' if c.direct else ''}{', tied embeddings' if c.tied else ''}"
                f"{', cross-sentence contexts' if c.cross_sentence else ''}; {summary['parameters']:,} parameters")
+    if c.softmax == "adaptive":
+        from .output import tail_dims
+
+        bounds = list(c.cutoffs) + [V]
+        tails = ", ".join(f"{bounds[i + 1] - bounds[i]} words at width {d}" for i, d in enumerate(tail_dims(c)))
+        click.echo(f"output layer: adaptive softmax, head of {bounds[0]} words + {len(c.cutoffs)} cluster(s)"
+                   + (f"; tails: {tails}" if tails else ""))
+    else:
+        click.echo("output layer: full softmax")
     click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
     click.echo(f"text: {meta.get('text')}")
     tr = meta.get("training", {})

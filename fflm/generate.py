@@ -35,15 +35,18 @@ def sample(model, num_samples=1, prompt=(), num_words=30, temperature=1.0, top_k
         rows = np.flatnonzero(alive)
         if len(rows) == 0:
             break
-        p = model.probs(contexts[rows], temperature=temperature)  # (R, V), p[:, <s>] == 0
-        if no_unk:
-            p[:, Vocabulary.UNK_ID] = 0.0
-        if top_k and top_k < p.shape[1]:
-            cut = np.partition(p, -top_k, axis=1)[:, -top_k][:, None]
-            p[p < cut] = 0.0
-        p /= p.sum(axis=1, keepdims=True)
-        cum = np.cumsum(p, axis=1)
-        draws = (cum < rng.random((len(rows), 1)) * cum[:, -1:]).sum(axis=1)
+        if getattr(model, "output", None) is not None and temperature == 1.0 and not top_k:
+            draws = model.draw(contexts[rows], rng, no_unk)  # the adaptive softmax: cluster, then word
+        else:
+            p = model.probs(contexts[rows], temperature=temperature)  # (R, V), p[:, <s>] == 0
+            if no_unk:
+                p[:, Vocabulary.UNK_ID] = 0.0
+            if top_k and top_k < p.shape[1]:
+                cut = np.partition(p, -top_k, axis=1)[:, -top_k][:, None]
+                p[p < cut] = 0.0
+            p /= p.sum(axis=1, keepdims=True)
+            cum = np.cumsum(p, axis=1)
+            draws = (cum < rng.random((len(rows), 1)) * cum[:, -1:]).sum(axis=1)
         for r, w in zip(rows, draws.tolist()):
             if w == Vocabulary.EOS_ID or len(out[r]) >= num_words:
                 alive[r] = False

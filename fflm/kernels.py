@@ -345,6 +345,55 @@ def softmax_forward(z, skip, probs):
             probs[b, j] *= inv
 
 
+# --- the adaptive softmax's routing (fflm/output.py): each row to its target's cluster ------------
+@njit(cache=True)
+def cluster_targets(y, bounds, head_y, rows, starts, tail_y):
+    """Route targets y (B,) through the clusters [bounds[i], bounds[i+1]) (the head holds the
+    ids below bounds[0]): head_y[b] = y[b] in the head, else bounds[0] + i for cluster i. The
+    tail rows, grouped by cluster in batch order (a counting sort), go to rows[starts[i]:starts[i+1]],
+    with tail_y[k] = y[rows[k]] - bounds[i], the target's place in its cluster."""
+    C = bounds.shape[0] - 1
+    head = bounds[0]
+    for i in range(C + 1):
+        starts[i] = 0
+    for b in range(y.shape[0]):  # count each cluster's rows (into starts[i + 1])
+        v = y[b]
+        if v < head:
+            head_y[b] = v
+        else:
+            i = 0
+            while v >= bounds[i + 1]:
+                i += 1
+            head_y[b] = head + i
+            starts[i + 1] += 1
+    for i in range(C):
+        starts[i + 1] += starts[i]
+    for b in range(y.shape[0]):  # place the rows; starts[i] runs ahead while cluster i fills
+        i = head_y[b] - head
+        if i >= 0:
+            k = starts[i]
+            rows[k] = b
+            tail_y[k] = y[b] - bounds[i]
+            starts[i] = k + 1
+    for i in range(C, 0, -1):  # each start has moved to the next cluster's: shift back
+        starts[i] = starts[i - 1]
+    starts[0] = 0
+
+
+@njit(cache=True)
+def gather_rows(src, rows, out):
+    """out[k] = src[rows[k]]: the rows of a batch that one tail cluster reads."""
+    for k in range(rows.shape[0]):
+        out[k] = src[rows[k]]
+
+
+@njit(cache=True)
+def scatter_add_rows(dout, rows, dsrc):
+    """dsrc[rows[k]] += dout[k], gather_rows's backward (rows are distinct within a batch)."""
+    for k in range(rows.shape[0]):
+        dsrc[rows[k]] += dout[k]
+
+
 # --- sampled objectives (ingredient III's cheaper losses): negative sampling and NCE ------------
 # Instead of normalising over all V words, each row becomes binary classification: its target
 # against k noise words drawn from q (shared by the whole batch, so the logits are still one

@@ -17,7 +17,7 @@ the training corpus, so an untrained model is the unigram model rather than a un
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -25,6 +25,8 @@ from . import kernels as K
 from .errors import FflmError
 from .fileio import atomic_write, check_readable
 from .lm import LanguageModel
+from .output import SOFTMAXES, AdaptiveSoftmax, Buffers, auto_cutoffs
+from .output import shapes as output_shapes
 from .vocab import Vocabulary
 
 FORMAT = "fflm-model"
@@ -42,9 +44,14 @@ class ModelConfig:
     direct: bool = False  # Bengio's direct connections from the embeddings to the output
     cross_sentence: bool = False  # contexts run on across sentence ends (else: <s> padding)
     tied: bool = False  # the output layer is the embedding table: U = Eᵀ (needs last width == m)
+    softmax: str = "full"  # full | adaptive: a head and tail clusters (fflm/output.py), for large V
+    cutoffs: tuple = None  # adaptive: the first id of each tail cluster (() = none); None = chosen from the counts
+    tail_div: int = 4  # adaptive: tail cluster i projects to (output width) / tail_div**i units
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.cutoffs is not None:
+            object.__setattr__(self, "cutoffs", tuple(int(c) for c in self.cutoffs))
 
     def check(self):
         if self.order < 2:
@@ -64,6 +71,33 @@ class ModelConfig:
             if self.direct or width != self.embed_dim:
                 raise FflmError(f"tied embeddings need the output layer's input to be {self.embed_dim} wide "
                                 f"(--embed-dim), without --direct; here it is {width}")
+        if self.softmax not in SOFTMAXES:
+            raise FflmError(f"unknown --softmax {self.softmax!r} (choose from {', '.join(SOFTMAXES)})")
+        if self.tail_div < 1:
+            raise FflmError(f"--tail-div must be at least 1, not {self.tail_div}")
+        if self.cutoffs and self.softmax != "adaptive":
+            raise FflmError("--cutoffs needs --softmax adaptive")
+        c = self.cutoffs
+        if c and (c[0] < len(Vocabulary.SPECIALS) or any(a >= b for a, b in zip(c, c[1:]))):
+            raise FflmError(f"--cutoffs must rise strictly from at least {len(Vocabulary.SPECIALS)} "
+                            f"(<unk>, <s>, </s> stay in the head), not {','.join(map(str, c))}")
+
+    def check_vocab(self, V):
+        """The checks that need the vocabulary's size."""
+        if self.cutoffs and self.cutoffs[-1] >= V:
+            raise FflmError(f"--cutoffs {','.join(map(str, self.cutoffs))} reach beyond the vocabulary ({V} words)")
+
+    def resolve(self, counts):
+        """This config with the adaptive softmax's cutoffs chosen from the training counts if none are given."""
+        if self.softmax == "adaptive" and self.cutoffs is None:
+            return replace(self, cutoffs=tuple(auto_cutoffs(counts)))
+        return self
+
+    @property
+    def output_width(self):
+        """H, the width of what the output layer reads: [h_L, e] with direct connections."""
+        width = self.hidden[-1] if self.hidden else self.context_width
+        return width + (self.context_width if self.direct else 0)
 
     @property
     def context_width(self):
@@ -77,6 +111,9 @@ class ModelConfig:
             weights.append((f"W{l}", (width, h)))
             biases.append((f"b{l}", (h,)))
             width = h
+        if self.softmax == "adaptive":
+            out_weights, out_biases = output_shapes(self, V)
+            return [("E", (V, self.embed_dim))] + weights + out_weights + biases + out_biases
         if not self.tied:
             weights.append(("U", (width, V)))
         if self.direct:
@@ -90,37 +127,45 @@ class ModelConfig:
     def to_dict(self):
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["cutoffs"] = None if self.cutoffs is None else list(self.cutoffs)
         return d
 
     @classmethod
     def from_dict(cls, d):
         """The config a model file describes; ValueError unless every field has the right type."""
         kinds = {"order": int, "embed_dim": int, "hidden": list, "activation": str, "direct": bool,
-                 "cross_sentence": bool, "tied": bool}
+                 "cross_sentence": bool, "tied": bool, "softmax": str, "cutoffs": list, "tail_div": int}
         if not isinstance(d, dict):
             raise ValueError("the configuration is not a mapping")
         for k, kind in kinds.items():
             v = d.get(k)
+            if k == "cutoffs" and v is None:
+                continue
             if k in d and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
                 raise ValueError(f"{k} should be {kind.__name__}, not {v!r}")
-        if any(not isinstance(h, int) or isinstance(h, bool) for h in d.get("hidden", [])):
-            raise ValueError(f"hidden should list integers, not {d['hidden']!r}")
+        for k in ("hidden", "cutoffs"):
+            if any(not isinstance(h, int) or isinstance(h, bool) for h in d.get(k) or []):
+                raise ValueError(f"{k} should list integers, not {d[k]!r}")
         return cls(**{k: d[k] for k in kinds if k in d})
 
 
 def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0, optimizer="sgd"):
     """Bytes that training needs: parameters, gradients, the best and the last good copies, the
     optimizer's moments (and their good copies), and the batch buffers
-    (the logits are (B, V) for the softmax, (B, B + k) for a sampled objective), and the
-    1024-row logits that scoring validation text uses."""
+    (the logits are (B, V) for the softmax, (B, B + k) for a sampled objective, the head's and
+    the largest cluster's for the adaptive softmax), and the 1024-row logits that scoring
+    validation text uses."""
     item = np.dtype(dtype).itemsize
     params = config.n_params(V) * item
     S = batch_size + noise_samples if noise_samples else V
+    if config.softmax == "adaptive":  # the head's logits and the largest cluster's
+        bounds = list(config.cutoffs) + [V]
+        S = bounds[0] + len(config.cutoffs) + max(b - a for a, b in zip(bounds, bounds[1:]))
     batch = batch_size * (2 * config.context_width + 2 * sum(config.hidden) + S) * item
     if config.direct:
         batch += 2 * batch_size * (config.hidden[-1] + config.context_width) * item
     moments = {"sgd": 0, "adagrad": 1, "adam": 2}[optimizer]
-    return (4 + 2 * moments) * params + batch + 1024 * V * item
+    return (4 + 2 * moments) * params + batch + 1024 * S * item
 
 
 class Workspace:
@@ -154,7 +199,9 @@ class Workspace:
             self.Us, self.dUs = np.empty(H * S, dtype=dt), np.empty(H * S, dtype=dt)
             self.cs, self.dcs, self.offset = np.empty(S, dtype=dt), np.empty(S, dtype=dt), np.empty(S, dtype=dt)
             self.zs = np.empty(B * S, dtype=dt)
-        self.z = np.empty((B, V), dtype=dt) if not noise_samples else None
+        adaptive = model.output is not None
+        self.z = np.empty((B, V), dtype=dt) if not (noise_samples or adaptive) else None
+        self.out = Buffers(model.output, B, dt) if adaptive else None  # the adaptive softmax's
         self.p_embed, self.p_hidden = dropout
         if self.p_embed or self.p_hidden:  # masks, and the dropped copies the next layer reads
             self.rng = np.random.default_rng([seed, 2])  # a stream of its own
@@ -204,6 +251,9 @@ class FFNNLM(LanguageModel):
 
     def __init__(self, vocab, config=ModelConfig(), dtype=np.float32, seed=0, unigram_counts=None):
         config.check()
+        counts = unigram_counts if unigram_counts is not None else vocab.counts
+        config = config.resolve(counts)  # the adaptive softmax's cutoffs, if left to the counts
+        config.check_vocab(len(vocab))
         self.vocab = vocab
         self.config = config
         self.dtype = np.dtype(dtype)
@@ -230,10 +280,15 @@ class FFNNLM(LanguageModel):
         self.dW = [self.grads[f"W{l}"] for l in range(1, len(config.hidden) + 1)]
         self.db = [self.grads[f"b{l}"] for l in range(1, len(config.hidden) + 1)]
         # U and W_d are consecutive in `dense`, so [U; W_d] is one (H + c*m, V) matrix
-        out_rows = (config.hidden[-1] if config.hidden else config.context_width) + (
-            config.context_width if config.direct else 0
-        )
-        if config.tied:  # the output layer reads the embedding table, transposed (a view)
+        out_rows = config.output_width
+        self.output = None  # the full softmax's output layer is U_all, c
+        if config.softmax == "adaptive":
+            self.output = AdaptiveSoftmax(self)
+            self.U_all = self.dU_all = None
+            start = self.n_weights
+            if config.tied:
+                self.all_rows = np.arange(V, dtype=np.int64)
+        elif config.tied:  # the output layer reads the embedding table, transposed (a view)
             start = self.n_weights
             self.U_all, self.dU_all = self.E.T, None
             self.all_rows = np.arange(V, dtype=np.int64)  # E's gradient is dense now
@@ -244,7 +299,7 @@ class FFNNLM(LanguageModel):
         self.c, self.dc = self.params["c"], self.grads["c"]
         # dense = [hidden weights | U (and W_d) | hidden biases | c]: the regions an update treats apart
         self.U_start, self.c_start = start, starts["c"]
-        self._init(np.random.default_rng(seed), unigram_counts)
+        self._init(np.random.default_rng(seed), counts)
         self._eval_ws = None
 
     def _init(self, rng, unigram_counts):
@@ -262,7 +317,11 @@ class FFNNLM(LanguageModel):
             else:
                 p[...] = 0.0
         counts = np.asarray(unigram_counts if unigram_counts is not None else self.vocab.counts, dtype=np.float64)
-        self.c[...] = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+        log_unigram = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+        if self.output is not None:
+            self.output.init_bias(log_unigram)
+        else:
+            self.c[...] = log_unigram
 
     # --- the sentence-level API (fflm.lm.LanguageModel) and training from sentences -----------
     @property
@@ -404,8 +463,12 @@ class FFNNLM(LanguageModel):
     def loss_and_grad(self, x, y, ws):
         """Mean cross-entropy (nats) of the batch, with its gradient in grad / dE."""
         B = len(x)
-        z = self.forward(x, ws)
         nll = ws.nll[:B]
+        if self.output is not None:  # the adaptive softmax: only the targets' clusters
+            self.output.loss_and_grad(self.hidden_forward(x, ws), y, ws.out, 1.0 / B, nll, self._d_out_in(ws, B))
+            self.hidden_backward(x, ws)
+            return float(nll.sum(dtype=np.float64)) / B
+        z = self.forward(x, ws)
         K.softmax_xent_fused(z, y, Vocabulary.BOS_ID, 1.0 / B, nll)  # z := dL/dz
         self.backward(x, ws, 1.0 / B)
         return float(nll.sum(dtype=np.float64)) / B
@@ -450,9 +513,11 @@ class FFNNLM(LanguageModel):
         ws = self._workspace(step)
         for s in range(0, len(targets), step):
             x, y = contexts[s : s + step], targets[s : s + step]
-            z = self.forward(x, ws)
             nll = ws.nll[: len(x)]
-            K.softmax_xent_forward(z, y, Vocabulary.BOS_ID, nll)
+            if self.output is not None:
+                self.output.nll(self.hidden_forward(x, ws), y, ws.out, nll)
+            else:
+                K.softmax_xent_forward(self.forward(x, ws), y, Vocabulary.BOS_ID, nll)
             out[s : s + len(x)] = nll
         return out
 
@@ -464,12 +529,27 @@ class FFNNLM(LanguageModel):
         """p(w | context) for every w, one row per context (B, V); <s> always gets 0."""
         contexts = np.ascontiguousarray(contexts, dtype=np.int32)
         ws = self._workspace(len(contexts))
+        if self.output is not None:  # exact log p from both factors, then the temperature
+            logp = np.empty((len(contexts), len(self.vocab)), dtype=np.float64)
+            self.output.log_probs(self.hidden_forward(contexts, ws), ws.out, logp)
+            logp /= temperature
+            p = np.empty_like(logp)
+            K.softmax_forward(logp, Vocabulary.BOS_ID, p)
+            return p
         z = self.forward(contexts, ws)
         if temperature != 1.0:
             z /= temperature
         p = np.empty(z.shape, dtype=np.float64)
         K.softmax_forward(z.astype(np.float64), Vocabulary.BOS_ID, p)
         return p
+
+    def draw(self, contexts, rng, no_unk=False):
+        """One next word per context, drawn from p(w | context) at temperature 1 over every word,
+        for the adaptive softmax: a cluster, then a word in it, never the whole distribution."""
+        contexts = np.ascontiguousarray(contexts, dtype=np.int32)
+        u = rng.random((len(contexts), 2))
+        ws = self._workspace(len(contexts))
+        return self.output.sample(self.hidden_forward(contexts, ws), ws.out, u, no_unk)
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, path, meta=None):

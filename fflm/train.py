@@ -228,6 +228,8 @@ class SGD:
     def __init__(self, model, batch_size, noise=None, dropout=(0.0, 0.0), seed=0, optimizer="sgd"):
         if noise is not None and model.config.tied:
             raise FflmError("tied embeddings work with --loss softmax only")
+        if noise is not None and model.output is not None:
+            raise FflmError("--loss nce and neg sample the full softmax's columns: use them with --softmax full")
         self.model = model
         self.noise = noise
         self.optimizer = Optimizer(model, optimizer)

@@ -463,3 +463,77 @@ def test_adaptive_updates_follow_their_definitions():
             K.adam_update(flat_p, flat_g, flat_s[0], flat_s[1], 0.05, 0.9, 0.999, 0.01, 1e-8)
         assert np.allclose(E[[3, 0]].ravel(), flat_p) and np.array_equal(E[[1, 2, 4]], E0[[1, 2, 4]])
         assert not dE[[3, 0]].any()
+
+
+# --- the adaptive softmax's kernels and the whole layer (fflm/output.py) --------------------
+def test_cluster_targets_route_every_row():
+    bounds = np.array([5, 9, 20], dtype=np.int64)  # head 0..4, cluster 0: 5..8, cluster 1: 9..19
+    y = np.array([12, 3, 6, 19, 0, 8, 9, 4], dtype=np.int32)
+    head_y, rows, tail_y = np.empty(8, np.int32), np.empty(8, np.int64), np.empty(8, np.int32)
+    starts = np.empty(3, np.int64)
+    K.cluster_targets(y, bounds, head_y, rows, starts, tail_y)
+    assert head_y.tolist() == [6, 3, 5, 6, 0, 5, 6, 4]
+    assert starts.tolist() == [0, 2, 5]
+    assert rows[:5].tolist() == [2, 5, 0, 3, 6]  # cluster 0's rows, then cluster 1's, in batch order
+    assert tail_y[:5].tolist() == [1, 3, 3, 10, 0]
+
+
+def test_gather_rows_pair():
+    src = RNG.standard_normal((6, 3))
+    rows = np.array([4, 0, 5], dtype=np.int64)
+    G = RNG.standard_normal((3, 3))
+    out = np.empty((3, 3))
+
+    def loss():
+        K.gather_rows(src, rows, out)
+        return float((G * out).sum())
+
+    loss()
+    assert np.array_equal(out, src[rows])
+    dsrc = np.zeros_like(src)
+    K.scatter_add_rows(G, rows, dsrc)
+    assert_close(dsrc, numeric_grad(loss, src))
+
+
+ADAPTIVE = [
+    ModelConfig(order=3, embed_dim=3, hidden=(5,), softmax="adaptive", cutoffs=(5, 8), tail_div=2),
+    ModelConfig(order=4, embed_dim=2, hidden=(4, 3), activation="relu", softmax="adaptive", cutoffs=(6,)),
+    ModelConfig(order=3, embed_dim=3, hidden=(4,), direct=True, softmax="adaptive", cutoffs=(4, 7)),
+    ModelConfig(order=3, embed_dim=4, hidden=(4,), tied=True, softmax="adaptive", cutoffs=(5, 8)),
+    ModelConfig(order=2, embed_dim=3, hidden=(), softmax="adaptive", cutoffs=(5,)),  # two-level logistic regression
+]
+
+
+@pytest.mark.parametrize("config", ADAPTIVE, ids=lambda c: f"h{list(c.hidden)}-d{int(c.direct)}-t{int(c.tied)}")
+@pytest.mark.parametrize("dropout", [(0.0, 0.0), (0.3, 0.4)], ids=["plain", "dropout"])
+def test_whole_model_gradient_with_the_adaptive_softmax(config, dropout):
+    """Every parameter of a model with a head and tail clusters, against central differences of
+    the exact mean NLL; one cluster gets no target in the batch, so its gradient must be zero."""
+    vocab = Vocabulary(["a", "b", "c", "d", "e", "f", "g", "h"])  # V = 11
+    model = FFNNLM(vocab, config, dtype=np.float64, seed=3)
+    for p in model.params.values():
+        p[...] += RNG.standard_normal(p.shape) * 0.3
+    B = 7
+    x = RNG.integers(0, len(vocab), size=(B, config.order - 1)).astype(np.int32)
+    y = np.array([3, 5, 2, 6, 0, 5, 4], dtype=np.int32)  # nothing in the last cluster (ids >= 8)
+    ws = Workspace(model, B, dropout=dropout, seed=9)
+
+    def loss():
+        if ws.rng is not None if hasattr(ws, "rng") else False:
+            ws.rng = np.random.default_rng(123)  # the same masks every time
+        nll = np.empty(B)
+        model.output.nll(model.hidden_forward(x, ws), y, ws.out, nll)
+        return float(nll.mean())
+
+    model.dE[...] = 0
+    if hasattr(ws, "rng"):
+        ws.rng = np.random.default_rng(123)
+    L = model.loss_and_grad(x, y, ws)
+    assert L == pytest.approx(loss(), rel=1e-12)
+    if not any(dropout):
+        assert L == pytest.approx(float(model.nll(x, y).mean()), rel=1e-12)
+    for name, p in model.params.items():
+        assert_close(model.grads[name], numeric_grad(loss, p))
+    last = len(config.cutoffs)
+    if not config.tied and config.cutoffs[-1] >= 8:
+        assert not model.grads[f"U{last}"].any() and not model.grads[f"P{last}"].any()

@@ -1,0 +1,272 @@
+"""Ingredient II's output layer for large vocabularies: the adaptive softmax (Grave et al.
+2017), which is the course's multinomial logistic regression applied twice.
+
+Words are ranked by frequency (vocabulary ids already are). The head is a softmax over the
+`bounds[0]` most frequent words plus one entry per tail cluster; tail cluster i is a softmax
+over its own words [bounds[i], bounds[i+1]), read through a projection P_i to d_i units:
+
+    p(w | h) = softmax(h U_head + c)[w]                                          w in the head
+    p(w | h) = softmax(h U_head + c)[head + i] * softmax(h P_i U_i + c_i)[w - bounds[i]]   w in cluster i
+
+Both factors are exact softmaxes, so p is an exact distribution over the whole vocabulary
+(perplexity, interpolation and sampling need no approximation). Training and scoring need only
+each row's target cluster: a row costs H*(head) multiply-adds, plus H*d_i + d_i*V_i when its
+target is in cluster i, against H*V for the full softmax. Only `probs` (the whole distribution,
+for sampling with a temperature or top-k) computes every cluster for every row.
+
+U_head is two parameters: U (H, head words) and Uc (H, clusters). With tied embeddings every
+word's output vector is its embedding: U = E[:head]ᵀ and U_i = E[cluster i]ᵀ, so d_i = m.
+"""
+
+import math
+
+import numpy as np
+
+from . import kernels as K
+from .vocab import Vocabulary
+
+SOFTMAXES = ("full", "adaptive")
+HEAD_SHARE, TAIL_SHARE = 0.85, 0.95  # the automatic cutoffs' token shares (see auto_cutoffs)
+
+
+def auto_cutoffs(counts, min_cluster=64):
+    """Cluster starts from training counts (one per id, ids ranked by frequency): the head holds
+    the most frequent words that make up 85% of the tokens, the first tail cluster the words up
+    to 95%, the second the rest. A cluster smaller than `min_cluster` words joins the one before.
+
+    >>> auto_cutoffs([10, 0, 10] + [100] * 8 + [1] * 100, min_cluster=10)
+    [9, 11]
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    V = len(counts)
+    share = np.cumsum(counts) / max(counts.sum(), 1.0)
+    cuts = []
+    for target in (HEAD_SHARE, TAIL_SHARE):
+        k = max(int(np.searchsorted(share, target)) + 1, len(Vocabulary.SPECIALS), (cuts[-1] + 1) if cuts else 0)
+        if k < V:
+            cuts.append(k)
+    bounds = cuts + [V]
+    while len(bounds) > 1 and bounds[-1] - bounds[-2] < min_cluster:  # too small a last cluster
+        del bounds[-2]
+    while len(bounds) > 2 and bounds[1] - bounds[0] < min_cluster:
+        del bounds[1]
+    return bounds[:-1]
+
+
+def tail_dims(config):
+    """d_i for each tail cluster: H / tail_div**i (i from 1), at least 1; m when tied."""
+    H = config.output_width
+    if config.tied:
+        return [config.embed_dim] * len(config.cutoffs)
+    return [max(1, H // config.tail_div ** (i + 1)) for i in range(len(config.cutoffs))]
+
+
+def shapes(config, V):
+    """The output layer's parameters: weights (U unless tied, Uc, then P_i, U_i per cluster) and
+    biases (c over the head, c_i per cluster)."""
+    H, bounds = config.output_width, list(config.cutoffs) + [V]
+    C, head = len(config.cutoffs), bounds[0]
+    weights = [] if config.tied else [("U", (H, head))]
+    weights.append(("Uc", (H, C)))
+    biases = [("c", (head + C,))]
+    for i, d in enumerate(tail_dims(config)):
+        size = bounds[i + 1] - bounds[i]
+        weights.append((f"P{i + 1}", (H, d)))
+        if not config.tied:
+            weights.append((f"U{i + 1}", (d, size)))
+        biases.append((f"c{i + 1}", (size,)))
+    return weights, biases
+
+
+class Buffers:
+    """The adaptive layer's batch buffers, made once per workspace."""
+
+    def __init__(self, layer, B, dtype):
+        H, dmax = layer.H, max(layer.dims, default=1)
+        Vmax = max((layer.bounds[i + 1] - layer.bounds[i] for i in range(layer.C)), default=1)
+        self.zh = np.empty((B, layer.head + layer.C), dtype=dtype)  # head logits, then dL/dz
+        self.head_y = np.empty(B, dtype=np.int32)  # each row's head target (a word or a cluster)
+        self.rows = np.empty(B, dtype=np.int64)  # tail rows grouped by cluster
+        self.starts = np.empty(layer.C + 1, dtype=np.int64)
+        self.tail_y = np.empty(B, dtype=np.int32)  # their targets within the cluster
+        self.tail_nll = np.empty(B, dtype=dtype)
+        self.A = np.empty((B, H), dtype=dtype)  # the tail rows' inputs, gathered
+        self.dA = np.empty((B, H), dtype=dtype)
+        self.tmp = np.empty((B, H), dtype=dtype)
+        self.Q = np.empty(B * dmax, dtype=dtype)  # projections, (n_i, d_i) views
+        self.dQ = np.empty(B * dmax, dtype=dtype)
+        self.Z = np.empty(B * Vmax, dtype=dtype)  # a cluster's logits, (n_i, V_i) views
+        self.ones = np.ones(B, dtype=dtype)
+
+
+class AdaptiveSoftmax:
+    """Views of an FFNNLM's output-layer parameters and gradients, and the layer's forward and
+    backward over them. Everything is written into buffers given by the caller (Buffers)."""
+
+    def __init__(self, model):
+        cfg, V = model.config, len(model.vocab)
+        self.bounds = np.array(list(cfg.cutoffs) + [V], dtype=np.int64)
+        self.head, self.C, self.H = int(self.bounds[0]), len(cfg.cutoffs), cfg.output_width
+        self.dims = tail_dims(cfg)
+        self.tied = cfg.tied
+        p, g = model.params, model.grads
+        E, dE = model.E, model.dE
+        self.U, self.dU = (E[: self.head].T, dE[: self.head]) if cfg.tied else (p["U"], g["U"])
+        self.Uc, self.dUc, self.c, self.dc = p["Uc"], g["Uc"], p["c"], g["c"]
+        self.P, self.dP, self.Ut, self.dUt, self.ct, self.dct = [], [], [], [], [], []
+        for i in range(self.C):
+            lo, hi = self.bounds[i], self.bounds[i + 1]
+            self.P.append(p[f"P{i + 1}"])
+            self.dP.append(g[f"P{i + 1}"])
+            if cfg.tied:  # the tied gradient is dE's rows (V_i, m), the transpose of dU_i
+                self.Ut.append(E[lo:hi].T)
+                self.dUt.append(dE[lo:hi])
+            else:
+                self.Ut.append(p[f"U{i + 1}"])
+                self.dUt.append(g[f"U{i + 1}"])
+            self.ct.append(p[f"c{i + 1}"])
+            self.dct.append(g[f"c{i + 1}"])
+
+    def init_bias(self, log_unigram):
+        """Biases that make an untrained layer the unigram model: log p(w) in the head, log p(cluster)
+        for each cluster's entry, log p(w | cluster) inside it."""
+        head = self.head
+        self.c[:head] = log_unigram[:head]
+        for i in range(self.C):
+            part = log_unigram[self.bounds[i] : self.bounds[i + 1]]
+            top = part.max()
+            total = top + math.log(np.exp(part - top).sum())
+            self.c[head + i] = total
+            self.ct[i][...] = part - total
+
+    def _head_logits(self, inp, zh):
+        np.matmul(inp, self.U, out=zh[:, : self.head])  # (B, H) @ (H, head) -> (B, head)
+        np.matmul(inp, self.Uc, out=zh[:, self.head :])  # (B, H) @ (H, C) -> (B, C)
+        K.bias_forward(zh, self.c)
+
+    def _route(self, y, buf):
+        B = len(y)
+        K.cluster_targets(y, self.bounds, buf.head_y[:B], buf.rows, buf.starts, buf.tail_y)
+        return buf.head_y[:B], int(buf.starts[self.C])
+
+    def _tail_logits(self, i, A, buf):
+        """Cluster i's projections Q (n, d_i) and logits Z (n, V_i) for the rows A (n, H)."""
+        n, d, size = len(A), self.dims[i], int(self.bounds[i + 1] - self.bounds[i])
+        Q = buf.Q[: n * d].reshape(n, d)
+        Z = buf.Z[: n * size].reshape(n, size)
+        np.matmul(A, self.P[i], out=Q)  # (n, H) @ (H, d_i)
+        np.matmul(Q, self.Ut[i], out=Z)  # (n, d_i) @ (d_i, V_i)
+        K.bias_forward(Z, self.ct[i])
+        return Q, Z
+
+    def nll(self, inp, y, buf, nll):
+        """nll[b] = -log p(y[b] | inp[b]), exactly, computing only the targets' clusters."""
+        B = len(y)
+        zh = buf.zh[:B]
+        self._head_logits(inp, zh)
+        head_y, nt = self._route(y, buf)
+        K.softmax_xent_forward(zh, head_y, Vocabulary.BOS_ID, nll)
+        if nt:
+            rows = buf.rows[:nt]
+            K.gather_rows(inp, rows, buf.A[:nt])
+            for i in range(self.C):
+                s, e = buf.starts[i], buf.starts[i + 1]
+                if e > s:
+                    _, Z = self._tail_logits(i, buf.A[s:e], buf)
+                    K.softmax_xent_forward(Z, buf.tail_y[s:e], -1, buf.tail_nll[s:e])
+            nll[rows] += buf.tail_nll[:nt]
+
+    def loss_and_grad(self, inp, y, buf, scale, nll, d_inp):
+        """The forward (nll as above) and the backward for L = scale * sum(nll): every output
+        parameter's gradient (overwritten) and dL/d(inp) into d_inp (B, H)."""
+        B = len(y)
+        zh = buf.zh[:B]
+        self._head_logits(inp, zh)
+        head_y, nt = self._route(y, buf)
+        K.softmax_xent_fused(zh, head_y, Vocabulary.BOS_ID, scale, nll)  # zh := dL/dzh
+        words, clusters = zh[:, : self.head], zh[:, self.head :]
+        if self.tied:  # dUᵀ = dzᵀ inp, straight into E's rows
+            np.matmul(words.T, inp, out=self.dU)  # (head, B) @ (B, H)
+        else:
+            np.matmul(inp.T, words, out=self.dU)  # (H, B) @ (B, head)
+        np.matmul(inp.T, clusters, out=self.dUc)
+        np.dot(buf.ones[:B], zh, out=self.dc)
+        np.matmul(words, self.U.T, out=d_inp)  # (B, head) @ (head, H)
+        tmp = buf.tmp[:B]
+        np.matmul(clusters, self.Uc.T, out=tmp)
+        d_inp += tmp
+        rows = buf.rows[:nt]
+        if nt:
+            K.gather_rows(inp, rows, buf.A[:nt])
+        for i in range(self.C):
+            s, e = int(buf.starts[i]), int(buf.starts[i + 1])
+            n = e - s
+            if n == 0:  # no target in this cluster: its parameters get no gradient
+                self.dP[i][...] = 0.0
+                self.dUt[i][...] = 0.0
+                self.dct[i][...] = 0.0
+                continue
+            A = buf.A[s:e]
+            Q, Z = self._tail_logits(i, A, buf)
+            K.softmax_xent_fused(Z, buf.tail_y[s:e], -1, scale, buf.tail_nll[s:e])  # Z := dL/dZ
+            if self.tied:
+                np.matmul(Z.T, Q, out=self.dUt[i])  # (V_i, n) @ (n, m): E's rows of the cluster
+            else:
+                np.matmul(Q.T, Z, out=self.dUt[i])  # (d_i, n) @ (n, V_i)
+            np.dot(buf.ones[:n], Z, out=self.dct[i])
+            dQ = buf.dQ[: n * self.dims[i]].reshape(n, self.dims[i])
+            np.matmul(Z, self.Ut[i].T, out=dQ)  # (n, V_i) @ (V_i, d_i)
+            np.matmul(A.T, dQ, out=self.dP[i])  # (H, n) @ (n, d_i)
+            np.matmul(dQ, self.P[i].T, out=buf.dA[s:e])  # (n, d_i) @ (d_i, H)
+        if nt:
+            nll[rows] += buf.tail_nll[:nt]
+            K.scatter_add_rows(buf.dA[:nt], rows, d_inp)
+
+    def log_probs(self, inp, buf, out):
+        """out (B, V) float64 := log p(w | inp[b]) for every word: every cluster for every row."""
+        B = len(inp)
+        zh = buf.zh[:B]
+        self._head_logits(inp, zh)
+        head = self._log_softmax(zh, Vocabulary.BOS_ID)
+        out[:, : self.head] = head[:, : self.head]
+        for i in range(self.C):
+            lo, hi = self.bounds[i], self.bounds[i + 1]
+            for s in range(0, B, len(buf.A)):  # in blocks of the workspace's rows
+                e = min(B, s + len(buf.A))
+                _, Z = self._tail_logits(i, inp[s:e], buf)
+                out[s:e, lo:hi] = self._log_softmax(Z, -1) + head[s:e, self.head + i, None]
+
+    @staticmethod
+    def _log_softmax(z, skip):
+        p = np.empty(z.shape, dtype=np.float64)
+        K.softmax_forward(z.astype(np.float64), skip, p)
+        with np.errstate(divide="ignore"):
+            return np.log(p)
+
+    def sample(self, inp, buf, u, no_unk):
+        """One word per row drawn from p(. | inp[b]) with uniforms u (B, 2): the head from u[:, 0],
+        then, for rows that drew a cluster, a word of it from u[:, 1]. Exact, and no row computes a
+        cluster it did not draw."""
+        B = len(inp)
+        zh = buf.zh[:B]
+        self._head_logits(inp, zh)
+        p = np.empty(zh.shape, dtype=np.float64)
+        K.softmax_forward(zh.astype(np.float64), Vocabulary.BOS_ID, p)
+        if no_unk:  # <unk> is in the head: renormalising the head renormalises the whole
+            p[:, Vocabulary.UNK_ID] = 0.0
+        drawn = _draw(p, u[:, 0])  # a head word, or head + i for cluster i
+        words = drawn.copy()
+        for i in range(self.C):
+            rows = np.flatnonzero(drawn == self.head + i)
+            if len(rows):
+                _, Z = self._tail_logits(i, np.ascontiguousarray(inp[rows]), buf)
+                q = np.empty(Z.shape, dtype=np.float64)
+                K.softmax_forward(Z.astype(np.float64), -1, q)
+                words[rows] = self.bounds[i] + _draw(q, u[rows, 1])
+        return words
+
+
+def _draw(p, u):
+    """For each row, the first column whose cumulative probability exceeds u * (row total)."""
+    cum = np.cumsum(p, axis=1)
+    return np.minimum((cum < u[:, None] * cum[:, -1:]).sum(axis=1), p.shape[1] - 1)
