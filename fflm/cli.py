@@ -187,9 +187,9 @@ def _checkpoint_path(output):
 @click.option("--direct", is_flag=True, help="Bengio's direct connections from the embeddings to the output.")
 @click.option("--tie-embeddings", "tied", is_flag=True,
               help="Use the embedding table as the output layer (U = Eᵀ; the last hidden size must equal --embed-dim).")
-@click.option("--softmax", type=click.Choice(["full", "adaptive"]), default="full", show_default=True,
-              help="Output layer: the full softmax, or the adaptive softmax (a head of frequent words and tail "
-                   "clusters; exact, far cheaper for large vocabularies).")
+@click.option("--softmax", type=click.Choice(["full", "adaptive", "auto"]), default="full", show_default=True,
+              help="Output layer: the full softmax, the adaptive softmax (a head of frequent words and tail "
+                   "clusters; exact, far cheaper for large vocabularies), or auto: adaptive from 20,000 words on.")
 @click.option("--cutoffs", default=None, metavar="ID,ID",
               help="Adaptive: where each tail cluster starts in the frequency ranking, e.g. 2000,10000 "
                    "[default: the head covers 85% of the training tokens, the first tail up to 95%].")
@@ -294,12 +294,12 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         checkpoint = checkpoint or _checkpoint_path(output)
         if preset:  # the preset's values wherever the command line gave none
             names = ("order", "cross_sentence", "embed_dim", "hidden", "tied", "dropout", "embed_dropout",
-                     "activation", "lr", "batch_size", "epochs", "weight_decay", "max_halvings")
+                     "activation", "lr", "batch_size", "epochs", "weight_decay", "max_halvings", "softmax")
             assert set(PRESETS[preset]) <= set(names), "a preset sets an option this list does not apply"
             given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
             p = {**ctx.params, **{k: v for k, v in PRESETS[preset].items() if k not in given}}
             (order, cross_sentence, embed_dim, hidden, tied, dropout, embed_dropout, activation, lr, batch_size,
-             epochs, weight_decay, max_halvings) = (p[k] for k in names)
+             epochs, weight_decay, max_halvings, softmax) = (p[k] for k in names)
     _check_output(output)
     _check_output(checkpoint)
     if json_log:

@@ -25,7 +25,7 @@ from . import kernels as K
 from .errors import FflmError
 from .fileio import atomic_write, check_readable
 from .lm import LanguageModel
-from .output import SOFTMAXES, AdaptiveSoftmax, Buffers, auto_cutoffs
+from .output import AUTO_ADAPTIVE, SOFTMAXES, AdaptiveSoftmax, Buffers, auto_cutoffs
 from .output import shapes as output_shapes
 from .vocab import Vocabulary
 
@@ -44,7 +44,7 @@ class ModelConfig:
     direct: bool = False  # Bengio's direct connections from the embeddings to the output
     cross_sentence: bool = False  # contexts run on across sentence ends (else: <s> padding)
     tied: bool = False  # the output layer is the embedding table: U = Eᵀ (needs last width == m)
-    softmax: str = "full"  # full | adaptive: a head and tail clusters (fflm/output.py), for large V
+    softmax: str = "full"  # full | adaptive: a head and tail clusters (fflm/output.py) | auto: by V
     cutoffs: tuple = None  # adaptive: the first id of each tail cluster (() = none); None = chosen from the counts
     tail_div: int = 4  # adaptive: tail cluster i projects to (output width) / tail_div**i units
 
@@ -71,11 +71,11 @@ class ModelConfig:
             if self.direct or width != self.embed_dim:
                 raise FflmError(f"tied embeddings need the output layer's input to be {self.embed_dim} wide "
                                 f"(--embed-dim), without --direct; here it is {width}")
-        if self.softmax not in SOFTMAXES:
+        if self.softmax not in SOFTMAXES + ("auto",):
             raise FflmError(f"unknown --softmax {self.softmax!r} (choose from {', '.join(SOFTMAXES)})")
         if self.tail_div < 1:
             raise FflmError(f"--tail-div must be at least 1, not {self.tail_div}")
-        if self.cutoffs and self.softmax != "adaptive":
+        if self.cutoffs and self.softmax == "full":
             raise FflmError("--cutoffs needs --softmax adaptive")
         c = self.cutoffs
         if c and (c[0] < len(Vocabulary.SPECIALS) or any(a >= b for a, b in zip(c, c[1:]))):
@@ -88,10 +88,15 @@ class ModelConfig:
             raise FflmError(f"--cutoffs {','.join(map(str, self.cutoffs))} reach beyond the vocabulary ({V} words)")
 
     def resolve(self, counts):
-        """This config with the adaptive softmax's cutoffs chosen from the training counts if none are given."""
-        if self.softmax == "adaptive" and self.cutoffs is None:
-            return replace(self, cutoffs=tuple(auto_cutoffs(counts)))
-        return self
+        """This config made concrete for a vocabulary with these training counts: `auto` becomes the
+        adaptive softmax from AUTO_ADAPTIVE words on (the full one below), and the adaptive
+        softmax's cutoffs are chosen from the counts if none are given."""
+        config = self
+        if config.softmax == "auto":
+            config = replace(config, softmax="adaptive" if len(counts) >= AUTO_ADAPTIVE else "full")
+        if config.softmax == "adaptive" and config.cutoffs is None:
+            config = replace(config, cutoffs=tuple(auto_cutoffs(counts)))
+        return config
 
     @property
     def output_width(self):

@@ -27,6 +27,9 @@ from .vocab import Vocabulary
 
 SOFTMAXES = ("full", "adaptive")
 HEAD_SHARE, TAIL_SHARE = 0.85, 0.95  # the automatic cutoffs' token shares (see auto_cutoffs)
+# --softmax auto picks the adaptive softmax from this many words on (BENCHMARKS.md, "Large
+# vocabularies": below it, the full softmax is cheap enough and the presets were measured with it)
+AUTO_ADAPTIVE = 20000
 
 
 def auto_cutoffs(counts, min_cluster=64):

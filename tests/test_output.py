@@ -180,3 +180,42 @@ def test_a_sampled_loss_with_the_adaptive_softmax_is_refused(data):
     vocab, tw, vw = data
     with pytest.raises(FflmError, match="--softmax full"):
         train(FFNNLM(vocab, ADAPTIVE), tw, vw, TrainConfig(epochs=1, loss="nce"))
+
+
+def test_auto_picks_the_adaptive_softmax_for_large_vocabularies():
+    from fflm.output import AUTO_ADAPTIVE
+
+    zipf = lambda V: [1, 0, 1] + [10**6 // (r + 1) for r in range(V - 3)]  # noqa: E731
+    large = ModelConfig(softmax="auto").resolve(zipf(AUTO_ADAPTIVE))
+    assert large.softmax == "adaptive" and large.cutoffs == tuple(auto_cutoffs(zipf(AUTO_ADAPTIVE)))
+    assert ModelConfig(softmax="auto").resolve(zipf(AUTO_ADAPTIVE - 1)).softmax == "full"
+    assert ModelConfig(softmax="auto", cutoffs=(100,)).resolve(zipf(AUTO_ADAPTIVE)).cutoffs == (100,)
+
+
+def test_cli_trains_scores_and_describes_an_adaptive_model(tmp_path, run_cli):
+    import json
+
+    from conftest import SYNTH
+
+    model = tmp_path / "m.npz"
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", model, "--order", "3", "--embed-dim", "8", "--hidden",
+                           "16", "--epochs", "1", "--softmax", "adaptive", "--cutoffs", "40,100", "--tail-div", "2",
+                           "--threads", "1", "-q")
+    assert code == 0, err
+    code, out, _ = run_cli("info", model)
+    assert "adaptive softmax, head of 40 words + 2 cluster(s); tails: 60 words at width 8, 53 words at width 4" in out
+    meta = json.loads(run_cli("info", model, "--json")[1])
+    assert meta["config"]["softmax"] == "adaptive" and meta["config"]["cutoffs"] == [40, 100]
+    lm, _ = FFNNLM.load(model)
+    code, out, _ = run_cli("eval", model, SYNTH / "test.txt", "--json", "--baseline", "none")
+    assert code == 0
+    from fflm import read_sentences
+
+    test = read_sentences(SYNTH / "test.txt")
+    ppl = json.loads(out)["models"][0]["ppl"]
+    assert ppl == pytest.approx(lm.perplexity(test), rel=1e-9)
+    x, y = lm.windows(test).pairs()
+    assert ppl == pytest.approx(float(np.exp(lm.nll(x, y).mean())), rel=1e-9)  # exp(mean NLL)
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "x.npz", "--softmax", "adaptive",
+                           "--loss", "nce", "-q")
+    assert code == 1 and err.count("\n") == 1 and "--softmax full" in err

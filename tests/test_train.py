@@ -29,12 +29,20 @@ CONFIGS = {
     "adam": dict(optimizer="adam", lr=0.003, dropout=0.1),
     "adagrad+clip": dict(optimizer="adagrad", lr=0.05, clip=1.0),
     "nce": dict(loss="nce", noise_samples=20),
+    "adaptive+adam": dict(optimizer="adam", lr=0.003, dropout=0.1),
+    "adaptive-tied+sgd": dict(dropout=0.2, weight_decay=1e-4),
+}
+# the adaptive softmax (fflm/output.py), untied and tied, for the runs named after it
+MODELS = {
+    "adaptive+adam": ModelConfig(order=3, embed_dim=8, hidden=(16,), softmax="adaptive", cutoffs=(30, 80)),
+    "adaptive-tied+sgd": ModelConfig(order=3, embed_dim=8, hidden=(8,), softmax="adaptive", cutoffs=(30, 80),
+                                     tied=True),
 }
 
 
-def make(data, config, **kw):
+def make(data, config, model_config=SMALL, **kw):
     vocab, tw, vw = data
-    model = FFNNLM(vocab, SMALL, seed=3)
+    model = FFNNLM(vocab, model_config, seed=3)
     return Trainer(model, tw, vw, TrainConfig(epochs=3, batch_size=32, seed=3, min_improvement=0.0, **config), **kw)
 
 
@@ -42,9 +50,10 @@ def make(data, config, **kw):
 @pytest.mark.parametrize("stop_at", [7, 60])  # within the first epoch; within the second (38 batches an epoch)
 def test_an_interrupted_run_resumes_bit_identically(data, tmp_path, name, stop_at):
     set_threads(1)
-    whole = make(data, CONFIGS[name], snapshot_every=5)
+    model_config = MODELS.get(name, SMALL)
+    whole = make(data, CONFIGS[name], model_config, snapshot_every=5)
     whole.run()
-    part = make(data, CONFIGS[name], snapshot_every=5)
+    part = make(data, CONFIGS[name], model_config, snapshot_every=5)
     path = tmp_path / "run.ckpt.npz"
     with pytest.raises(Interrupted):
         part.run(should_stop=lambda t: t.steps == stop_at,
@@ -84,8 +93,9 @@ def poison(trainer, at_steps):
     trainer.sgd.step = bad_step
 
 
-def test_a_nan_loss_rolls_back_halves_the_rate_and_goes_on(data):
-    t = make(data, {"lr": 0.4}, snapshot_every=10)
+@pytest.mark.parametrize("model_config", [SMALL, MODELS["adaptive+adam"]], ids=["full", "adaptive"])
+def test_a_nan_loss_rolls_back_halves_the_rate_and_goes_on(data, model_config):
+    t = make(data, {"lr": 0.4}, model_config, snapshot_every=10)
     poison(t, {25, 50})
     events = []
     history = t.run(on_event=events.append)
