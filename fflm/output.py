@@ -38,7 +38,7 @@ def auto_cutoffs(counts, min_cluster=64):
     to 95%, the second the rest. A cluster smaller than `min_cluster` words joins the one before.
 
     >>> auto_cutoffs([10, 0, 10] + [100] * 8 + [1] * 100, min_cluster=10)
-    [9, 11]
+    [11, 65]
     """
     counts = np.asarray(counts, dtype=np.float64)
     V = len(counts)
