@@ -323,9 +323,10 @@ def gemm_gflops(B, H, V, seconds=3.0):
 
 
 class _TorchModel:
-    """The same model written plainly in PyTorch: what a user would write first."""
+    """The same model written plainly in PyTorch: what a user would write first. With
+    `adaptive` = (cutoffs, div), its output layer is nn.AdaptiveLogSoftmaxWithLoss instead."""
 
-    def __init__(self, config, V, lr, threads):
+    def __init__(self, config, V, lr, threads, adaptive=None):
         import torch
 
         torch.set_num_threads(threads)
@@ -338,8 +339,15 @@ class _TorchModel:
             layers += [nn.Linear(width, h), nn.Tanh()]
             width = h
         self.emb = nn.Embedding(V, m)  # N(0, 1), as fflm's
-        self.net = nn.Sequential(*layers, nn.Linear(width, V))  # U(±1/√fan-in), as fflm's
+        self.adaptive = None
+        if adaptive is not None:  # biases in the head only: PyTorch's tails have none (fflm's do)
+            cutoffs, div = adaptive
+            self.net = nn.Sequential(*layers)
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(width, V, list(cutoffs), div_value=float(div), head_bias=True)
+        else:
+            self.net = nn.Sequential(*layers, nn.Linear(width, V))  # U(±1/√fan-in), as fflm's
         params = list(self.emb.parameters()) + list(self.net.parameters())
+        params += list(self.adaptive.parameters()) if self.adaptive is not None else []
         self.opt = torch.optim.SGD(params, lr=lr)
         self.loss = nn.CrossEntropyLoss()
 
@@ -347,7 +355,10 @@ class _TorchModel:
         torch = self.torch
         x, y = torch.from_numpy(x.astype("int64")), torch.from_numpy(y.astype("int64"))
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(self.net(self.emb(x).flatten(1)), y)
+        if self.adaptive is not None:  # the target's clusters only, like fflm's training path
+            loss = self.adaptive(self.net(self.emb(x).flatten(1)), y).loss
+        else:
+            loss = self.loss(self.net(self.emb(x).flatten(1)), y)
         loss.backward()
         self.opt.step()
         return float(loss.detach())
@@ -521,4 +532,120 @@ def format_speed(r):
     lines.append(f"  peak memory training (fresh process): {r['peak_rss_mb']:.0f} MB")
     lines.append(f"  start-up: fflm eval on one sentence {r['eval_startup_seconds']:.2f} s, "
                  f"fflm --help {r['help_seconds']:.2f} s")
+    return "\n".join(lines)
+
+
+# --- large vocabularies: the full softmax against the adaptive one (and PyTorch's) ----------------
+def _softmax_cases(data_dir, synth_vocabs, tokens=600_000):
+    """(name, vocabulary, training sentences, scoring sentences) for Brown's raw text with
+    --min-count 2 (24.5k words, real text) and the synthetic process at each vocabulary size
+    (every word of the process in the vocabulary, ranked by its count in the sample)."""
+    import numpy as np
+
+    from fflm import Vocabulary, read_sentences
+    from fflm import synth
+
+    raw = os.path.join(data_dir, "brown", "raw")
+    sentences = read_sentences(os.path.join(raw, "train.txt"))
+    yield ("brown-raw", Vocabulary.build(sentences, min_count=2), sentences,
+           read_sentences(os.path.join(raw, "valid.txt"))[:5000])
+    for V in synth_vocabs:
+        process = synth.make_process(2003, vocab=V)
+        rng = np.random.default_rng(1)
+        ids = [s for chunk, _ in synth.sample_stream(process, tokens + 40_000, rng) for s in chunk]
+        counts = np.bincount(np.concatenate(ids), minlength=V)
+        rank = np.argsort(-counts, kind="stable")
+        words = np.array(process["words"], dtype=object)
+        vocab = Vocabulary(words[rank].tolist(), [0, 0, len(ids)] + counts[rank].tolist())
+        as_words = [words[s].tolist() for s in ids]
+        cut = int(len(as_words) * tokens / (tokens + 40_000))
+        yield f"synth-{V // 1000}k", vocab, as_words[:cut], as_words[cut:]
+
+
+def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=(50_000, 100_000, 200_000),
+                name="base"):
+    """Training and exact scoring speed of the full softmax and the adaptive one on the same
+    model (`name`'s sizes), as the vocabulary grows; PyTorch's AdaptiveLogSoftmaxWithLoss with the
+    same cutoffs and projection sizes beside fflm's adaptive softmax."""
+    import numpy as np
+
+    from fflm import Windows
+    from fflm.model import FFNNLM, ModelConfig
+    from fflm.train import SGD, set_threads
+
+    spec = SPEED_CONFIGS[name]
+    used = set_threads(threads)
+    B, lr = spec["batch_size"], 0.05
+    result = {"benchmark": "softmax", "config": name, "machine": machine(), "threads": used, "cases": []}
+    for case, vocab, train_s, score_s in _softmax_cases(data_dir, synth_vocabs):
+        V = len(vocab)
+        row = {"case": case, "vocabulary": V}
+        windows = Windows.from_sentences(train_s, vocab, spec["order"])
+        scoring = Windows.from_sentences(score_s, vocab, spec["order"])
+        contexts, targets = scoring.pairs(np.arange(min(len(scoring), 40_000)))
+        index = [ix.copy() for _, ix in zip(range(100), windows.batches(B, np.random.default_rng(0)))]
+        steps = {}
+        for softmax in ("full", "adaptive"):
+            config = ModelConfig(order=spec["order"], embed_dim=spec["embed_dim"], hidden=spec["hidden"],
+                                 softmax=softmax)
+            model = FFNNLM(vocab, config, seed=1)
+            sgd = SGD(model, B)
+            steps[softmax] = (lambda sgd: lambda ix: sgd.step(ix, windows, lr, 0.0, 0.0))(sgd)
+            _timed_steps(steps[softmax], index[:3], 0.0)  # compiled, buffers touched
+            model.nll(contexts[:1024], targets[:1024])
+            t0 = time.perf_counter()
+            model.nll(contexts, targets)
+            row[f"{softmax}_score_tokens_per_s"] = len(targets) / (time.perf_counter() - t0)
+            if softmax == "adaptive":
+                row["cutoffs"] = list(model.config.cutoffs)
+                row["tail_div"] = model.config.tail_div
+                adaptive_config = model.config
+        torch_model = None
+        if use_torch:
+            try:
+                torch_model = _TorchModel(adaptive_config, V, lr, used, (adaptive_config.cutoffs, adaptive_config.tail_div))
+            except ImportError:
+                torch_model = None
+        if torch_model is not None:
+            pairs = [windows.pairs(ix) for ix in index]
+            steps["torch_adaptive"] = lambda p: torch_model.step(*p)
+            _timed_steps(steps["torch_adaptive"], pairs[:3], 0.0)
+            set_threads(used)
+        totals = {k: [0, 0.0] for k in steps}
+        for _ in range(2):  # alternating rounds, so drift hits every implementation alike
+            for k, step in steps.items():
+                a, b = _timed_steps(step, pairs if k == "torch_adaptive" else index, seconds / 2)
+                totals[k][0] += a
+                totals[k][1] += b
+                set_threads(used)
+        for k, (tok, sec) in totals.items():
+            row[f"{k}_train_tokens_per_s"] = tok / sec
+        row["train_ratio"] = row["adaptive_train_tokens_per_s"] / row["full_train_tokens_per_s"]
+        row["score_ratio"] = row["adaptive_score_tokens_per_s"] / row["full_score_tokens_per_s"]
+        if torch_model is not None:
+            row["vs_torch_adaptive"] = row["adaptive_train_tokens_per_s"] / row["torch_adaptive_train_tokens_per_s"]
+        result["cases"].append(row)
+        del steps, torch_model
+    if use_torch:
+        try:
+            import torch
+
+            result["torch_version"] = torch.__version__
+        except ImportError:
+            pass
+    return result
+
+
+def format_softmax(r):
+    lines = [f"full vs adaptive softmax, config {r['config']} {SPEED_CONFIGS[r['config']]}, {r['threads']} thread(s); "
+             "tokens/s",
+             f"{'case':<11} {'V':>7}  {'cutoffs':<14} {'train full':>10} {'adaptive':>9} {'ratio':>6}  "
+             f"{'score full':>10} {'adaptive':>9} {'ratio':>6}  {'torch adaptive':>14} {'fflm/torch':>10}"]
+    for c in r["cases"]:
+        torch_tps = c.get("torch_adaptive_train_tokens_per_s")
+        lines.append(
+            f"{c['case']:<11} {c['vocabulary']:>7,}  {','.join(map(str, c['cutoffs'])):<14} "
+            f"{c['full_train_tokens_per_s']:>10,.0f} {c['adaptive_train_tokens_per_s']:>9,.0f} {c['train_ratio']:>5.1f}x  "
+            f"{c['full_score_tokens_per_s']:>10,.0f} {c['adaptive_score_tokens_per_s']:>9,.0f} {c['score_ratio']:>5.1f}x  "
+            + (f"{torch_tps:>14,.0f} {c['vs_torch_adaptive']:>9.2f}x" if torch_tps else f"{'-':>14} {'-':>10}"))
     return "\n".join(lines)

@@ -966,6 +966,34 @@ def bench_ngram(data_dir, orders, nltk_tokens, as_json):
     _echo_json(result) if as_json else click.echo(format_ngram(result))
 
 
+@bench.command("softmax")
+@click.option("--config", "config_name", type=click.Choice(["small", "base"]), default="base", show_default=True,
+              help="The model's sizes (as for bin/bench --config).")
+@click.option("--vocabs", default="50000,100000,200000", show_default=True,
+              help="Synthetic vocabulary sizes, beside Brown's raw text at --min-count 2 (24.5k words).")
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Training time measured per implementation and case.")
+@click.option("--torch/--no-torch", "use_torch", default=True, show_default=True,
+              help="Also time PyTorch's AdaptiveLogSoftmaxWithLoss with the same cutoffs (the 'bench' extra).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, as_json):
+    """Training and exact scoring speed of the full and the adaptive softmax as the vocabulary grows."""
+    from .bench import format_softmax, run_softmax
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    raw = os.path.join(data_dir, "brown", "raw", "train.txt")
+    if not os.path.isfile(raw):
+        raise FflmError(f"{raw}: not found; pass --data or set FFLM_DATA")
+    try:
+        sizes = [int(v) for v in vocabs.split(",") if v]
+    except ValueError:
+        raise FflmError(f"--vocabs takes numbers separated by commas, not {vocabs!r}") from None
+    result = run_softmax(data_dir, threads, seconds, use_torch, sizes, config_name)
+    _echo_json(result) if as_json else click.echo(format_softmax(result))
+
+
 @bench.command("recipe")
 @click.argument("corpus", metavar="CORPUS", type=click.Choice(sorted(PRESETS)))
 @click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")

@@ -105,3 +105,22 @@ def test_recipe_with_seeds_trains_each_and_mixes_them(run_cli, fake_data, tmp_pa
     assert f"(fflm {weights['fflm']:.3f}, fflm2 {weights['fflm2']:.3f}, kn5 {weights['kn5']:.3f})" in text
     code, _, err = run_cli("bench", "recipe", "brown", "--data", fake_data, "--seeds", "2", "--", "--seed", "4")
     assert code == 1 and "leave --seed out" in err
+
+
+def test_softmax_benchmark_reports_both_layers_on_every_case(run_cli):
+    data = shared_path("brown", "raw", "train.txt").parent.parent.parent
+    code, out, err = run_cli("bench", "softmax", "--config", "small", "--vocabs", "3000", "--seconds", "0.5",
+                             "--no-torch", "--threads", "1", "--data", data, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert [c["case"] for c in r["cases"]] == ["brown-raw", "synth-3k"]
+    raw, syn = r["cases"]
+    assert raw["vocabulary"] == 24540 and syn["vocabulary"] == 3003  # every word of the process, and the specials
+    for c in r["cases"]:
+        assert c["cutoffs"] and c["train_ratio"] == pytest.approx(c["adaptive_train_tokens_per_s"]
+                                                                  / c["full_train_tokens_per_s"])
+        assert c["score_ratio"] == pytest.approx(c["adaptive_score_tokens_per_s"] / c["full_score_tokens_per_s"])
+        assert "torch_adaptive_train_tokens_per_s" not in c
+    from fflm.bench import format_softmax
+
+    assert "synth-3k" in format_softmax(r)
