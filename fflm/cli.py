@@ -481,7 +481,8 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         if not source or not (is_nltk(source) or os.path.exists(source)):
             raise FflmError(f"the training corpus {source!r} recorded in the model is not here; "
                             "pass --baseline-train FILE or --baseline none")
-        train_windows = Windows.from_sentences(read_sentences(source, config), model.vocab, N)
+        baseline_sentences = read_sentences(source, config)
+        train_windows = Windows.from_sentences(baseline_sentences, model.vocab, N)
         lm = NGramLM.estimate(train_windows, model.vocab, N, smoothing=baseline, k=add_k)
         scores[lm.name] = (N, ev.score_ngram(lm, windows))
     parts = neural + ([lm.name] if lm else [])
@@ -493,6 +494,8 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         if len(parts) < 2:
             raise FflmError("--tune-on needs something to interpolate with: a baseline (not --baseline none) or --mix")
         tune_sentences = read_sentences(tune_on, config)
+        _warn_if_seen(tune_on, tune_sentences, meta, source if lm is not None else None,
+                      baseline_sentences if lm is not None else None, config)
         tune = Windows.from_sentences(tune_sentences, model.vocab, width)
         tuned = {"fflm": ev.score_neural(model, model.windows(tune_sentences))}
         for name, _, other in others:
@@ -906,6 +909,26 @@ def ngram_eval(model, text, tokenizer, lowercase, encoding_errors, as_json, per_
         _echo_json(rep)
     else:
         click.echo(format_report(rep))
+
+
+def _warn_if_seen(tune_on, tune_sentences, meta, baseline_source, baseline_sentences, config):
+    """Warn when the tuning text is largely part of the model's or the baseline's training text."""
+    from .evaluate import tuning_overlap
+    from .text import read_sentences
+
+    corpora = {}
+    if baseline_source is not None:
+        corpora[baseline_source] = baseline_sentences
+    model_source = meta.get("training", {}).get("corpus")
+    if model_source and model_source not in corpora and (is_nltk(model_source) or os.path.exists(model_source)):
+        corpora[model_source] = read_sentences(model_source, config)
+    for source, sentences in corpora.items():
+        o = tuning_overlap(tune_sentences, sentences)
+        if o["suspicious"]:
+            warnings.warn(f"--tune-on {tune_on}: {100 * o['seen_share']:.1f}% of its tokens ({o['seen_sentences']:,} of "
+                          f"{o['sentences']:,} sentences) are in the training text {source} (repeats within it: "
+                          f"{100 * o['natural_share']:.1f}%); weights tuned on it favour the model that memorised "
+                          "them: tune on held-out text", FflmWarning)
 
 
 def _write_per_token(path, sentences, vocab, scores):

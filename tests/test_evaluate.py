@@ -86,3 +86,30 @@ def test_em_weights_are_the_best_mixture():
     # a useless part gets (almost) no weight
     useless = _scores(np.full(T, 1e-6))
     assert tune_weights([parts[0], useless])[1] < 1e-3
+
+
+def test_tuning_on_training_text_is_suspicious_and_natural_repeats_are_not():
+    from fflm import read_sentences
+    from fflm.evaluate import tuning_overlap
+    from conftest import SYNTH
+
+    train = read_sentences(SYNTH / "train.txt")
+    valid = read_sentences(SYNTH / "valid.txt")
+    fresh = tuning_overlap(valid, train)  # short sentences of 150 words repeat naturally (about 10%)
+    assert 0.05 < fresh["seen_share"] < 0.2 and not fresh["suspicious"]
+    leaked = tuning_overlap(train[:300] + valid[:700], train)
+    assert leaked["seen_sentences"] >= 300 and leaked["suspicious"]
+    assert tuning_overlap(train[:1000], train)["seen_share"] == 1.0
+
+
+def test_eval_warns_when_the_tuning_text_was_trained_on(tmp_path, run_cli):
+    from conftest import SYNTH
+
+    model = tmp_path / "m.npz"
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", model, "--order", "3", "--embed-dim", "8", "--hidden",
+                           "8", "--epochs", "1", "--threads", "1", "-q")
+    assert code == 0, err
+    code, _, err = run_cli("eval", model, SYNTH / "test.txt", "--tune-on", SYNTH / "valid.txt")
+    assert code == 0 and "--tune-on" not in err
+    code, _, err = run_cli("eval", model, SYNTH / "test.txt", "--tune-on", SYNTH / "train.txt")
+    assert code == 0 and err.count("warning: --tune-on") == 1 and "100.0% of its tokens (10,000 of 10,000 sentences)" in err
