@@ -107,6 +107,11 @@ def cases(d):
         (["train", ok, "-o", out, "--optimizer", "adam", "--loss", "nce"], "--optimizer"),
         (["train", ok, "-o", out, "--tie-embeddings", "--embed-dim", "8", "--hidden", "16"], "tied embeddings"),
         (["train", ok, "-o", out, "--threads", "-1"], "--threads"),
+        (["train", ok, "-o", out, "--softmax", "adaptive", "--cutoffs", "40,x"], "--cutoffs takes ids"),
+        (["train", ok, "-o", out, "--softmax", "adaptive", "--cutoffs", "2,40"], "--cutoffs must rise strictly"),
+        (["train", ok, "-o", out, "--softmax", "adaptive", "--cutoffs", "40,500"], "reach beyond the vocabulary"),
+        (["train", ok, "-o", out, "--cutoffs", "40"], "--cutoffs needs --softmax adaptive"),
+        (["train", ok, "-o", out, "--softmax", "adaptive", "--loss", "nce", *tiny], "--softmax full"),
         (["train", ok, "--order", "3"], "--output"),
         (["train", "-o", out], "CORPUS"),
         # train: where it writes
