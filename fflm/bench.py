@@ -625,7 +625,6 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
         if torch_model is not None:
             row["vs_torch_adaptive"] = row["adaptive_train_tokens_per_s"] / row["torch_adaptive_train_tokens_per_s"]
         result["cases"].append(row)
-        del steps, torch_model
     if use_torch:
         try:
             import torch

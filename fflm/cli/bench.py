@@ -1,0 +1,108 @@
+"""`fflm bench ...`: the benchmarks behind BENCHMARKS.md (fflm/bench.py does the work)."""
+
+import os
+
+import click
+
+from ..errors import FflmError
+from ..presets import PRESETS
+from .common import _echo_json, cli
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--config", "config_name", type=click.Choice(["small", "base"]), default="base", show_default=True,
+              help="small: n=5 m=64 h=256 batch 128; base: n=5 m=128 h=512 batch 256 (Brown's vocabulary).")
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="Training time measured per implementation.")
+@click.option("--loss", type=click.Choice(["softmax", "nce", "neg"]), default="softmax", show_default=True)
+@click.option("--torch/--no-torch", "use_torch", default=True, show_default=True,
+              help="Also time the same model written in PyTorch (when installed: the 'bench' extra).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.pass_context
+def bench(ctx, config_name, data_dir, threads, seconds, loss, use_torch, as_json):
+    """Benchmarks (figures go to BENCHMARKS.md). Without a subcommand: training, scoring and
+    generation speed of a config against this machine's GEMM rate and PyTorch."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..bench import format_speed, recipe_paths, run_speed
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    for path in recipe_paths(data_dir, "brown")[:2]:
+        if not os.path.isfile(path):
+            raise FflmError(f"{path}: not found; pass --data or set FFLM_DATA")
+    result = run_speed(data_dir, config_name, threads, seconds, use_torch, loss)
+    _echo_json(result) if as_json else click.echo(format_speed(result))
+
+
+@bench.command("ngram")
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--orders", default="3,5", show_default=True, help="Comma-separated n-gram orders.")
+@click.option("--nltk-tokens", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Test tokens NLTK's KneserNeyInterpolated scores (0: skip NLTK).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench_ngram(data_dir, orders, nltk_tokens, as_json):
+    """Build and score Kneser-Ney models on Brown, beside the kenlm module and NLTK."""
+    from ..bench import format_ngram, run_ngram
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    if not os.path.isdir(os.path.join(data_dir, "brown")):
+        raise FflmError(f"{data_dir}: no brown/ folder here; pass --data or set FFLM_DATA")
+    try:
+        order_list = [int(o) for o in orders.split(",")]
+    except ValueError:
+        raise FflmError(f"--orders takes numbers separated by commas, not {orders!r}") from None
+    result = run_ngram(data_dir, order_list, nltk_tokens)
+    _echo_json(result) if as_json else click.echo(format_ngram(result))
+
+
+@bench.command("softmax")
+@click.option("--config", "config_name", type=click.Choice(["small", "base"]), default="base", show_default=True,
+              help="The model's sizes (as for bin/bench --config).")
+@click.option("--vocabs", default="50000,100000,200000", show_default=True,
+              help="Synthetic vocabulary sizes, beside Brown's raw text at --min-count 2 (24.5k words).")
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Training time measured per implementation and case.")
+@click.option("--torch/--no-torch", "use_torch", default=True, show_default=True,
+              help="Also time PyTorch's AdaptiveLogSoftmaxWithLoss with the same cutoffs (the 'bench' extra).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, as_json):
+    """Training and exact scoring speed of the full and the adaptive softmax as the vocabulary grows."""
+    from ..bench import format_softmax, run_softmax
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    raw = os.path.join(data_dir, "brown", "raw", "train.txt")
+    if not os.path.isfile(raw):
+        raise FflmError(f"{raw}: not found; pass --data or set FFLM_DATA")
+    try:
+        sizes = [int(v) for v in vocabs.split(",") if v]
+    except ValueError:
+        raise FflmError(f"--vocabs takes numbers separated by commas, not {vocabs!r}") from None
+    result = run_softmax(data_dir, threads, seconds, use_torch, sizes, config_name)
+    _echo_json(result) if as_json else click.echo(format_softmax(result))
+
+
+@bench.command("recipe")
+@click.argument("corpus", metavar="CORPUS", type=click.Choice(sorted(PRESETS)))
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train the recipe with seeds 1..N, one after the other, and evaluate their mixture too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def bench_recipe(corpus, data_dir, threads, seeds, as_json, extra):
+    """Train the README's recipe for CORPUS and evaluate it on test beside KN (options after -- go to
+    fflm train, e.g. `fflm bench recipe brown -- --hidden 512`)."""
+    from ..bench import format_recipe, recipe_paths, run_recipe
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    for path in recipe_paths(data_dir, corpus):
+        if not os.path.isfile(path):
+            raise FflmError(f"{path}: not found; pass --data or set FFLM_DATA")
+    result = run_recipe(data_dir, corpus, threads, extra, seeds=seeds)
+    _echo_json(result) if as_json else click.echo(format_recipe(result))
+
+

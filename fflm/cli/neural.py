@@ -1,0 +1,536 @@
+"""`fflm train`, `eval`, `generate`, `info`, `score`: the neural model's commands."""
+
+import json
+import os
+import sys
+import time
+import warnings
+
+import click
+
+from ..errors import FflmError, FflmWarning
+from ..presets import PRESETS, preset_flags
+from ..text import is_nltk, source_name
+from .common import (
+    EPILOG_DATA,
+    _available_memory,
+    _check_output,
+    _checkpoint_path,
+    _echo_json,
+    _epoch_line,
+    _json_safe,
+    _load_model,
+    _parse_cutoffs,
+    _parse_hidden,
+    _progress,
+    _sha256,
+    _text_config,
+    cli,
+    text_options,
+)
+
+
+@cli.command(epilog="\b\nPresets:\n" + "\n".join(f"  --preset {name} = {preset_flags(name)}" for name in sorted(PRESETS))
+             + "\n\n" + EPILOG_DATA)
+@click.argument("corpus", required=False)
+@click.option("-o", "--output", default=None, help="The model file to write (.npz).  [required]")
+@click.option("--valid", default=None, help="Validation text: learning-rate halving, early stop, best model kept.")
+@click.option("--order", type=int, default=5, show_default=True, help="n: the model sees n-1 previous words.")
+@click.option("--embed-dim", type=int, default=128, show_default=True, help="m, the word embedding size.")
+@click.option("--hidden", default="256", show_default=True, help="Hidden layer sizes, e.g. 512 or 512,256; 0: none.")
+@click.option("--activation", type=click.Choice(["tanh", "relu", "sigmoid"]), default="tanh", show_default=True)
+@click.option("--direct", is_flag=True, help="Bengio's direct connections from the embeddings to the output.")
+@click.option("--tie-embeddings", "tied", is_flag=True,
+              help="Use the embedding table as the output layer (U = Eᵀ; the last hidden size must equal --embed-dim).")
+@click.option("--softmax", type=click.Choice(["full", "adaptive", "auto"]), default="full", show_default=True,
+              help="Output layer: the full softmax, the adaptive softmax (a head of frequent words and tail "
+                   "clusters; exact, far cheaper for large vocabularies), or auto: adaptive from 20,000 words on.")
+@click.option("--cutoffs", default=None, metavar="ID,ID",
+              help="Adaptive: where each tail cluster starts in the frequency ranking, e.g. 2000,10000 "
+                   "[default: the head covers 85% of the training tokens, the first tail up to 95%].")
+@click.option("--tail-div", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Adaptive: tail cluster i projects the output layer's input to width / DIV**i units.")
+@click.option("--cross-sentence", is_flag=True,
+              help="Contexts run on from the previous sentence instead of <s> padding (same scored tokens).")
+@click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
+@click.option("--warmup-steps", type=int, default=0, show_default=True,
+              help="Raise the learning rate linearly from 0 over this many first steps.")
+@click.option("--lr-decay", type=float, default=1.0, show_default=True,
+              help="Multiply the learning rate by this after every epoch (besides the halving).")
+@click.option("--max-halvings", type=int, default=4, show_default=True,
+              help="Stop after this many halvings; halving starts this many epochs before --epochs at the latest.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 penalty on weights and embeddings.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "adam"]), default="sgd", show_default=True,
+              help="Plain SGD (the teaching path), or Adagrad / Adam (use a smaller --lr, e.g. 0.05 / 0.002).")
+@click.option("--dropout", type=float, default=0.0, show_default=True,
+              help="Inverted dropout on the hidden layers' outputs while training (off at evaluation).")
+@click.option("--embed-dropout", type=float, default=0.0, show_default=True,
+              help="The same on the concatenated context embeddings.")
+@click.option("--loss", type=click.Choice(["softmax", "nce", "neg"]), default="softmax", show_default=True,
+              help="Training objective: exact softmax cross-entropy, or the cheaper sampled nce / neg "
+                   "(negative sampling). Evaluation always uses the exact softmax.")
+@click.option("--noise-samples", type=int, default=100, show_default=True, help="k noise words a batch (nce, neg).")
+@click.option("--noise-power", type=float, default=0.75, show_default=True,
+              help="Noise distribution: unigram counts to this power (nce, neg).")
+@click.option("--clip", type=float, default=0.0, show_default=True, help="Clip the gradient norm to this (0: off).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="A measured recipe from BENCHMARKS.md (its flags below); flags given here win.")
+@click.option("--max-rollbacks", type=click.IntRange(min=0), default=5, show_default=True,
+              help="On a NaN/inf loss, go back to the last good weights and halve --lr, at most this often.")
+@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
+@click.option("--max-vocab", type=click.IntRange(min=4), default=None, help="Cap on vocabulary size (specials included).")
+@text_options
+@click.option("--seed", type=int, default=1, show_default=True, help="Initialisation and shuffling seed.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--checkpoint", default=None,
+              help="Resumable state file, written every --checkpoint-every seconds, after each epoch and on "
+                   "Ctrl-C / SIGTERM; removed when training ends.  [default: OUTPUT with .ckpt.npz]")
+@click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600, show_default=True,
+              help="Seconds between checkpoints within an epoch (0: only after epochs and on interruption).")
+@click.option("--resume", default=None,
+              help="Continue from this checkpoint with its settings (CORPUS and the other options are taken from it).")
+@click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.pass_context
+def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, tail_div,
+          cross_sentence, epochs,
+          batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
+          noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
+          encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, json_log, quiet):
+    """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
+
+    \b
+    The model file is rewritten (atomically) after every epoch with the best weights so far.
+    Ctrl-C or SIGTERM saves a checkpoint; `fflm train --resume CKPT` continues bit-identically.
+    Example (Brown, 31 minutes on 2 cores, test perplexity 110.5 against KN5's 146.7):
+      fflm train ../shared/data/brown/train.txt --valid ../shared/data/brown/valid.txt -o brown.npz --preset brown
+    """
+    import signal
+
+    from .. import train as training
+    from ..model import FFNNLM, ModelConfig, memory_estimate
+    from ..text import TextConfig, read_sentences
+    from ..vocab import Vocabulary
+    from ..windows import Windows
+
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    if resume:
+        given = [p.opts[-1] if p.opts else p.name for p in ctx.command.params
+                 if p.name not in ("corpus", "resume", "threads", "quiet", "checkpoint_every", "json_log")
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise FflmError(f"--resume continues with the checkpoint's own settings; drop {', '.join(given)}")
+        run = training.Trainer.read_meta(resume).get("run")
+        if not isinstance(run, dict) or "corpus" not in run:
+            raise FflmError(f"{resume}: this checkpoint does not say which corpus it was training on")
+        if corpus is not None and source_name(corpus) != run["corpus"]:
+            raise FflmError(f"{resume}: was made on {run['corpus']}, not {corpus}")
+        corpus, valid, output, checkpoint = run["corpus"], run.get("valid"), run["output"], resume
+        from ..fileio import check_readable
+
+        for path, digest in ((corpus, run.get("sha256")), (valid, run.get("valid_sha256"))):
+            if path is not None:
+                if not is_nltk(path):
+                    check_readable(path)
+                if _sha256(path) != digest:
+                    raise FflmError(f"{path} has changed since the checkpoint was written; cannot resume")
+        text = TextConfig.from_dict(run.get("text", {}))
+        if run.get("threads") not in (None, threads):
+            warnings.warn(f"the checkpoint was made with --threads {run['threads']}; with {threads} the result "
+                          "can differ in the last bits from an uninterrupted run", FflmWarning)
+    else:
+        if corpus is None:
+            raise click.UsageError("missing argument 'CORPUS' (or give --resume CHECKPOINT)")
+        if output is None:
+            raise click.UsageError("missing option '-o' / '--output'")
+        text = _text_config(None, tokenizer, lowercase, encoding_errors)
+        checkpoint = checkpoint or _checkpoint_path(output)
+        if preset:  # the preset's values wherever the command line gave none
+            names = ("order", "cross_sentence", "embed_dim", "hidden", "tied", "dropout", "embed_dropout",
+                     "activation", "lr", "batch_size", "epochs", "weight_decay", "max_halvings", "softmax")
+            assert set(PRESETS[preset]) <= set(names), "a preset sets an option this list does not apply"
+            given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+            p = {**ctx.params, **{k: v for k, v in PRESETS[preset].items() if k not in given}}
+            (order, cross_sentence, embed_dim, hidden, tied, dropout, embed_dropout, activation, lr, batch_size,
+             epochs, weight_decay, max_halvings, softmax) = (p[k] for k in names)
+    _check_output(output)
+    _check_output(checkpoint)
+    if json_log:
+        _check_output(json_log)
+    sentences = read_sentences(corpus, text)
+    valid_sentences = read_sentences(valid, text) if valid else None
+    if resume:
+        def windows_for(model):
+            return model.windows(sentences), (model.windows(valid_sentences) if valid_sentences else None)
+
+        trainer, cmeta = training.Trainer.load_checkpoint(resume, windows_for)
+        model, tconfig, meta = trainer.model, trainer.config, cmeta["model_meta"]
+        used = training.set_threads(threads)
+        say(f"resuming {resume}: epoch {trainer.epoch}, batch {trainer.batch}, {used} thread(s)")
+    else:
+        config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
+                             direct=direct, cross_sentence=cross_sentence, tied=tied, softmax=softmax,
+                             cutoffs=_parse_cutoffs(cutoffs), tail_div=tail_div)
+        config.check()
+        tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                                       lr_decay=lr_decay, max_halvings=max_halvings,
+                                       weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
+                                       embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
+                                       noise_power=noise_power, clip=clip, seed=seed, threads=threads)
+        tconfig.check()
+        vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
+        config = config.resolve(vocab.counts)
+        config.check_vocab(len(vocab))
+        windows = Windows.from_sentences(sentences, vocab, order, cross_sentence)
+        words = len(windows) - windows.num_sentences
+        if words < order - 1:
+            raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
+        valid_windows = Windows.from_sentences(valid_sentences, vocab, order, cross_sentence) if valid else None
+        need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0,
+                               optimizer=optimizer)
+        have = _available_memory()
+        if have is not None and need > have:
+            raise FflmError(
+                f"this model needs about {need / 2**30:.1f} GiB to train but {have / 2**30:.1f} GiB is available; "
+                "use a smaller --hidden, --embed-dim, --batch-size or --max-vocab"
+            )
+        used = training.set_threads(threads)
+        model = FFNNLM(vocab, config, seed=seed)
+        trainer = training.Trainer(model, windows, valid_windows, tconfig, max_rollbacks=max_rollbacks)
+        say(f"vocabulary {len(vocab)}, {len(windows)} training tokens, {config.n_params(len(vocab)):,} parameters, "
+            f"{used} thread(s)")
+        meta = {
+            "text": text.to_dict(),
+            "training": {
+                "preset": preset,
+                "corpus": source_name(corpus),
+                "sha256": _sha256(corpus),
+                "valid": source_name(valid) if valid else None,
+                "config": tconfig.to_dict(),
+                "history": [],
+            },
+        }
+    meta["training"]["compile_seconds"] = round(training.warm_up(model, tconfig), 3)
+    run_info = {
+        "corpus": meta["training"]["corpus"], "sha256": meta["training"]["sha256"],
+        "valid": meta["training"]["valid"],
+        "valid_sha256": _sha256(meta["training"]["valid"]) if meta["training"]["valid"] else None,
+        "output": os.path.abspath(output), "text": meta["text"], "threads": threads,
+    }
+
+    def on_epoch(trainer):
+        row = trainer.history[-1]
+        meta["training"]["history"] = trainer.history
+        meta["training"]["rollbacks"] = trainer.rollbacks
+        model.save(output, meta)
+        say(_epoch_line(row) + (f"  {row['tokens_per_s']:,.0f} tokens/s" if row["tokens_per_s"] else ""))
+        if json_log:
+            with open(json_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(_json_safe(row)) + "\n")
+
+    def on_checkpoint(trainer):
+        trainer.save_checkpoint(checkpoint, {"run": run_info, "model_meta": meta})
+
+    if json_log and os.path.exists(json_log) and not resume:
+        os.remove(json_log)  # a fresh log per run
+    stop = {}
+
+    def on_signal(signum, frame):
+        stop.setdefault("signal", signum)
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    start = time.perf_counter()
+    try:
+        history = trainer.run(progress=None if quiet else _progress(quiet), on_epoch=on_epoch,
+                              should_stop=lambda t: bool(stop), on_checkpoint=on_checkpoint,
+                              on_event=lambda msg: warnings.warn(msg, FflmWarning),
+                              checkpoint_seconds=checkpoint_every)
+    except training.Interrupted:
+        name = signal.Signals(stop["signal"]).name
+        click.echo(f"fflm: {name}: stopped in epoch {trainer.epoch} after batch {trainer.batch}; checkpoint "
+                   f"{checkpoint}; continue with: fflm train --resume {checkpoint}", err=True)
+        sys.exit(128 + stop["signal"])
+    except training.Diverged:
+        if os.path.exists(checkpoint):
+            os.remove(checkpoint)  # a diverged run is not worth resuming; the model file keeps the best
+        raise
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)  # finished: the model file has the best weights
+    best = min((r["valid_ppl"] for r in history), default=float("nan")) if valid else None
+    if valid and not quiet and sys.stdout.isatty() and len(history) > 1:
+        from ..plot import text_plot
+
+        click.echo(text_plot([r["valid_ppl"] for r in history]))
+    say(f"wrote {output} after {len(history)} epochs in {time.perf_counter() - start:.0f} s"
+        + (f"; best valid ppl {best:.2f}" if best is not None else ""))
+
+
+@cli.command("eval")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("text")
+@click.option("--baseline", type=click.Choice(["kn", "add-k", "none"]), default="kn", show_default=True,
+              help="The n-gram model beside the neural one, built on the model's training corpus.")
+@click.option("--baseline-order", type=click.IntRange(1, 10), default=None, help="Its order (default: the model's n).")
+@click.option("--baseline-train", default=None, help="Build the baseline on this corpus instead.")
+@click.option("--k", "add_k", type=float, default=1.0, show_default=True, help="k for --baseline add-k.")
+@click.option("--tune-on", default=None, help="Validation text: add the interpolation of both, its weight tuned there.")
+@click.option("--mix", "mix_paths", multiple=True, metavar="MODEL",
+              help="Another neural model with the same vocabulary (repeatable): rows fflm2, ..., their "
+                   "equal-weight ensemble and, with --tune-on, the mixture of all.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--per-token", type=click.Path(dir_okay=False), default=None, help="Write every token's log10 p (TSV).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tune_on, mix_paths, as_json, per_token,
+          threads, quiet):
+    """Perplexity of a neural MODEL on TEXT, beside an n-gram baseline, on exactly the same tokens.
+
+    \b
+    Every word and one </s> per sentence is scored with the exact softmax; OOV words are
+    scored as <unk>. Rows: fflm, the baseline (kn5, laplace5, ...) and, with --tune-on,
+    their linear interpolation with the weight that is best on the tuning text. With --mix,
+    the other models too, their equal-weight ensemble, and (with --tune-on) the mixture of
+    every model, its weights tuned by EM.
+    Examples:
+      fflm eval brown.npz ../shared/data/brown/test.txt --tune-on ../shared/data/brown/valid.txt
+      fflm eval a.npz test.txt --mix b.npz --tune-on valid.txt
+    """
+    from .. import evaluate as ev
+    from ..ngram import NGramLM
+    from ..text import read_sentences
+    from ..train import set_threads
+    from ..windows import Windows
+
+    if per_token:
+        _check_output(per_token)
+    set_threads(threads)
+    model, meta, config = _load_model(model_path)
+    others = []  # (row name, path, model): the --mix models, checked to score the same tokens
+    for i, path in enumerate(mix_paths, start=2):
+        other, _, other_config = _load_model(path)
+        if other.vocab.words != model.vocab.words:
+            raise FflmError(f"{path}: its vocabulary differs from {model_path}'s; only models over the same "
+                            "vocabulary can be mixed (their perplexities are not comparable)")
+        if other_config != config:
+            raise FflmError(f"{path}: its text settings ({other_config.to_dict()}) differ from {model_path}'s "
+                            f"({config.to_dict()}); only models reading text the same way can be mixed")
+        others.append((f"fflm{i}", path, other))
+    n = model.config.order
+    N = baseline_order or n
+    width = max([n, N] + [o.config.order for _, _, o in others])
+    sentences = read_sentences(text, config)
+    ev.check_coverage(sentences, model.vocab, text)
+    windows = Windows.from_sentences(sentences, model.vocab, width)
+    scores = {"fflm": (n, ev.score_neural(model, model.windows(sentences)))}  # its own contexts; same targets
+    for name, _, other in others:
+        scores[name] = (other.config.order, ev.score_neural(other, other.windows(sentences)))
+    neural = list(scores)
+    lm = None
+    if baseline != "none":
+        source = baseline_train or meta.get("training", {}).get("corpus")
+        if not source or not (is_nltk(source) or os.path.exists(source)):
+            raise FflmError(f"the training corpus {source!r} recorded in the model is not here; "
+                            "pass --baseline-train FILE or --baseline none")
+        baseline_sentences = read_sentences(source, config)
+        train_windows = Windows.from_sentences(baseline_sentences, model.vocab, N)
+        lm = NGramLM.estimate(train_windows, model.vocab, N, smoothing=baseline, k=add_k)
+        scores[lm.name] = (N, ev.score_ngram(lm, windows))
+    parts = neural + ([lm.name] if lm else [])
+    if others:
+        equal = [1.0 / len(neural)] * len(neural)
+        scores["ensemble"] = (max(scores[k][0] for k in neural), ev.mix([scores[k][1] for k in neural], equal))
+    lam = weights = None
+    if tune_on:
+        if len(parts) < 2:
+            raise FflmError("--tune-on needs something to interpolate with: a baseline (not --baseline none) or --mix")
+        tune_sentences = read_sentences(tune_on, config)
+        _warn_if_seen(tune_on, tune_sentences, meta, source if lm is not None else None,
+                      baseline_sentences if lm is not None else None, config)
+        tune = Windows.from_sentences(tune_sentences, model.vocab, width)
+        tuned = {"fflm": ev.score_neural(model, model.windows(tune_sentences))}
+        for name, _, other in others:
+            tuned[name] = ev.score_neural(other, other.windows(tune_sentences))
+        if lm is not None:
+            tuned[lm.name] = ev.score_ngram(lm, tune)
+            lam = ev.tune_lambda(tuned["fflm"], tuned[lm.name])
+            scores["interpolated"] = (max(n, N), ev.interpolate(scores["fflm"][1], scores[lm.name][1], lam))
+        if others:
+            weights = dict(zip(parts, ev.tune_weights([tuned[k] for k in parts]).tolist()))
+            scores["mixture"] = (max(scores[k][0] for k in parts),
+                                 ev.mix([scores[k][1] for k in parts], list(weights.values())))
+    rep = ev.report(scores)
+    rows = {m["name"]: m for m in rep["models"]}
+    for name, path, _ in others:
+        rows[name]["model"] = path
+    if lam is not None:
+        rows["interpolated"]["lambda"] = lam
+    if weights is not None:
+        rows["mixture"]["weights"] = weights
+    if per_token:
+        from ..fileio import atomic_write
+
+        words = [w for s in sentences for w in s + ["</s>"]]
+        names = list(scores)
+        with atomic_write(per_token) as f:
+            f.write("word\t" + "\t".join(f"{name}_log10" for name in names) + "\toov\n")
+            columns = [scores[name][1].log10.tolist() for name in names]
+            oov = scores["fflm"][1].oov.tolist()
+            for i, w in enumerate(words):
+                f.write(w + "\t" + "\t".join(f"{c[i]:.6f}" for c in columns) + f"\t{int(oov[i])}\n")
+    if as_json:
+        _echo_json(rep)
+    else:
+        click.echo(ev.format_report(rep))
+        if others:
+            click.echo("")
+            for name, path, _ in others:
+                click.echo(f"{name} = {path}")
+            click.echo(f"ensemble = the mean of the probabilities of {', '.join(neural[:-1])} and {neural[-1]}")
+        if lam is not None:
+            click.echo(f"\ninterpolated = {lam:.4f} * fflm + {1 - lam:.4f} * {lm.name}  (weight tuned on {tune_on})")
+        if weights is not None:
+            terms = " + ".join(f"{w:.4f} * {k}" for k, w in weights.items())
+            click.echo(f"mixture = {terms}  (weights tuned on {tune_on} by EM)")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--prompt", default="", help="Text the samples continue (tokenized like the training text).")
+@click.option("--num-words", type=int, default=30, show_default=True, help="At most this many words per sample.")
+@click.option("--num-samples", type=int, default=5, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="<1 sharper, >1 flatter.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Sample only from the k likeliest words (0: all).")
+@click.option("--seed", type=int, default=None, help="Same seed, same samples.")
+@click.option("--no-unk", is_flag=True, help="Never produce <unk>.")
+@click.option("--json", "as_json", is_flag=True, help="Print the samples as a JSON list.")
+def generate(model_path, prompt, num_words, num_samples, temperature, top_k, seed, no_unk, as_json):
+    """Sample sentences from a neural MODEL, word by word, until </s>.
+
+    \b
+    Example:
+      fflm generate brown.npz --prompt "The jury" --num-samples 3 --temperature 0.8 --top-k 50 --seed 1
+    """
+    from ..generate import sample
+
+    model, _, config = _load_model(model_path)
+    words = config.tokenize(prompt) if prompt.strip() else []
+    samples = sample(model, num_samples, words, num_words, temperature, top_k, seed, no_unk)
+    if as_json:
+        _echo_json([" ".join(s) for s in samples])
+    else:
+        for s in samples:
+            click.echo(" ".join(s))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def info(model_path, as_json):
+    """What a model file holds: architecture, vocabulary, text settings, training corpus and history."""
+    model, meta, _ = _load_model(model_path)
+    V = len(model.vocab)
+    summary = {k: v for k, v in meta.items() if k != "vocab"}
+    summary["vocabulary_size"] = V
+    summary["parameters"] = model.config.n_params(V)
+    if as_json:
+        _echo_json(summary)
+        return
+    c = model.config
+    click.echo(f"{model_path}: fflm model format {meta['version']}, {meta.get('dtype')}")
+    click.echo(f"architecture: n={c.order}, embedding {c.embed_dim}, hidden {list(c.hidden) or 'none'}, "
+               f"{c.activation}{', direct connections' if c.direct else ''}{', tied embeddings' if c.tied else ''}"
+               f"{', cross-sentence contexts' if c.cross_sentence else ''}; {summary['parameters']:,} parameters")
+    if c.softmax == "adaptive":
+        from ..output import tail_dims
+
+        bounds = list(c.cutoffs) + [V]
+        tails = ", ".join(f"{bounds[i + 1] - bounds[i]} words at width {d}" for i, d in enumerate(tail_dims(c)))
+        click.echo(f"output layer: adaptive softmax, head of {bounds[0]} words + {len(c.cutoffs)} cluster(s)"
+                   + (f"; tails: {tails}" if tails else ""))
+    else:
+        click.echo("output layer: full softmax")
+    click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
+    click.echo(f"text: {meta.get('text')}")
+    tr = meta.get("training", {})
+    if tr:
+        click.echo(f"trained on: {tr.get('corpus')} (sha256 {str(tr.get('sha256'))[:16]}…)")
+        if tr.get("valid"):
+            click.echo(f"validated on: {tr['valid']}")
+        click.echo(f"settings: {tr.get('config')}")
+        for row in tr.get("history", []):
+            click.echo("  " + _epoch_line(row))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("text")
+@click.option("--per-token", is_flag=True, help="Every word's id, n-gram length and log10 p before each Total.")
+@click.option("--summary-only", is_flag=True, help="Only the closing summary (KenLM's `query -v summary`).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+def score(model_path, text, per_token, summary_only, threads):
+    """Score TEXT with MODEL (an fflm .npz or an ARPA file) in the layout of KenLM's `query`.
+
+    \b
+    Per sentence `Total: <log10 p> OOV: <count>`; with --per-token each token as
+    `word=<id> <n-gram length> <log10 p>` and a tab first; then KenLM's summary lines
+    (Perplexity including OOVs, Perplexity excluding OOVs, OOVs, Tokens). Scripts that
+    parse KenLM's output read this.
+    Example:
+      fflm score brown.npz ../shared/data/brown/test.txt --per-token | head -3
+    """
+    from .. import evaluate as ev
+    from ..fileio import check_readable
+    from ..text import TextConfig, read_sentences
+    from ..windows import Windows
+
+    check_readable(model_path)
+    with open(model_path, "rb") as f:
+        neural = f.read(4) == b"PK\x03\x04"
+    if neural:
+        from ..train import set_threads
+
+        set_threads(threads)
+        model, _, config = _load_model(model_path)
+        sentences = read_sentences(text, config)
+        ev.check_coverage(sentences, model.vocab, text)
+        scores, order = ev.score_neural(model, model.windows(sentences)), model.config.order
+    else:
+        from ..ngram import NGramLM
+
+        lm = NGramLM.load_arpa(model_path)
+        config = TextConfig.from_dict(lm.meta.get("text", {})) if lm.meta else TextConfig()
+        sentences = read_sentences(text, config)
+        ev.check_coverage(sentences, lm.vocab, text)
+        scores, order = ev.score_ngram(lm, Windows.from_sentences(sentences, lm.vocab, lm.order)), lm.order
+    if not summary_only:
+        for line in ev.query_lines(sentences, scores, order, per_token):
+            click.echo(line)
+    click.echo(ev.query_summary(scores))
+
+
+
+def _warn_if_seen(tune_on, tune_sentences, meta, baseline_source, baseline_sentences, config):
+    """Warn when the tuning text is largely part of the model's or the baseline's training text."""
+    from ..evaluate import tuning_overlap
+    from ..text import read_sentences
+
+    corpora = {}
+    if baseline_source is not None:
+        corpora[baseline_source] = baseline_sentences
+    model_source = meta.get("training", {}).get("corpus")
+    if model_source and model_source not in corpora and (is_nltk(model_source) or os.path.exists(model_source)):
+        corpora[model_source] = read_sentences(model_source, config)
+    for source, sentences in corpora.items():
+        o = tuning_overlap(tune_sentences, sentences)
+        if o["suspicious"]:
+            warnings.warn(f"--tune-on {tune_on}: {100 * o['seen_share']:.1f}% of its tokens ({o['seen_sentences']:,} of "
+                          f"{o['sentences']:,} sentences) are in the training text {source} (repeats within it: "
+                          f"{100 * o['natural_share']:.1f}%); weights tuned on it favour the model that memorised "
+                          "them: tune on held-out text", FflmWarning)
+
+

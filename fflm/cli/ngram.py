@@ -1,0 +1,167 @@
+"""`fflm ngram train` and `fflm ngram eval`: the n-gram baseline, like KenLM's lmplz and query."""
+
+import time
+
+import click
+
+from ..text import source_name
+from .common import (
+    EPILOG_DATA,
+    _check_output,
+    _echo_json,
+    _progress,
+    _text_config,
+    cli,
+    text_options,
+)
+
+
+@cli.group()
+def ngram():
+    """The n-gram baseline: build (like KenLM's lmplz) and evaluate (like KenLM's query)."""
+
+
+@ngram.command("train", epilog=EPILOG_DATA)
+@click.argument("corpus")
+@click.option("-o", "--output", required=True, help="The ARPA file to write (.gz to compress).")
+@click.option("--order", type=click.IntRange(1, 10), default=5, show_default=True, help="n, the n-gram order.")
+@click.option(
+    "--smoothing",
+    type=click.Choice(["kn", "add-k", "mle"]),
+    default="kn",
+    show_default=True,
+    help="kn: interpolated modified Kneser-Ney (KenLM's); add-k (k=1 is Laplace); mle (unsmoothed).",
+)
+@click.option("--k", "add_k", type=float, default=1.0, show_default=True, help="k for add-k smoothing.")
+@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
+@click.option("--max-vocab", type=click.IntRange(min=4), default=None, help="Cap on vocabulary size (specials included).")
+@text_options
+@click.option(
+    "--discount-fallback",
+    nargs=3,
+    type=float,
+    default=(0.5, 1.0, 1.5),
+    show_default=True,
+    help="Kneser-Ney discounts D1 D2 D3+ for an order whose counts cannot give them (tiny corpora).",
+)
+@click.option("--no-fallback", is_flag=True, help="Make unestimable discounts an error instead.")
+@click.option("--exact-discounts", is_flag=True, help="Textbook count-of-counts instead of KenLM's (differs ~1e-3).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
+def ngram_train(corpus, output, order, smoothing, add_k, min_count, max_vocab, tokenizer, lowercase,
+                encoding_errors, discount_fallback, no_fallback, exact_discounts, as_json, quiet):
+    """Estimate an n-gram model from CORPUS (one sentence per line) and write it as ARPA.
+
+    \b
+    Example (KenLM's lmplz -o 5 gives the same model):
+      fflm ngram train ../shared/data/brown/train.txt -o kn5.arpa --order 5
+    """
+    from ..ngram import NGramLM
+    from ..text import read_sentences
+    from ..vocab import Vocabulary
+    from ..windows import Windows
+
+    _check_output(output)
+    config = _text_config(None, tokenizer, lowercase, encoding_errors)
+    bar = _progress(quiet)
+    start = time.perf_counter()
+    with bar(total=4, desc="n-gram model") as steps:
+        steps.set_postfix_str("reading")
+        sentences = read_sentences(corpus, config)
+        steps.update()
+        vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
+        windows = Windows.from_sentences(sentences, vocab, order)
+        steps.update()
+        steps.set_postfix_str("estimating")
+        lm = NGramLM.estimate(
+            windows, vocab, order, smoothing=smoothing, k=add_k,
+            discount_fallback=None if no_fallback else discount_fallback, kenlm_compat=not exact_discounts,
+        )
+        lm.meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
+        steps.update()
+        steps.set_postfix_str("writing")
+        lm.save_arpa(output)
+        steps.update()
+    seconds = time.perf_counter() - start
+    summary = {
+        "model": output,
+        "name": lm.name,
+        "order": order,
+        "smoothing": smoothing,
+        "vocabulary": len(vocab),
+        "tokens": len(windows),
+        "sentences": windows.num_sentences,
+        "ngrams": lm.sizes,
+        "discounts": [list(d) for d in lm.discounts] if lm.discounts else None,
+        "seconds": round(seconds, 3),
+    }
+    if as_json:
+        _echo_json(summary)
+    elif not quiet:
+        click.echo(f"{lm.name}: {order}-gram {smoothing} model of {corpus}")
+        click.echo(f"vocabulary: {len(vocab)} words; {len(windows)} tokens in {windows.num_sentences} sentences")
+        click.echo("n-grams: " + " ".join(f"{k}={n}" for k, n in enumerate(lm.sizes, 1)))
+        if lm.discounts:
+            click.echo(
+                "discounts: "
+                + " · ".join(f"{k}: " + " ".join(f"{d:.6g}" for d in ds) for k, ds in enumerate(lm.discounts, 1))
+            )
+        click.echo(f"wrote {output} in {seconds:.2f} s")
+
+
+@ngram.command("eval")
+@click.argument("model")
+@click.argument("text")
+@text_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--per-token", type=click.Path(dir_okay=False), default=None,
+              help="Write word, log10 p and the n-gram length used for every token (TSV).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def ngram_eval(model, text, tokenizer, lowercase, encoding_errors, as_json, per_token, quiet):
+    """Perplexity of an ARPA MODEL on TEXT, counted like KenLM's query.
+
+    \b
+    Every word and one </s> per sentence are scored, <s> never; OOV words are scored
+    as <unk> and also left out in a second perplexity.
+    Example:
+      fflm ngram eval kn5.arpa ../shared/data/brown/test.txt
+    """
+    from ..evaluate import check_coverage, format_report, report, score_ngram
+    from ..ngram import NGramLM
+    from ..text import TextConfig, read_sentences
+    from ..windows import Windows
+
+    if per_token:
+        _check_output(per_token)
+    bar = _progress(quiet)
+    with bar(total=3, desc="evaluating") as steps:
+        lm = NGramLM.load_arpa(model)
+        steps.update()
+        base = TextConfig.from_dict(lm.meta.get("text", {})) if lm.meta else None
+        config = _text_config(base, tokenizer, lowercase, encoding_errors)
+        sentences = read_sentences(text, config)
+        check_coverage(sentences, lm.vocab, text)
+        windows = Windows.from_sentences(sentences, lm.vocab, lm.order)
+        steps.update()
+        scores = score_ngram(lm, windows)
+        steps.update()
+    rep = report({lm.name: (lm.order, scores)})
+    if per_token:
+        _write_per_token(per_token, sentences, lm.vocab, scores)
+    if as_json:
+        _echo_json(rep)
+    else:
+        click.echo(format_report(rep))
+
+
+
+def _write_per_token(path, sentences, vocab, scores):
+    from ..fileio import atomic_write
+
+    words = [w for s in sentences for w in s + [vocab.EOS]]
+    with atomic_write(path) as f:
+        f.write("word\tlog10_prob\tngram_length\toov\n")
+        for w, lp, n, oov in zip(words, scores.log10.tolist(), scores.ngram_length.tolist(), scores.oov.tolist()):
+            f.write(f"{w}\t{lp:.6f}\t{n}\t{int(oov)}\n")
+
+
