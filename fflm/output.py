@@ -14,8 +14,9 @@ each row's target cluster: a row costs H*(head) multiply-adds, plus H*d_i + d_i*
 target is in cluster i, against H*V for the full softmax. Only `probs` (the whole distribution,
 for sampling with a temperature or top-k) computes every cluster for every row.
 
-U_head is two parameters: U (H, head words) and Uc (H, clusters). With tied embeddings every
-word's output vector is its embedding: U = E[:head]ᵀ and U_i = E[cluster i]ᵀ, so d_i = m.
+U_head is one parameter U (H, head words + clusters), as PyTorch's head is one Linear layer.
+With tied embeddings every word's output vector is its embedding: the head's word columns are
+E[:head]ᵀ (its cluster columns a parameter Uc of their own) and U_i = E[cluster i]ᵀ, so d_i = m.
 """
 
 import math
@@ -65,12 +66,11 @@ def tail_dims(config):
 
 
 def shapes(config, V):
-    """The output layer's parameters: weights (U unless tied, Uc, then P_i, U_i per cluster) and
-    biases (c over the head, c_i per cluster)."""
+    """The output layer's parameters: weights (the head's U, or Uc when tied, then P_i and U_i per
+    cluster) and biases (c over the head, c_i per cluster)."""
     H, bounds = config.output_width, list(config.cutoffs) + [V]
     C, head = len(config.cutoffs), bounds[0]
-    weights = [] if config.tied else [("U", (H, head))]
-    weights.append(("Uc", (H, C)))
+    weights = [("Uc", (H, C))] if config.tied else [("U", (H, head + C))]
     biases = [("c", (head + C,))]
     for i, d in enumerate(tail_dims(config)):
         size = bounds[i + 1] - bounds[i]
@@ -114,8 +114,11 @@ class AdaptiveSoftmax:
         self.tied = cfg.tied
         p, g = model.params, model.grads
         E, dE = model.E, model.dE
-        self.U, self.dU = (E[: self.head].T, dE[: self.head]) if cfg.tied else (p["U"], g["U"])
-        self.Uc, self.dUc, self.c, self.dc = p["Uc"], g["Uc"], p["c"], g["c"]
+        if cfg.tied:  # the head in two parts: the words' columns are E's rows, the clusters' Uc
+            self.U, self.dU, self.Uc, self.dUc = E[: self.head].T, dE[: self.head], p["Uc"], g["Uc"]
+        else:  # one (H, head + C) matrix: each product is one contiguous GEMM
+            self.U, self.dU, self.Uc, self.dUc = p["U"], g["U"], None, None
+        self.c, self.dc = p["c"], g["c"]
         self.P, self.dP, self.Ut, self.dUt, self.ct, self.dct = [], [], [], [], [], []
         for i in range(self.C):
             lo, hi = self.bounds[i], self.bounds[i + 1]
@@ -143,8 +146,11 @@ class AdaptiveSoftmax:
             self.ct[i][...] = part - total
 
     def _head_logits(self, inp, zh):
-        np.matmul(inp, self.U, out=zh[:, : self.head])  # (B, H) @ (H, head) -> (B, head)
-        np.matmul(inp, self.Uc, out=zh[:, self.head :])  # (B, H) @ (H, C) -> (B, C)
+        if self.tied:
+            np.matmul(inp, self.U, out=zh[:, : self.head])  # (B, H) @ (H, head) -> (B, head)
+            np.matmul(inp, self.Uc, out=zh[:, self.head :])  # (B, H) @ (H, C) -> (B, C)
+        else:
+            np.matmul(inp, self.U, out=zh)  # (B, H) @ (H, head + C)
         K.bias_forward(zh, self.c)
 
     def _route(self, y, buf):
@@ -187,17 +193,18 @@ class AdaptiveSoftmax:
         self._head_logits(inp, zh)
         head_y, nt = self._route(y, buf)
         K.softmax_xent_fused(zh, head_y, Vocabulary.BOS_ID, scale, nll)  # zh := dL/dzh
-        words, clusters = zh[:, : self.head], zh[:, self.head :]
-        if self.tied:  # dUᵀ = dzᵀ inp, straight into E's rows
-            np.matmul(words.T, inp, out=self.dU)  # (head, B) @ (B, H)
-        else:
-            np.matmul(inp.T, words, out=self.dU)  # (H, B) @ (B, head)
-        np.matmul(inp.T, clusters, out=self.dUc)
         np.dot(buf.ones[:B], zh, out=self.dc)
-        np.matmul(words, self.U.T, out=d_inp)  # (B, head) @ (head, H)
-        tmp = buf.tmp[:B]
-        np.matmul(clusters, self.Uc.T, out=tmp)
-        d_inp += tmp
+        if self.tied:
+            words, clusters = zh[:, : self.head], zh[:, self.head :]
+            np.matmul(words.T, inp, out=self.dU)  # dUᵀ = dzᵀ inp, straight into E's rows (head, H)
+            np.matmul(inp.T, clusters, out=self.dUc)
+            np.matmul(words, self.U.T, out=d_inp)  # (B, head) @ (head, H)
+            tmp = buf.tmp[:B]
+            np.matmul(clusters, self.Uc.T, out=tmp)
+            d_inp += tmp
+        else:
+            np.matmul(inp.T, zh, out=self.dU)  # (H, B) @ (B, head + C)
+            np.matmul(zh, self.U.T, out=d_inp)  # (B, head + C) @ (head + C, H)
         rows = buf.rows[:nt]
         if nt:
             K.gather_rows(inp, rows, buf.A[:nt])
