@@ -562,6 +562,11 @@ def _softmax_cases(data_dir, synth_vocabs, tokens=600_000):
         yield f"synth-{V // 1000}k", vocab, as_words[:cut], as_words[cut:]
 
 
+# the speed configs, and the presets' sizes (tied, cross-sentence, dropout (embeddings, hidden))
+SOFTMAX_CONFIGS = {**SPEED_CONFIGS, "preset": {"order": 6, "embed_dim": 256, "hidden": (1024, 256), "batch_size": 256,
+                                               "tied": True, "cross_sentence": True, "dropout": (0.1, 0.3)}}
+
+
 def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=(50_000, 100_000, 200_000),
                 name="base"):
     """Training and exact scoring speed of the full softmax and the adaptive one on the same
@@ -573,23 +578,26 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
     from fflm.model import FFNNLM, ModelConfig
     from fflm.train import SGD, set_threads
 
-    spec = SPEED_CONFIGS[name]
+    spec = SOFTMAX_CONFIGS[name]
     used = set_threads(threads)
     B, lr = spec["batch_size"], 0.05
+    tied, cross = spec.get("tied", False), spec.get("cross_sentence", False)
+    dropout = spec.get("dropout", (0.0, 0.0))
+    use_torch = use_torch and not tied  # PyTorch's adaptive softmax has no tied form
     result = {"benchmark": "softmax", "config": name, "machine": machine(), "threads": used, "cases": []}
     for case, vocab, train_s, score_s in _softmax_cases(data_dir, synth_vocabs):
         V = len(vocab)
         row = {"case": case, "vocabulary": V}
-        windows = Windows.from_sentences(train_s, vocab, spec["order"])
-        scoring = Windows.from_sentences(score_s, vocab, spec["order"])
+        windows = Windows.from_sentences(train_s, vocab, spec["order"], cross)
+        scoring = Windows.from_sentences(score_s, vocab, spec["order"], cross)
         contexts, targets = scoring.pairs(np.arange(min(len(scoring), 40_000)))
         index = [ix.copy() for _, ix in zip(range(100), windows.batches(B, np.random.default_rng(0)))]
         steps = {}
         for softmax in ("full", "adaptive"):
             config = ModelConfig(order=spec["order"], embed_dim=spec["embed_dim"], hidden=spec["hidden"],
-                                 softmax=softmax)
+                                 softmax=softmax, tied=tied, cross_sentence=cross)
             model = FFNNLM(vocab, config, seed=1)
-            sgd = SGD(model, B)
+            sgd = SGD(model, B, dropout=dropout, seed=1)
             steps[softmax] = (lambda sgd: lambda ix: sgd.step(ix, windows, lr, 0.0, 0.0))(sgd)
             _timed_steps(steps[softmax], index[:3], 0.0)  # compiled, buffers touched
             model.nll(contexts[:1024], targets[:1024])
@@ -636,7 +644,7 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
 
 
 def format_softmax(r):
-    lines = [f"full vs adaptive softmax, config {r['config']} {SPEED_CONFIGS[r['config']]}, {r['threads']} thread(s); "
+    lines = [f"full vs adaptive softmax, config {r['config']} {SOFTMAX_CONFIGS[r['config']]}, {r['threads']} thread(s); "
              "tokens/s",
              f"{'case':<11} {'V':>7}  {'cutoffs':<14} {'train full':>10} {'adaptive':>9} {'ratio':>6}  "
              f"{'score full':>10} {'adaptive':>9} {'ratio':>6}  {'torch adaptive':>14} {'fflm/torch':>10}"]

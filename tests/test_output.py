@@ -219,3 +219,11 @@ def test_cli_trains_scores_and_describes_an_adaptive_model(tmp_path, run_cli):
     code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "x.npz", "--softmax", "adaptive",
                            "--loss", "nce", "-q")
     assert code == 1 and err.count("\n") == 1 and "--softmax full" in err
+
+
+def test_train_says_which_output_layer_auto_chose(tmp_path, run_cli):
+    from conftest import SYNTH
+
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "m.npz", "--order", "3", "--embed-dim", "8",
+                           "--hidden", "8", "--epochs", "1", "--softmax", "auto", "--threads", "1")
+    assert code == 0 and "output layer: full softmax (--softmax auto: 153 words is under 20,000)" in err

@@ -58,8 +58,8 @@ def bench_ngram(data_dir, orders, nltk_tokens, as_json):
 
 
 @bench.command("softmax")
-@click.option("--config", "config_name", type=click.Choice(["small", "base"]), default="base", show_default=True,
-              help="The model's sizes (as for bin/bench --config).")
+@click.option("--config", "config_name", type=click.Choice(["small", "base", "preset"]), default="base",
+              show_default=True, help="The model's sizes (as for bin/bench --config); preset: --preset brown's.")
 @click.option("--vocabs", default="50000,100000,200000", show_default=True,
               help="Synthetic vocabulary sizes, beside Brown's raw text at --min-count 2 (24.5k words).")
 @click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")

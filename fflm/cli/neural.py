@@ -201,6 +201,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         trainer = training.Trainer(model, windows, valid_windows, tconfig, max_rollbacks=max_rollbacks)
         say(f"vocabulary {len(vocab)}, {len(windows)} training tokens, {config.n_params(len(vocab)):,} parameters, "
             f"{used} thread(s)")
+        if config.softmax == "adaptive" or softmax == "auto":
+            say(_output_layer_line(config, len(vocab), chosen=softmax == "auto"))
         meta = {
             "text": text.to_dict(),
             "training": {
@@ -445,15 +447,7 @@ def info(model_path, as_json):
     click.echo(f"architecture: n={c.order}, embedding {c.embed_dim}, hidden {list(c.hidden) or 'none'}, "
                f"{c.activation}{', direct connections' if c.direct else ''}{', tied embeddings' if c.tied else ''}"
                f"{', cross-sentence contexts' if c.cross_sentence else ''}; {summary['parameters']:,} parameters")
-    if c.softmax == "adaptive":
-        from ..output import tail_dims
-
-        bounds = list(c.cutoffs) + [V]
-        tails = ", ".join(f"{bounds[i + 1] - bounds[i]} words at width {d}" for i, d in enumerate(tail_dims(c)))
-        click.echo(f"output layer: adaptive softmax, head of {bounds[0]} words + {len(c.cutoffs)} cluster(s)"
-                   + (f"; tails: {tails}" if tails else ""))
-    else:
-        click.echo("output layer: full softmax")
+    click.echo(_output_layer_line(c, V))
     click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
     click.echo(f"text: {meta.get('text')}")
     tr = meta.get("training", {})
@@ -512,6 +506,21 @@ def score(model_path, text, per_token, summary_only, threads):
             click.echo(line)
     click.echo(ev.query_summary(scores))
 
+
+
+def _output_layer_line(config, V, chosen=False):
+    """What the output layer is (and why, when --softmax auto chose it), as train and info print it."""
+    from ..output import AUTO_ADAPTIVE, tail_dims
+
+    why = ""
+    if chosen:
+        why = f" (--softmax auto: {V:,} words is {'at least' if V >= AUTO_ADAPTIVE else 'under'} {AUTO_ADAPTIVE:,})"
+    if config.softmax != "adaptive":
+        return "output layer: full softmax" + why
+    bounds = list(config.cutoffs) + [V]
+    tails = ", ".join(f"{bounds[i + 1] - bounds[i]} words at width {d}" for i, d in enumerate(tail_dims(config)))
+    return (f"output layer: adaptive softmax, head of {bounds[0]} words + {len(config.cutoffs)} cluster(s)"
+            + (f"; tails: {tails}" if tails else "") + why)
 
 
 def _warn_if_seen(tune_on, tune_sentences, meta, baseline_source, baseline_sentences, config):
