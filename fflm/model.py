@@ -257,7 +257,7 @@ class FFNNLM(LanguageModel):
     def __init__(self, vocab, config=ModelConfig(), dtype=np.float32, seed=0, unigram_counts=None):
         config.check()
         counts = unigram_counts if unigram_counts is not None else vocab.counts
-        config = config.resolve(counts)  # the adaptive softmax's cutoffs, if left to the counts
+        config = config.resolve(counts)  # --softmax auto, and the adaptive softmax's cutoffs
         config.check_vocab(len(vocab))
         self.vocab = vocab
         self.config = config
@@ -287,16 +287,15 @@ class FFNNLM(LanguageModel):
         # U and W_d are consecutive in `dense`, so [U; W_d] is one (H + c*m, V) matrix
         out_rows = config.output_width
         self.output = None  # the full softmax's output layer is U_all, c
-        if config.softmax == "adaptive":
+        if config.tied:
+            self.all_rows = np.arange(V, dtype=np.int64)  # E's gradient is dense now
+        if config.softmax == "adaptive":  # its own views of the parameters (fflm/output.py)
             self.output = AdaptiveSoftmax(self)
             self.U_all = self.dU_all = None
             start = self.n_weights
-            if config.tied:
-                self.all_rows = np.arange(V, dtype=np.int64)
         elif config.tied:  # the output layer reads the embedding table, transposed (a view)
             start = self.n_weights
             self.U_all, self.dU_all = self.E.T, None
-            self.all_rows = np.arange(V, dtype=np.int64)  # E's gradient is dense now
         else:
             start = starts["U"]
             self.U_all = self.dense[start : start + out_rows * V].reshape(out_rows, V)
@@ -307,7 +306,7 @@ class FFNNLM(LanguageModel):
         self._init(np.random.default_rng(seed), counts)
         self._eval_ws = None
 
-    def _init(self, rng, unigram_counts):
+    def _init(self, rng, counts):
         if self.config.tied:  # as output weights, N(0, 1) would start with huge logits
             bound = 1.0 / math.sqrt(self.config.embed_dim)
             self.E[...] = rng.uniform(-bound, bound, self.E.shape)
@@ -321,7 +320,7 @@ class FFNNLM(LanguageModel):
                 p[...] = rng.uniform(-bound, bound, p.shape)
             else:
                 p[...] = 0.0
-        counts = np.asarray(unigram_counts if unigram_counts is not None else self.vocab.counts, dtype=np.float64)
+        counts = np.asarray(counts, dtype=np.float64)
         log_unigram = np.log((counts + 1.0) / (counts.sum() + len(counts)))
         if self.output is not None:
             self.output.init_bias(log_unigram)
