@@ -590,7 +590,7 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
         row = {"case": case, "vocabulary": V}
         windows = Windows.from_sentences(train_s, vocab, spec["order"], cross)
         scoring = Windows.from_sentences(score_s, vocab, spec["order"], cross)
-        contexts, targets = scoring.pairs(np.arange(min(len(scoring), 40_000)))
+        contexts, targets = scoring.pairs(np.arange(min(len(scoring), 10_240)))
         index = [ix.copy() for _, ix in zip(range(100), windows.batches(B, np.random.default_rng(0)))]
         steps = {}
         for softmax in ("full", "adaptive"):
