@@ -173,21 +173,26 @@ def true_log_probs(process, sentences):
 SPLITS = (("train", 10000), ("valid", 1000), ("test", 1000))
 
 
-def write_corpus(folder, seed=2003):
-    """Write train/valid/test.txt and manifest.json (sizes, sha256, true entropy) into `folder`."""
-    process = make_process(seed)
-    rng = np.random.default_rng(seed + 1)
+def _manifest(generator, seed, process):
+    """manifest.json before its files: the process and its exact entropy."""
     entropy, mean_tokens = entropy_rate(process)
-    manifest = {
-        "generator": "fflm.synth.write_corpus",
+    return {
+        "generator": generator,
         "seed": seed,
-        "classes": [{"name": n, "words": s} for n, s, _ in CLASSES],
+        "classes": [{"name": n, "words": len(p)} for (n, _, _), p in zip(CLASSES, process["word_prob"])],
         "vocabulary": len(process["words"]),
         "entropy_nats_per_token": round(entropy, 6),
         "perplexity_floor": round(math.exp(entropy), 4),
         "expected_tokens_per_sentence": round(mean_tokens, 4),
         "files": {},
     }
+
+
+def write_corpus(folder, seed=2003):
+    """Write train/valid/test.txt and manifest.json (sizes, sha256, true entropy) into `folder`."""
+    process = make_process(seed)
+    rng = np.random.default_rng(seed + 1)
+    manifest = _manifest("fflm.synth.write_corpus", seed, process)
     make_folder(folder)
     for name, n in SPLITS:
         sentences = sample(process, n, rng)
@@ -284,17 +289,7 @@ def write_large_corpus(folder, tokens, vocab=None, seed=2003):
         raise FflmError(f"--tokens must be at least 10, not {tokens}")
     process = make_process(seed, vocab)
     rng = np.random.default_rng(seed + 1)
-    entropy, mean_tokens = entropy_rate(process)
-    manifest = {
-        "generator": "fflm.synth.write_large_corpus",
-        "seed": seed,
-        "classes": [{"name": n, "words": size} for (n, _, _), size in zip(CLASSES, class_sizes(vocab))],
-        "vocabulary": len(process["words"]),
-        "entropy_nats_per_token": round(entropy, 6),
-        "perplexity_floor": round(math.exp(entropy), 4),
-        "expected_tokens_per_sentence": round(mean_tokens, 4),
-        "files": {},
-    }
+    manifest = _manifest("fflm.synth.write_large_corpus", seed, process)
     make_folder(folder)
     for name, n in (("train", tokens), ("valid", max(tokens // 10, 1)), ("test", max(tokens // 10, 1))):
         manifest["files"][f"{name}.txt"] = write_stream(os.path.join(folder, f"{name}.txt"), process, n, rng)
