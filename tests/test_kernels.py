@@ -518,16 +518,18 @@ def test_whole_model_gradient_with_the_adaptive_softmax(config, dropout):
     y = np.array([3, 5, 2, 6, 0, 5, 4], dtype=np.int32)  # nothing in the last cluster (ids >= 8)
     ws = Workspace(model, B, dropout=dropout, seed=9)
 
+    def same_masks():
+        if any(dropout):
+            ws.rng = np.random.default_rng(123)
+
     def loss():
-        if ws.rng is not None if hasattr(ws, "rng") else False:
-            ws.rng = np.random.default_rng(123)  # the same masks every time
+        same_masks()  # the same masks every time
         nll = np.empty(B)
         model.output.nll(model.hidden_forward(x, ws), y, ws.out, nll)
         return float(nll.mean())
 
     model.dE[...] = 0
-    if hasattr(ws, "rng"):
-        ws.rng = np.random.default_rng(123)
+    same_masks()
     L = model.loss_and_grad(x, y, ws)
     assert L == pytest.approx(loss(), rel=1e-12)
     if not any(dropout):
