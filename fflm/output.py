@@ -240,11 +240,8 @@ class AdaptiveSoftmax:
         head = self._log_softmax(zh, Vocabulary.BOS_ID)
         out[:, : self.head] = head[:, : self.head]
         for i in range(self.C):
-            lo, hi = self.bounds[i], self.bounds[i + 1]
-            for s in range(0, B, len(buf.A)):  # in blocks of the workspace's rows
-                e = min(B, s + len(buf.A))
-                _, Z = self._tail_logits(i, inp[s:e], buf)
-                out[s:e, lo:hi] = self._log_softmax(Z, -1) + head[s:e, self.head + i, None]
+            _, Z = self._tail_logits(i, inp, buf)  # every row: the buffers hold B rows
+            out[:, self.bounds[i] : self.bounds[i + 1]] = self._log_softmax(Z, -1) + head[:, self.head + i, None]
 
     @staticmethod
     def _log_softmax(z, skip):
