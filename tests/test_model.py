@@ -52,9 +52,9 @@ def test_learning_rate_halves_when_validation_stalls_and_training_stops(data):
     vocab, tw, vw = data
     model = FFNNLM(vocab, SMALL, seed=1)
     # a learning rate so small that validation cannot improve by 0.3%: the second epoch stalls
-    # and halves the rate, the third stalls again and stops training
-    history = train(model, tw, vw, TrainConfig(epochs=10, batch_size=64, lr=1e-7, max_halvings=4))
-    assert [r["lr"] for r in history] == [1e-7, 1e-7, 5e-8]
+    # and halves the rate, every epoch after it halves again, and the fourth halving stops training
+    history = train(model, tw, vw, TrainConfig(epochs=10, batch_size=64, lr=1e-7, max_halvings=3))
+    assert [r["lr"] for r in history] == [1e-7, 1e-7, 5e-8, 2.5e-8, 1.25e-8]
 
 
 def test_the_cap_always_leaves_room_to_anneal(data):
@@ -71,7 +71,8 @@ def test_the_cap_always_leaves_room_to_anneal(data):
     [
         ((100, 90, 89.9, 80, 70, 60, 50), 2, [1, 1, 0.5, 0.25, 0.25], 4),  # halves every epoch, then the cap
         ((100, 90, 89.9, 80, 70, 60, 50), 9, [1, 1, 0.5, 0.25, 0.125, 0.0625, 0.03125], None),
-        ((100, 120, 99.9), 9, [1, 0.5, 0.5], 2),  # a worse epoch is a stall; so is too small a gain after it
+        ((100, 120, 99.9, 99.8), 9, [1, 0.5, 0.25, 0.125], None),  # a worse epoch is a stall; a small gain after it still anneals
+        ((100, 120, 99.9, 99.8), 2, [1, 0.5, 0.25, 0.25], 3),
         ((100, 101), 0, [1, 1], 1),  # no halving allowed: the first stall stops
     ],
 )
