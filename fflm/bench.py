@@ -27,14 +27,32 @@ def _in_fresh_process(function, *args):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what the figures depend on
+
+
 def machine():
     import numpy
+
+    from .bf16 import cpu_flags
 
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": [f for f in SPEED_FLAGS if f in cpu_flags()],
     }
 
 
@@ -326,8 +344,10 @@ class _TorchModel:
     """The same model written plainly in PyTorch: what a user would write first. With
     `adaptive` = (cutoffs, div), its output layer is nn.AdaptiveLogSoftmaxWithLoss instead."""
 
-    def __init__(self, config, V, lr, threads, adaptive=None):
+    def __init__(self, config, V, lr, threads, adaptive=None, bf16=False):
         import torch
+
+        self.bf16 = bf16  # torch.autocast to bfloat16: what a PyTorch user switches on for AMX
 
         torch.set_num_threads(threads)
         torch.manual_seed(0)
@@ -355,10 +375,11 @@ class _TorchModel:
         torch = self.torch
         x, y = torch.from_numpy(x.astype("int64")), torch.from_numpy(y.astype("int64"))
         self.opt.zero_grad(set_to_none=True)
-        if self.adaptive is not None:  # the target's clusters only, like fflm's training path
-            loss = self.adaptive(self.net(self.emb(x).flatten(1)), y).loss
-        else:
-            loss = self.loss(self.net(self.emb(x).flatten(1)), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            if self.adaptive is not None:  # the target's clusters only, like fflm's training path
+                loss = self.adaptive(self.net(self.emb(x).flatten(1)), y).loss
+            else:
+                loss = self.loss(self.net(self.emb(x).flatten(1)), y)
         loss.backward()
         self.opt.step()
         return float(loss.detach())
@@ -377,15 +398,47 @@ def _timed_steps(step, batches, seconds):
             return tokens, elapsed
 
 
-def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="softmax"):
-    """Everything issue 4 measures for one config, in this process (see BENCHMARKS.md)."""
+def bf16_gemm_gflops(B, H, V, seconds=3.0):
+    """fflm's bfloat16 product rate (AMX, or the emulation) on the output layer's three
+    products, with the operands packed as training packs them (the packing counted)."""
+    import numpy as np
+
+    from .bf16 import Matmul
+
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((B, H), dtype=np.float32)
+    U = rng.standard_normal((H, V), dtype=np.float32)
+    z = np.empty((B, V), dtype=np.float32)
+    dU = np.empty((H, V), dtype=np.float32)
+    dh = np.empty((B, H), dtype=np.float32)
+    mm = Matmul()
+
+    def three():
+        mm.dot(h, U, z, role="U")
+        mm.dot(h, z, dU, a_t=True, role="dU")
+        mm.dot(z, U, dh, b_t=True, role="dh")
+
+    three()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        three()
+        n += 1
+    return 3 * 2 * B * H * V * n / (time.perf_counter() - t0) / 1e9
+
+
+def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="softmax", precision="fp32"):
+    """Everything issue 4 measures for one config, in this process (see BENCHMARKS.md). With
+    precision bf16 (or auto where it picks bf16), fflm in bf16 is timed beside fflm in fp32,
+    and PyTorch under bfloat16 autocast beside PyTorch in float32, all in the same rounds."""
     import numpy as np
 
     from fflm import Vocabulary, Windows, read_sentences
     from fflm.generate import sample
     from fflm.model import FFNNLM, ModelConfig
+    from fflm.bf16 import describe_precision, resolve_precision
     from fflm.train import SGD, TrainConfig, make_noise, set_threads, warm_up
 
+    precision = resolve_precision(precision)
     spec = SPEED_CONFIGS[name]
     train_path, valid_path, _ = recipe_paths(data_dir, "brown")
     used = set_threads(threads)
@@ -398,6 +451,10 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
     valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order)
     model = FFNNLM(vocab, config, seed=1)
     tconfig = TrainConfig(batch_size=B, loss=loss)
+    if precision == "bf16":
+        model.set_precision("bf16")
+        warm_up(model, tconfig)
+        model.set_precision("fp32")
     compile_seconds = warm_up(model, tconfig)
 
     rng = np.random.default_rng(0)
@@ -408,28 +465,37 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
     _timed_steps(fflm_step, index[:5], 0.0)
 
     gemm = gemm_gflops(B, config.hidden[-1], V, seconds=min(3.0, seconds / 4))
-    # fflm and PyTorch alternate in short rounds on the same batches, so drift hits both alike
-    torch_model = None
+    bf16 = precision == "bf16"
+    gemm16 = bf16_gemm_gflops(B, config.hidden[-1], V, seconds=min(3.0, seconds / 4)) if bf16 else None
+    # every implementation runs in short rounds, in turn, on the same batches, so drift hits all alike
+    steps = {"fflm": (lambda ix: (model.set_precision(precision), fflm_step(ix))[1], index)}
+    if bf16:
+        steps["fflm_fp32"] = (lambda ix: (model.set_precision("fp32"), fflm_step(ix))[1], index)
+    torch_models = {}
     if use_torch:
         try:
-            torch_model = _TorchModel(config, V, lr, used)
+            torch_models["torch"] = _TorchModel(config, V, lr, used)
+            if bf16:
+                torch_models["torch_bf16"] = _TorchModel(config, V, lr, used, bf16=True)
         except ImportError:
-            torch_model = None
-    if torch_model is not None:
+            torch_models = {}
+    if torch_models:
         pairs = [windows.pairs(ix) for ix in index]
-        torch_step = lambda p: torch_model.step(*p)  # noqa: E731
-        _timed_steps(torch_step, pairs[:5], 0.0)
+        for key, tm in torch_models.items():
+            steps[key] = (lambda p, tm=tm: tm.step(*p), pairs)
+            _timed_steps(steps[key][0], pairs[:5], 0.0)
         set_threads(used)  # torch may have changed the BLAS pool
     rounds = 4
-    f_tok = f_sec = t_tok = t_sec = 0.0
+    done = {key: [0.0, 0.0] for key in steps}
     for _ in range(rounds):
-        a, b = _timed_steps(fflm_step, index, seconds / rounds)
-        f_tok, f_sec = f_tok + a, f_sec + b
-        if torch_model is not None:
-            a, b = _timed_steps(torch_step, pairs, seconds / rounds)
-            t_tok, t_sec = t_tok + a, t_sec + b
+        for key, (step, batches) in steps.items():
+            a, b = _timed_steps(step, batches, seconds / rounds)
+            done[key][0] += a
+            done[key][1] += b
             set_threads(used)
-    train_tps = f_tok / f_sec
+    rate = {key: tok / sec for key, (tok, sec) in done.items()}
+    model.set_precision(precision)
+    train_tps = rate["fflm"]
     one_thread = None
     if used > 1:  # how well the second core is used
         set_threads(1)
@@ -437,28 +503,41 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
         one_thread = a / b
         set_threads(used)
     flops = train_flops_per_token(config, V)
+    limit = gemm16 if bf16 else gemm  # the machine's limit for the arithmetic in use
     result = {
         "benchmark": "speed",
         "config": name,
         "model": {**spec, "hidden": list(spec["hidden"]), "vocabulary": V, "loss": loss},
         "machine": machine(),
         "threads": used,
+        "precision": precision,
+        "precision_detail": describe_precision(precision),
         "compile_seconds": compile_seconds,
         "gemm_gflops": gemm,
+        "bf16_gemm_gflops": gemm16,
         "train_tokens_per_s": train_tps,
         "train_gflops": train_tps * flops / 1e9 if loss == "softmax" else None,
-        "gemm_fraction": train_tps * flops / 1e9 / gemm if loss == "softmax" else None,
+        "gemm_fraction": train_tps * flops / 1e9 / limit if loss == "softmax" else None,
         "train_tokens_per_s_1_thread": one_thread,
         "threads_speedup": train_tps / one_thread if one_thread else None,
     }
+    if bf16:
+        result["fp32_train_tokens_per_s"] = rate["fflm_fp32"]
+        result["bf16_vs_fp32"] = train_tps / rate["fflm_fp32"]
     # scoring: the exact softmax over validation text
     contexts, targets = valid.pairs(np.arange(min(len(valid), 60_000)))
     model.nll(contexts[:1024], targets[:1024])
-    t0 = time.perf_counter()
-    model.nll(contexts, targets)
-    score_tps = len(targets) / (time.perf_counter() - t0)
+    for p in (["fp32"] if bf16 else []) + [precision]:  # the fp32 rate first, the one in use last
+        model.set_precision(p)
+        t0 = time.perf_counter()
+        model.nll(contexts, targets)
+        score_tps = len(targets) / (time.perf_counter() - t0)
+        if p != precision:
+            result["fp32_score_tokens_per_s"] = score_tps
     result["score_tokens_per_s"] = score_tps
-    result["score_gemm_fraction"] = score_tps * score_flops_per_token(config, V) / 1e9 / gemm
+    result["score_gemm_fraction"] = score_tps * score_flops_per_token(config, V) / 1e9 / limit
+    if bf16:
+        result["bf16_score_vs_fp32"] = score_tps / result["fp32_score_tokens_per_s"]
     # generation: one token is one forward pass of one context and a draw
     sample(model, num_samples=1, num_words=5, seed=0)
     t0, words = time.perf_counter(), 0
@@ -477,12 +556,15 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
     _run(fflm + ["eval", model_path, tiny, "--baseline", "none"])  # fills the kernel cache if need be
     result["eval_startup_seconds"] = _run(fflm + ["eval", model_path, tiny, "--baseline", "none"])[1]
     result["help_seconds"] = _run(fflm + ["--help"])[1]
-    if torch_model is not None:
+    if torch_models:
         import torch
 
         result["torch_version"] = torch.__version__
-        result["torch_tokens_per_s"] = t_tok / t_sec
-        result["vs_torch"] = train_tps / (t_tok / t_sec)
+        result["torch_tokens_per_s"] = rate["torch"]
+        result["vs_torch"] = (rate["fflm_fp32"] if bf16 else train_tps) / rate["torch"]  # fp32 against fp32
+        if bf16:
+            result["torch_bf16_tokens_per_s"] = rate["torch_bf16"]
+            result["vs_torch_bf16"] = train_tps / rate["torch_bf16"]
     return result
 
 
@@ -513,18 +595,34 @@ def train_peak_memory(data_dir, name, loss="softmax"):
 
 
 def format_speed(r):
+    m = r["machine"]
+    bf16 = r.get("precision") == "bf16"
+    limit = "bf16 GEMM" if bf16 else "GEMM"
     lines = [f"speed, config {r['config']} {r['model']} on {r['threads']} thread(s)",
-             f"  numpy float32 GEMM on the output layer's shapes: {r['gemm_gflops']:.1f} GFLOP/s",
-             f"  compile (or load from the cache): {r['compile_seconds']:.2f} s"]
+             f"  CPU: {m.get('cpu_model')} ({', '.join(m.get('cpu_flags', [])) or 'none of ' + ', '.join(SPEED_FLAGS)})",
+             f"  precision: {r.get('precision_detail', 'fp32')}",
+             f"  numpy float32 GEMM on the output layer's shapes: {r['gemm_gflops']:.1f} GFLOP/s"]
+    if bf16:
+        lines.append(f"  fflm bfloat16 GEMM on the same shapes (packing included): {r['bf16_gemm_gflops']:.1f} GFLOP/s")
+    lines.append(f"  compile (or load from the cache): {r['compile_seconds']:.2f} s")
     line = f"  training: {r['train_tokens_per_s']:,.0f} tokens/s"
     if r.get("train_gflops") is not None:
-        line += f" = {r['train_gflops']:.1f} GFLOP/s, {100 * r['gemm_fraction']:.0f}% of GEMM"
+        line += f" = {r['train_gflops']:.1f} GFLOP/s, {100 * r['gemm_fraction']:.0f}% of {limit}"
     lines.append(line)
+    if bf16:
+        lines.append(f"  fflm fp32, same rounds: {r['fp32_train_tokens_per_s']:,.0f} tokens/s; "
+                     f"bf16/fp32 = {r['bf16_vs_fp32']:.2f}")
     if "torch_tokens_per_s" in r:
-        lines.append(f"  PyTorch {r['torch_version']}: {r['torch_tokens_per_s']:,.0f} tokens/s; "
-                     f"fflm/PyTorch = {r['vs_torch']:.2f}")
+        lines.append(f"  PyTorch {r['torch_version']} float32: {r['torch_tokens_per_s']:,.0f} tokens/s; "
+                     f"fflm fp32/PyTorch = {r['vs_torch']:.2f}")
+    if "torch_bf16_tokens_per_s" in r:
+        lines.append(f"  PyTorch bfloat16 autocast: {r['torch_bf16_tokens_per_s']:,.0f} tokens/s; "
+                     f"fflm bf16/PyTorch bf16 = {r['vs_torch_bf16']:.2f}")
     lines.append(f"  scoring (exact softmax): {r['score_tokens_per_s']:,.0f} tokens/s, "
-                 f"{100 * r['score_gemm_fraction']:.0f}% of GEMM")
+                 f"{100 * r['score_gemm_fraction']:.0f}% of {limit}")
+    if bf16:
+        lines.append(f"  scoring in fp32: {r['fp32_score_tokens_per_s']:,.0f} tokens/s; "
+                     f"bf16/fp32 = {r['bf16_score_vs_fp32']:.2f}")
     if r.get("threads_speedup"):
         lines.append(f"  one thread: {r['train_tokens_per_s_1_thread']:,.0f} tokens/s; "
                      f"{r['threads']} threads = {r['threads_speedup']:.2f}x")

@@ -15,6 +15,7 @@ Linear default); hidden biases 0; the output bias c = log of the add-one unigram
 the training corpus, so an untrained model is the unigram model rather than a uniform one.
 """
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -305,6 +306,7 @@ class FFNNLM(LanguageModel):
         self.U_start, self.c_start = start, starts["c"]
         self._init(np.random.default_rng(seed), counts)
         self._eval_ws = None
+        self.set_precision("fp32")
 
     def _init(self, rng, counts):
         if self.config.tied:  # as output weights, N(0, 1) would start with huge logits
@@ -380,6 +382,34 @@ class FFNNLM(LanguageModel):
 
         return Windows.from_sentences(sentences, self.vocab, self.config.order, self.config.cross_sentence)
 
+    # --- precision: which arithmetic the matrix products use (fflm/bf16.py) ---------------------
+    def set_precision(self, precision):
+        """'fp32', 'bf16' (bfloat16 operands, float32 sums and everything else) or 'auto' (bf16
+        where the CPU has AMX); returns the one in use. Weights stay float32 either way, so
+        the choice is not part of the model file."""
+        from .bf16 import Matmul, resolve_precision
+
+        p = resolve_precision(precision)
+        if p == "bf16" and self.dtype != np.float32:
+            raise FflmError(f"--precision bf16 needs a float32 model, not {self.dtype}")
+        if p == "bf16" and getattr(self, "_bf16", None) is None:
+            self._bf16 = Matmul()  # kept, with its buffers, when precision switches back and forth
+        self.precision = p
+        self._mm = self._bf16 if p == "bf16" else None
+        return p
+
+    def _dot(self, a, b, out, a_t=False, b_t=False, weight=False, role="mm"):
+        """out = op(a) · op(b), op transposing where a_t / b_t say: numpy's BLAS in fp32, the
+        bfloat16 products in bf16 (`weight`: b is a parameter, packed once while frozen)."""
+        if self._mm is None:
+            np.dot(a.T if a_t else a, b.T if b_t else b, out=out)
+        else:
+            self._mm.dot(a, b, out, a_t, b_t, weight, role)
+
+    def _frozen(self):
+        """Inference: the weights do not change, so bf16 packs each weight once per call."""
+        return self._mm.frozen() if self._mm is not None else contextlib.nullcontext()
+
     # --- forward and backward ------------------------------------------------------------------
     def hidden_forward(self, x, ws):
         """Everything below the output layer: returns what the output layer reads (B, H)."""
@@ -390,7 +420,7 @@ class FFNNLM(LanguageModel):
         inp = e
         for l in range(len(self.W)):
             a = ws.h[l][:B]
-            np.dot(inp, self.W[l], out=a)  # (B, in) @ (in, H) -> (B, H)
+            self._dot(inp, self.W[l], a, weight=True, role=f"W{l}")  # (B, in) @ (in, H) -> (B, H)
             K.bias_forward(a, self.b[l])
             K.activation_forward(a, self.kind)
             inp = a
@@ -410,7 +440,7 @@ class FFNNLM(LanguageModel):
         """Logits for contexts x (B, n-1) into ws.z[:B]; keeps what the backward needs."""
         inp = self.hidden_forward(x, ws)
         z = ws.z[: len(x)]
-        np.dot(inp, self.U_all, out=z)  # (B, H) @ (H, V) -> (B, V): the biggest product
+        self._dot(inp, self.U_all, z, weight=True, role="U")  # (B, H) @ (H, V) -> (B, V): the biggest product
         K.bias_forward(z, self.c)
         return z
 
@@ -423,11 +453,11 @@ class FFNNLM(LanguageModel):
         B = len(x)
         dz = ws.z[:B]
         if self.config.tied:  # dEᵀ = out_inᵀ dz, written as dE = dzᵀ out_in; the inputs' share is added below
-            np.dot(dz.T, self._out_in(ws, B), out=self.dE)  # (V, B) @ (B, m) -> (V, m)
+            self._dot(dz, self._out_in(ws, B), self.dE, a_t=True, role="dU")  # (V, B) @ (B, m) -> (V, m)
         else:
-            np.dot(self._out_in(ws, B).T, dz, out=self.dU_all)  # (H, B) @ (B, V) -> (H, V)
+            self._dot(self._out_in(ws, B), dz, self.dU_all, a_t=True, role="dU")  # (H, B) @ (B, V) -> (H, V)
         np.dot(ws.ones[:B], dz, out=self.dc)  # 1ᵀ dz: the bias's input is a constant 1
-        np.dot(dz, self.U_all.T, out=self._d_out_in(ws, B))  # (B, V) @ (V, H)
+        self._dot(dz, self.U_all, self._d_out_in(ws, B), b_t=True, weight=True, role="dh")  # (B, V) @ (V, H)
         self.hidden_backward(x, ws)
 
     def _out_in(self, ws, B):
@@ -454,10 +484,10 @@ class FFNNLM(LanguageModel):
                 if ws.hd:
                     K.dropout_backward(dh, ws.mask_h[l][:B])
                 K.activation_backward(dh, hidden[l], self.kind)  # dL/da = dL/dh * g'(a)
-                np.dot(ws.layer_input(l, B).T, dh, out=self.dW[l])
+                self._dot(ws.layer_input(l, B), dh, self.dW[l], a_t=True, role=f"dW{l}")
                 np.dot(ws.ones[:B], dh, out=self.db[l])
                 d_below = ws.dh[l - 1][:B] if l > 0 else ws.de[:B]
-                np.dot(dh, self.W[l].T, out=d_below)
+                self._dot(dh, self.W[l], d_below, b_t=True, weight=True, role=f"dx{l}")
             if self.config.direct:
                 ws.de[:B] += d_out[:, hidden[-1].shape[1] :]
         if ws.mask_e is not None:
@@ -492,13 +522,13 @@ class FFNNLM(LanguageModel):
         K.gather_columns(self.U_all, self.c, cols, S, Us, cs)
         np.take(log_kq, cols, out=offset)
         z = ws.zs[: B * S].reshape(B, S)
-        np.dot(inp, Us, out=z)  # (B, H) @ (H, S): the sample's logits, one GEMM
+        self._dot(inp, Us, z, role="U")  # (B, H) @ (H, S): the sample's logits, one GEMM
         K.bias_forward(z, cs)
         nll = ws.nll[:B]
         K.sampled_loss_fused(z, pos, negw, offset, 1.0 / B, nll)  # z := dL/dz
-        np.dot(inp.T, z, out=dUs)
+        self._dot(inp, z, dUs, a_t=True, role="dU")
         np.dot(ws.ones[:B], z, out=dcs)
-        np.dot(z, Us.T, out=self._d_out_in(ws, B))
+        self._dot(z, Us, self._d_out_in(ws, B), b_t=True, role="dh")
         self.hidden_backward(x, ws)
         return float(nll.sum(dtype=np.float64)) / B, S
 
@@ -515,14 +545,15 @@ class FFNNLM(LanguageModel):
         out = np.empty(len(targets), dtype=np.float64)
         step = max(1, min(batch_size, len(targets)))
         ws = self._workspace(step)
-        for s in range(0, len(targets), step):
-            x, y = contexts[s : s + step], targets[s : s + step]
-            nll = ws.nll[: len(x)]
-            if self.output is not None:
-                self.output.nll(self.hidden_forward(x, ws), y, ws.out, nll)
-            else:
-                K.softmax_xent_forward(self.forward(x, ws), y, Vocabulary.BOS_ID, nll)
-            out[s : s + len(x)] = nll
+        with self._frozen():
+            for s in range(0, len(targets), step):
+                x, y = contexts[s : s + step], targets[s : s + step]
+                nll = ws.nll[: len(x)]
+                if self.output is not None:
+                    self.output.nll(self.hidden_forward(x, ws), y, ws.out, nll)
+                else:
+                    K.softmax_xent_forward(self.forward(x, ws), y, Vocabulary.BOS_ID, nll)
+                out[s : s + len(x)] = nll
         return out
 
     def log10_probs(self, contexts, targets, batch_size=1024):
@@ -535,12 +566,14 @@ class FFNNLM(LanguageModel):
         ws = self._workspace(len(contexts))
         if self.output is not None:  # exact log p from both factors, then the temperature
             logp = np.empty((len(contexts), len(self.vocab)), dtype=np.float64)
-            self.output.log_probs(self.hidden_forward(contexts, ws), ws.out, logp)
+            with self._frozen():
+                self.output.log_probs(self.hidden_forward(contexts, ws), ws.out, logp)
             logp /= temperature
             p = np.empty_like(logp)
             K.softmax_forward(logp, Vocabulary.BOS_ID, p)
             return p
-        z = self.forward(contexts, ws)
+        with self._frozen():
+            z = self.forward(contexts, ws)
         if temperature != 1.0:
             z /= temperature
         p = np.empty(z.shape, dtype=np.float64)

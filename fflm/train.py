@@ -53,6 +53,7 @@ class TrainConfig:
     clip: float = 0.0  # maximum gradient norm; 0 = no clipping
     seed: int = 1
     threads: int = 0  # 0 = all cores
+    precision: str = "fp32"  # fp32 | bf16 (bfloat16 operands in the matrix products) | auto (fflm/bf16.py)
 
     def check(self):
         if self.epochs < 1:
@@ -82,6 +83,9 @@ class TrainConfig:
             raise FflmError(f"--noise-power must be a number >= 0, not {self.noise_power}")
         if self.threads < 0:
             raise FflmError(f"--threads cannot be negative, not {self.threads}")
+        from .bf16 import resolve_precision
+
+        resolve_precision(self.precision)
 
     def to_dict(self):
         return asdict(self)
@@ -347,6 +351,7 @@ class Trainer:
         if train_windows.order != model.config.order:
             raise FflmError("the training windows' order differs from the model's")
         self.model, self.windows, self.valid, self.config = model, train_windows, valid_windows, config
+        self.precision = model.set_precision(config.precision)  # 'auto' as this CPU resolves it
         self.snapshot_every, self.max_rollbacks = snapshot_every, max_rollbacks
         self.rng = np.random.default_rng(config.seed)
         self.sgd = SGD(model, config.batch_size, make_noise(model, config), (config.embed_dropout, config.dropout),

@@ -72,6 +72,22 @@ def test_speed_benchmark_reports_every_figure(run_cli):
     assert "torch_tokens_per_s" not in r
 
 
+def test_speed_benchmark_in_bf16_times_both_precisions_against_the_bf16_limit(run_cli):
+    # bf16 runs on every machine: on AMX tiles where present, emulated elsewhere (slowly)
+    data = shared_path("brown", "train.txt").parent.parent
+    code, out, err = run_cli("bench", "--config", "small", "--seconds", "1", "--no-torch", "--threads", "1",
+                             "--data", data, "--precision", "bf16", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["precision"] == "bf16" and r["machine"]["cpu_model"]
+    assert r["bf16_vs_fp32"] == pytest.approx(r["train_tokens_per_s"] / r["fp32_train_tokens_per_s"])
+    assert r["bf16_score_vs_fp32"] == pytest.approx(r["score_tokens_per_s"] / r["fp32_score_tokens_per_s"])
+    assert r["gemm_fraction"] == pytest.approx(r["train_gflops"] / r["bf16_gemm_gflops"])  # the bf16 limit
+    code, out, err = run_cli("bench", "--config", "small", "--seconds", "1", "--no-torch", "--threads", "1",
+                             "--data", data, "--precision", "bf16")
+    assert code == 0 and "bf16/fp32 = " in out and "% of bf16 GEMM" in out, err
+
+
 def test_flops_per_token_count_every_product():
     from fflm.bench import score_flops_per_token, train_flops_per_token
     from fflm.model import ModelConfig

@@ -19,9 +19,12 @@ from .common import _echo_json, cli
 @click.option("--loss", type=click.Choice(["softmax", "nce", "neg"]), default="softmax", show_default=True)
 @click.option("--torch/--no-torch", "use_torch", default=True, show_default=True,
               help="Also time the same model written in PyTorch (when installed: the 'bench' extra).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
+              help="bf16 (or auto where it picks bf16): fflm in bf16 beside fflm in fp32, and PyTorch under "
+                   "bfloat16 autocast beside PyTorch in float32, in the same rounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @click.pass_context
-def bench(ctx, config_name, data_dir, threads, seconds, loss, use_torch, as_json):
+def bench(ctx, config_name, data_dir, threads, seconds, loss, use_torch, precision, as_json):
     """Benchmarks (figures go to BENCHMARKS.md). Without a subcommand: training, scoring and
     generation speed of a config against this machine's GEMM rate and PyTorch."""
     if ctx.invoked_subcommand is not None:
@@ -32,7 +35,7 @@ def bench(ctx, config_name, data_dir, threads, seconds, loss, use_torch, as_json
     for path in recipe_paths(data_dir, "brown")[:2]:
         if not os.path.isfile(path):
             raise FflmError(f"{path}: not found; pass --data or set FFLM_DATA")
-    result = run_speed(data_dir, config_name, threads, seconds, use_torch, loss)
+    result = run_speed(data_dir, config_name, threads, seconds, use_torch, loss, precision)
     _echo_json(result) if as_json else click.echo(format_speed(result))
 
 

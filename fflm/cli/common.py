@@ -158,11 +158,19 @@ def _available_memory():
     return None
 
 
-def _load_model(path):
+def precision_option(f):
+    return click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
+                        help="The matrix products' arithmetic: fp32, bf16 (bfloat16 operands, float32 sums and "
+                             "everything else; on AMX tiles where the CPU has them, emulated slowly elsewhere) "
+                             "or auto (bf16 where the CPU has AMX).")(f)
+
+
+def _load_model(path, precision="fp32"):
     from ..model import FFNNLM
     from ..text import TextConfig
 
     model, meta = FFNNLM.load(path)
+    model.set_precision(precision)
     return model, meta, TextConfig.from_dict(meta.get("text", {}))
 
 

@@ -26,6 +26,7 @@ from .common import (
     _sha256,
     _text_config,
     cli,
+    precision_option,
     text_options,
 )
 
@@ -91,6 +92,7 @@ from .common import (
               help="Seconds between checkpoints within an epoch (0: only after epochs and on interruption).")
 @click.option("--resume", default=None,
               help="Continue from this checkpoint with its settings (CORPUS and the other options are taken from it).")
+@precision_option
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.pass_context
@@ -98,7 +100,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
           cross_sentence, epochs,
           batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
           noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
-          encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, json_log, quiet):
+          encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, precision, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
     \b
@@ -178,7 +180,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                                        lr_decay=lr_decay, max_halvings=max_halvings,
                                        weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
                                        embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
-                                       noise_power=noise_power, clip=clip, seed=seed, threads=threads)
+                                       noise_power=noise_power, clip=clip, seed=seed, threads=threads,
+                                       precision=precision)
         tconfig.check()
         vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
         config = config.resolve(vocab.counts)
@@ -203,6 +206,11 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             f"{used} thread(s)")
         if config.softmax == "adaptive" or softmax == "auto":
             say(_output_layer_line(config, len(vocab), chosen=softmax == "auto"))
+    if tconfig.precision != "fp32":
+        from ..bf16 import describe_precision
+
+        say(f"precision: {describe_precision(trainer.precision)}"
+            + (" (--precision auto on this CPU)" if tconfig.precision == "auto" else ""))
         meta = {
             "text": text.to_dict(),
             "training": {
@@ -287,9 +295,10 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--per-token", type=click.Path(dir_okay=False), default=None, help="Write every token's log10 p (TSV).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@precision_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tune_on, mix_paths, as_json, per_token,
-          threads, quiet):
+          threads, precision, quiet):
     """Perplexity of a neural MODEL on TEXT, beside an n-gram baseline, on exactly the same tokens.
 
     \b
@@ -311,10 +320,10 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
     if per_token:
         _check_output(per_token)
     set_threads(threads)
-    model, meta, config = _load_model(model_path)
+    model, meta, config = _load_model(model_path, precision)
     others = []  # (row name, path, model): the --mix models, checked to score the same tokens
     for i, path in enumerate(mix_paths, start=2):
-        other, _, other_config = _load_model(path)
+        other, _, other_config = _load_model(path, precision)
         if other.vocab.words != model.vocab.words:
             raise FflmError(f"{path}: its vocabulary differs from {model_path}'s; only models over the same "
                             "vocabulary can be mixed (their perplexities are not comparable)")
@@ -409,8 +418,9 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
 @click.option("--top-k", type=int, default=0, show_default=True, help="Sample only from the k likeliest words (0: all).")
 @click.option("--seed", type=int, default=None, help="Same seed, same samples.")
 @click.option("--no-unk", is_flag=True, help="Never produce <unk>.")
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the samples as a JSON list.")
-def generate(model_path, prompt, num_words, num_samples, temperature, top_k, seed, no_unk, as_json):
+def generate(model_path, prompt, num_words, num_samples, temperature, top_k, seed, no_unk, precision, as_json):
     """Sample sentences from a neural MODEL, word by word, until </s>.
 
     \b
@@ -419,7 +429,7 @@ def generate(model_path, prompt, num_words, num_samples, temperature, top_k, see
     """
     from ..generate import sample
 
-    model, _, config = _load_model(model_path)
+    model, _, config = _load_model(model_path, precision)
     words = config.tokenize(prompt) if prompt.strip() else []
     samples = sample(model, num_samples, words, num_words, temperature, top_k, seed, no_unk)
     if as_json:
@@ -439,6 +449,9 @@ def info(model_path, as_json):
     summary = {k: v for k, v in meta.items() if k != "vocab"}
     summary["vocabulary_size"] = V
     summary["parameters"] = model.config.n_params(V)
+    from ..bf16 import resolve_precision
+
+    summary["precision_auto"] = resolve_precision("auto")  # what --precision auto picks on this CPU
     if as_json:
         _echo_json(summary)
         return
@@ -448,6 +461,9 @@ def info(model_path, as_json):
                f"{c.activation}{', direct connections' if c.direct else ''}{', tied embeddings' if c.tied else ''}"
                f"{', cross-sentence contexts' if c.cross_sentence else ''}; {summary['parameters']:,} parameters")
     click.echo(_output_layer_line(c, V))
+    from ..bf16 import describe_precision, resolve_precision
+
+    click.echo(f"precision: weights float32; --precision auto here: {describe_precision(resolve_precision('auto'))}")
     click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
     click.echo(f"text: {meta.get('text')}")
     tr = meta.get("training", {})
@@ -466,7 +482,8 @@ def info(model_path, as_json):
 @click.option("--per-token", is_flag=True, help="Every word's id, n-gram length and log10 p before each Total.")
 @click.option("--summary-only", is_flag=True, help="Only the closing summary (KenLM's `query -v summary`).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
-def score(model_path, text, per_token, summary_only, threads):
+@precision_option
+def score(model_path, text, per_token, summary_only, threads, precision):
     """Score TEXT with MODEL (an fflm .npz or an ARPA file) in the layout of KenLM's `query`.
 
     \b
@@ -489,7 +506,7 @@ def score(model_path, text, per_token, summary_only, threads):
         from ..train import set_threads
 
         set_threads(threads)
-        model, _, config = _load_model(model_path)
+        model, _, config = _load_model(model_path, precision)
         sentences = read_sentences(text, config)
         ev.check_coverage(sentences, model.vocab, text)
         scores, order = ev.score_neural(model, model.windows(sentences)), model.config.order

@@ -1,0 +1,456 @@
+"""Mixed precision: matrix products with bfloat16 operands and float32 accumulation.
+
+bfloat16 is float32 with the low 16 bits of the mantissa dropped (8 bits of precision, the
+same range), so a product of two bfloat16 numbers is exact in float32 and a dot product of
+them loses only what the float32 sum loses. CPUs with AMX (Intel's Sapphire Rapids and later:
+`amx_bf16`, `amx_tile` in the flags) multiply bfloat16 tiles at five to six times their float32
+rate; fflm drives those tile instructions itself, through LLVM intrinsics that Numba compiles
+(no BLAS has them: numpy's OpenBLAS computes float32 only).
+
+What runs in bfloat16 (`--precision bf16`): the operands of the matrix products (the output
+layer's three and each hidden layer's three). Everything else stays float32: the master
+weights, gradients and optimizer state, the softmax and the losses, the products' sums.
+Where the CPU has no AMX the same packed operands are multiplied by numpy in float32 (the
+emulation: bfloat16-rounded operands, float32 sums), which gives the numbers of the fast path
+to float32 rounding, slowly; `--precision auto` picks bf16 only where AMX is there.
+
+The AMX operand layouts (Intel's "VNNI" pairs), made by the pack_* kernels below:
+  A (M, K): row-major bfloat16, M and K padded with zeros to multiples of 32;
+  B (K, N): panels of 16 columns, P[p, r, c, s] = B[2r + s, 16p + c], so that one 1 KB tile
+            load reads 32 values of k for 16 columns, as tdpbf16ps wants them.
+"""
+
+import ctypes
+import functools
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
+
+from .errors import FflmError
+
+PRECISIONS = ("fp32", "bf16", "auto")
+TILE = 16  # rows (and 4-byte columns) of an AMX tile
+BLOCK = 32  # a C block is 2 x 2 tiles; A, K and N pad to multiples of it
+
+
+# --- what the CPU has -------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def cpu_flags():
+    """The CPU's feature flags, from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def amx_available():
+    """True where the CPU has AMX-BF16 tiles, the compiler targets them and Linux lets this
+    process use them (a process must ask first: arch_prctl(ARCH_REQ_XCOMP_PERM,
+    XFEATURE_XTILEDATA), or its first tile instruction is killed). FFLM_NO_AMX=1 says no."""
+    if os.environ.get("FFLM_NO_AMX") == "1":
+        return False
+    if not {"amx_bf16", "amx_tile"} <= cpu_flags():
+        return False
+    import llvmlite.binding as ll
+
+    features = ll.get_host_cpu_features()
+    if not (features.get("amx-bf16") and features.get("amx-tile")):
+        return False  # an LLVM that cannot emit the tile instructions for this CPU
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+        return libc.syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def resolve_precision(precision):
+    """'auto' as what it picks here: bf16 where AMX is there, else fp32.
+
+    >>> resolve_precision("fp32")
+    'fp32'
+    """
+    if precision not in PRECISIONS:
+        raise FflmError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return "bf16" if amx_available() else "fp32"
+    return precision
+
+
+def describe_precision(precision):
+    """One line for `fflm info`, the training log and `bin/bench`."""
+    engine = "AMX tiles" if amx_available() else "emulated: numpy float32 on bf16-rounded operands, slower than fp32"
+    if precision == "bf16":
+        return f"bf16 operands, float32 sums ({engine})"
+    return "fp32" + ("" if amx_available() else " (no AMX here: --precision auto keeps fp32)")
+
+
+# --- float32 -> bfloat16, and the operand layouts --------------------------------------------
+@njit(cache=True, inline="always")
+def _round(u):
+    """The bfloat16 bits of the float32 whose bits are u (uint32): round to nearest, ties to
+    even; NaN stays NaN (rounding could carry a NaN's mantissa into infinity)."""
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16(0x7FC0)
+    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+# Each pack fills its interior without a test per element (so the loops vectorise), then the
+# edges and the zero padding apart.
+@njit(cache=True, parallel=True)
+def pack_rows(X, out):
+    """out = X (M, K) as bfloat16, row-major, zero-padded to out's (Mp, Kp). X: float32 bits."""
+    M, K = X.shape
+    for i in prange(out.shape[0]):
+        if i < M:
+            for k in range(K):
+                out[i, k] = _round(X[i, k])
+            for k in range(K, out.shape[1]):
+                out[i, k] = 0
+        else:
+            for k in range(out.shape[1]):
+                out[i, k] = 0
+
+
+@njit(cache=True, parallel=True)
+def pack_rows_t(X, out):
+    """out = Xᵀ for X (K, M): the A operand of a product with a transposed left side."""
+    K, M = X.shape
+    Mp, Kp = out.shape
+    for i0 in prange((Mp + TILE - 1) // TILE):  # 16 rows of out (columns of X) at a time
+        for i in range(i0 * TILE, min(i0 * TILE + TILE, Mp)):
+            for k in range(K, Kp):
+                out[i, k] = 0
+        if i0 * TILE + TILE <= M:
+            for k in range(K):
+                for c in range(TILE):  # 16 consecutive values of one row of X
+                    out[i0 * TILE + c, k] = _round(X[k, i0 * TILE + c])
+        else:
+            for i in range(i0 * TILE, min(i0 * TILE + TILE, Mp)):
+                for k in range(K):
+                    out[i, k] = _round(X[k, i]) if i < M else 0
+
+
+@njit(cache=True, parallel=True)
+def pack_panels(X, out):
+    """out[p, r, c, s] = X[2r + s, 16p + c] for X (K, N): the B operand, zero-padded."""
+    K, N = X.shape
+    P, R = out.shape[0], out.shape[1]
+    full = N // TILE
+    G = 16  # panels a thread takes at once: each row pair is read 1 KB at a time, not 64 bytes
+    for g in prange((P + G - 1) // G):
+        for r in range(K // 2):
+            for p in range(g * G, min(g * G + G, full)):
+                n0 = TILE * p
+                for c in range(TILE):
+                    out[p, r, c, 0] = _round(X[2 * r, n0 + c])
+                    out[p, r, c, 1] = _round(X[2 * r + 1, n0 + c])
+        for p in range(g * G, min(g * G + G, P)):
+            first = K // 2 if p < full else 0
+            for r in range(first, R):  # the odd last row, the padding, and the last panel
+                for c in range(TILE):
+                    for s in range(2):
+                        k, n = 2 * r + s, TILE * p + c
+                        out[p, r, c, s] = _round(X[k, n]) if k < K and n < N else 0
+
+
+@njit(cache=True, parallel=True)
+def pack_panels_t(X, out):
+    """The B operand Xᵀ for X (N, K): out[p, r, c, s] = X[16p + c, 2r + s]."""
+    N, K = X.shape
+    R = out.shape[1]
+    for p in prange(out.shape[0]):
+        n0 = TILE * p
+        for c in range(TILE):
+            n = n0 + c
+            if n < N:
+                for r in range(K // 2):
+                    out[p, r, c, 0] = _round(X[n, 2 * r])
+                    out[p, r, c, 1] = _round(X[n, 2 * r + 1])
+                for r in range(K // 2, R):
+                    for s in range(2):
+                        out[p, r, c, s] = _round(X[n, 2 * r + s]) if 2 * r + s < K else 0
+            else:
+                for r in range(R):
+                    out[p, r, c, 0] = 0
+                    out[p, r, c, 1] = 0
+
+
+def unpack_rows(A):
+    """A packed A operand back as float32 (what the emulation multiplies)."""
+    return (A.astype(np.uint32) << 16).view(np.float32)
+
+
+def unpack_panels(P):
+    """A packed B operand back as the float32 (Kp, Np) matrix it holds."""
+    Np, Kp = P.shape[0] * TILE, P.shape[1] * 2
+    return unpack_rows(np.ascontiguousarray(P.transpose(1, 3, 0, 2)).reshape(Kp, Np))
+
+
+def padded(n):
+    return -(-n // BLOCK) * BLOCK
+
+
+# --- the AMX tile instructions, as Numba intrinsics ---------------------------------------------
+# Each wraps one LLVM intrinsic; tile numbers must be compile-time constants (literals).
+_I8, _I64, _VOID = ir.IntType(8), ir.IntType(64), ir.VoidType()
+_PTR = ir.PointerType(ir.IntType(8))
+
+
+def _call(builder, name, argtypes, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VOID, argtypes), name)
+    builder.call(fn, args)
+
+
+def _address(context, builder, aty, arr, offset):
+    data = context.make_array(aty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [offset]), _PTR)
+
+
+def _literals(*ts):
+    return all(isinstance(t, types.IntegerLiteral) for t in ts)
+
+
+@intrinsic
+def _ldtilecfg(typingctx, cfg):
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.ldtilecfg", [_PTR], [_address(context, builder, sig.args[0], args[0], _I64(0))])
+        return context.get_dummy_value()
+
+    return types.void(cfg), codegen
+
+
+@intrinsic
+def _tilerelease(typingctx):
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilerelease", [], [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _tilezero(typingctx, t):
+    if not _literals(t):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilezero", [_I8], [_I8(t.literal_value)])
+        return context.get_dummy_value()
+
+    return types.void(t), codegen
+
+
+def _tile_memory(name):
+    @intrinsic
+    def tile_memory(typingctx, t, arr, offset, stride_bytes):
+        """Load (or store) tile t from arr's element `offset`, rows stride_bytes apart."""
+        if not _literals(t):
+            return None
+
+        def codegen(context, builder, sig, args):
+            address = _address(context, builder, sig.args[1], args[1], args[2])
+            _call(builder, name, [_I8, _PTR, _I64], [_I8(t.literal_value), address, args[3]])
+            return context.get_dummy_value()
+
+        return types.void(t, arr, offset, stride_bytes), codegen
+
+    return tile_memory
+
+
+_tileload = _tile_memory("llvm.x86.tileloadd64")
+_tilestore = _tile_memory("llvm.x86.tilestored64")
+
+
+@intrinsic
+def _tdpbf16ps(typingctx, c, a, b):
+    """Tile c (16 x 16 float32) += tile a (16 x 32 bf16) · tile b (32 x 16 bf16, in pairs)."""
+    if not _literals(c, a, b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tdpbf16ps", [_I8] * 3, [_I8(c.literal_value), _I8(a.literal_value), _I8(b.literal_value)])
+        return context.get_dummy_value()
+
+    return types.void(c, a, b), codegen
+
+
+def tile_config():
+    """The 64-byte tile configuration: palette 1, eight tiles of 16 rows x 64 bytes."""
+    cfg = np.zeros(64, dtype=np.uint8)
+    cfg[0] = 1
+    cfg[16:32].view(np.uint16)[:8] = 64  # bytes per row, tiles 0-7
+    cfg[48:56] = TILE  # rows
+    return cfg
+
+
+_CFG = tile_config()
+
+
+KC = 2048  # values of k per pass: A's slice for a whole batch then stays in L2 (B x 2048 bf16 = 1 MB)
+
+
+@njit(cache=True, parallel=True)
+def _gemm_amx_pass(A, P, C, cfg, k0, k1, accumulate):
+    """C (M, N) (+)= A[:, k0:k1] · B[k0:k1], A packed (Mp, Kp), B as panels P (Np/16, Kp/2, 16, 2).
+
+    C blocks of 32 x 32 (tiles 0-3) from two A tiles (4, 5) and two B tiles (6, 7), 32 values
+    of k at a time. Threads split the columns; each walks every row block for its columns, so
+    a column strip of B (k1 - k0 values x 32 columns) stays in cache while A streams past it.
+    Blocks that run past C's edge go through a scratch block. Tile state is per thread: each
+    strip loads the configuration and releases the tiles after."""
+    M, N = C.shape
+    Kp = A.shape[1]
+    a_stride = Kp * 2  # bytes between rows of A
+    panel = P.shape[1] * 2 * TILE  # elements in one panel
+    for bn in prange((N + BLOCK - 1) // BLOCK):
+        _ldtilecfg(cfg)
+        j = bn * BLOCK
+        p0 = (j // TILE) * panel
+        p1 = p0 + panel
+        scratch = np.zeros((BLOCK, BLOCK), dtype=np.float32)
+        for i in range(0, M, BLOCK):
+            inside = i + BLOCK <= M and j + BLOCK <= N
+            c0 = i * N + j
+            if not accumulate:
+                _tilezero(0)
+                _tilezero(1)
+                _tilezero(2)
+                _tilezero(3)
+            elif inside:
+                _tileload(0, C, c0, N * 4)
+                _tileload(1, C, c0 + TILE, N * 4)
+                _tileload(2, C, c0 + TILE * N, N * 4)
+                _tileload(3, C, c0 + TILE * N + TILE, N * 4)
+            else:
+                for r in range(min(BLOCK, M - i)):
+                    for c in range(min(BLOCK, N - j)):
+                        scratch[r, c] = C[i + r, j + c]
+                _tileload(0, scratch, 0, BLOCK * 4)
+                _tileload(1, scratch, TILE, BLOCK * 4)
+                _tileload(2, scratch, TILE * BLOCK, BLOCK * 4)
+                _tileload(3, scratch, TILE * BLOCK + TILE, BLOCK * 4)
+            a0 = i * Kp
+            a1 = a0 + TILE * Kp
+            for k in range(k0, k1, BLOCK):
+                _tileload(4, A, a0 + k, a_stride)
+                _tileload(5, A, a1 + k, a_stride)
+                _tileload(6, P, p0 + k * TILE, 64)
+                _tileload(7, P, p1 + k * TILE, 64)
+                _tdpbf16ps(0, 4, 6)
+                _tdpbf16ps(1, 4, 7)
+                _tdpbf16ps(2, 5, 6)
+                _tdpbf16ps(3, 5, 7)
+            if inside:
+                _tilestore(0, C, c0, N * 4)
+                _tilestore(1, C, c0 + TILE, N * 4)
+                _tilestore(2, C, c0 + TILE * N, N * 4)
+                _tilestore(3, C, c0 + TILE * N + TILE, N * 4)
+            else:
+                _tilestore(0, scratch, 0, BLOCK * 4)
+                _tilestore(1, scratch, TILE, BLOCK * 4)
+                _tilestore(2, scratch, TILE * BLOCK, BLOCK * 4)
+                _tilestore(3, scratch, TILE * BLOCK + TILE, BLOCK * 4)
+                for r in range(min(BLOCK, M - i)):
+                    for c in range(min(BLOCK, N - j)):
+                        C[i + r, j + c] = scratch[r, c]
+        _tilerelease()
+
+
+def gemm_amx(A, P, C, kc=KC):
+    """C = A · B on AMX tiles, in passes of kc values of k (a long k, as the output layer's
+    backward has with k = V, would otherwise stream all of A from memory once per column strip)."""
+    Kp = A.shape[1]
+    M, N = C.shape
+    # the tiles read whole 32 x 32 blocks: operands smaller than that would be read past their end
+    if not (A.shape[0] >= padded(M) and P.shape[0] * TILE >= padded(N) and P.shape[1] * 2 == Kp
+            and Kp % BLOCK == 0 and kc % BLOCK == 0 and A.flags.c_contiguous and P.flags.c_contiguous
+            and C.flags.c_contiguous):
+        raise ValueError(f"gemm_amx: operands {A.shape} and {P.shape} do not fit C {C.shape}")
+    for k0 in range(0, Kp, kc):
+        _gemm_amx_pass(A, P, C, _CFG, k0, min(k0 + kc, Kp), k0 > 0)
+
+
+def gemm_emulated(A, P, C):
+    """gemm_amx's product by numpy in float32, from the same packed operands."""
+    M, N = C.shape
+    K = P.shape[1] * 2
+    np.dot(unpack_rows(A)[:M, :K], unpack_panels(P)[:, :N], out=C)
+
+
+# --- the products a model asks for ------------------------------------------------------------------
+class Matmul:
+    """out = op(a) · op(b) with bfloat16 operands, for the model's np.dot calls: `a_t`/`b_t`
+    say the operand arrives transposed (a is (K, M), b is (N, K)), as the backward's are.
+    Packed operand buffers are kept by role and reused batch after batch. Inside `frozen()`
+    (inference, where the weights cannot change) a weight's packed copy is made once."""
+
+    def __init__(self, amx=None):
+        self.amx = amx_available() if amx is None else amx
+        self._buffers = {}
+        self._frozen = None  # (address, shape, transposed) -> a weight's packed copy, while frozen
+
+    def _buffer(self, role, shape):
+        buf = self._buffers.get(role)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[role] = np.empty(shape, dtype=np.uint16)
+        return buf
+
+    def _a(self, a, a_t, role):
+        if not a.flags.c_contiguous and a.T.flags.c_contiguous:  # a transposed view: read it as is
+            a, a_t = a.T, not a_t
+        M, K = (a.shape[1], a.shape[0]) if a_t else a.shape
+        out = self._buffer(role, (padded(M), padded(K)))
+        (pack_rows_t if a_t else pack_rows)(np.ascontiguousarray(a).view(np.uint32), out)
+        return out
+
+    def _b(self, b, b_t, role, weight):
+        if not b.flags.c_contiguous and b.T.flags.c_contiguous:  # the tied U is Eᵀ, a view
+            b, b_t = b.T, not b_t
+        key = (b.ctypes.data, b.shape, b_t)  # the weight's memory, not the view object's id
+        if weight and self._frozen is not None and key in self._frozen:
+            return self._frozen[key]
+        N, K = b.shape if b_t else (b.shape[1], b.shape[0])
+        shape = (padded(N) // TILE, padded(K) // 2, TILE, 2)
+        out = np.empty(shape, dtype=np.uint16) if weight and self._frozen is not None else self._buffer(role, shape)
+        (pack_panels_t if b_t else pack_panels)(np.ascontiguousarray(b).view(np.uint32), out)
+        if weight and self._frozen is not None:
+            self._frozen[key] = out
+        return out
+
+    def dot(self, a, b, out, a_t=False, b_t=False, weight=False, role="mm"):
+        """out[...] = op(a) · op(b); `weight`: b is a parameter (cached while frozen)."""
+        A = self._a(a, a_t, role + ".a")
+        P = self._b(b, b_t, role + ".b", weight)
+        if self.amx:
+            gemm_amx(A, P, out)
+        else:
+            gemm_emulated(A, P, out)
+        return out
+
+    def frozen(self):
+        return _Frozen(self)
+
+
+class _Frozen:
+    def __init__(self, mm):
+        self.mm = mm
+
+    def __enter__(self):
+        self.outer = self.mm._frozen is not None
+        if not self.outer:
+            self.mm._frozen = {}
+        return self.mm
+
+    def __exit__(self, *exc):
+        if not self.outer:
+            self.mm._frozen = None

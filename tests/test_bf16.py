@@ -1,0 +1,208 @@
+"""Mixed precision (fflm/bf16.py): the bfloat16 rounding, the packed operand layouts, the AMX
+product where the CPU has it and the emulation everywhere, and a model trained in bf16 against
+the same model in fp32."""
+
+import numpy as np
+import pytest
+
+from fflm import FflmError, Vocabulary, Windows, bf16
+from fflm.model import FFNNLM, ModelConfig, Workspace
+from fflm.train import TrainConfig, evaluate_ppl, train
+
+ENGINES = [False] + ([True] if bf16.amx_available() else [])  # emulation everywhere, AMX where present
+
+
+def reference_round(x):
+    """bfloat16 rounding written the slow way: the nearer of the two bfloat16 neighbours (the
+    value with its low 16 bits cleared, and the next one up in magnitude), ties to the one
+    whose last bit is 0."""
+    out = []
+    for v in np.asarray(x, dtype=np.float32).ravel():
+        if np.isnan(v):
+            out.append(np.nan)
+            continue
+        bits = int(np.float32(v).view(np.uint32))
+        lo = np.uint32(bits & 0xFFFF0000).view(np.float32)
+        hi = np.uint32((bits & 0xFFFF0000) + 0x10000).view(np.float32) if (bits & 0xFFFF) else lo
+        dlo, dhi = abs(float(v) - float(lo)), abs(float(hi) - float(v))
+        out.append(lo if dlo < dhi or (dlo == dhi and not (bits >> 16) & 1) else hi)
+    return np.array(out, dtype=np.float32)
+
+
+def rounded(x):
+    """x through pack_rows and back: its bfloat16 values as float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(1, -1)
+    out = np.empty((1, x.shape[1]), dtype=np.uint16)
+    bf16.pack_rows(x.view(np.uint32), out)
+    return bf16.unpack_rows(out).ravel()
+
+
+def bits(*u):
+    return np.array(u, dtype=np.uint32).view(np.float32)
+
+
+def test_rounding_is_to_nearest_even_and_keeps_nan_and_infinity():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(3000) * 10.0 ** rng.integers(-30, 30, 3000)).astype(np.float32)
+    ties = bits(0x3F808000, 0x3F818000, 0xBF808000)  # low 16 bits exactly half-way
+    x = np.concatenate([x, np.float32([0.0, -0.0, 1.0, np.inf, -np.inf, np.nan, 3.3e38, 1e-40]), ties])
+    got, want = rounded(x), reference_round(x)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got[~np.isnan(want)], want[~np.isnan(want)])
+    assert list(rounded(ties)) == [1.0, 1.015625, -1.0]  # even neighbours: down, up, down
+    assert np.isnan(rounded(bits(0x7F800001))[0])  # a NaN whose rounding would carry into infinity
+
+
+@pytest.mark.parametrize("M, K", [(1, 1), (5, 7), (32, 32), (33, 70), (64, 130)])
+def test_packed_layouts_hold_the_rounded_matrix_and_zero_padding(M, K):
+    a = np.random.default_rng(1).standard_normal((M, K)).astype(np.float32)
+    want = rounded(a).reshape(M, K)
+    A = np.empty((bf16.padded(M), bf16.padded(K)), dtype=np.uint16)
+    bf16.pack_rows(a.view(np.uint32), A)
+    At = np.empty_like(A)
+    bf16.pack_rows_t(np.ascontiguousarray(a.T).view(np.uint32), At)
+    assert np.array_equal(A, At)
+    full = bf16.unpack_rows(A)
+    assert np.array_equal(full[:M, :K], want) and not full[M:].any() and not full[:, K:].any()
+    # as a B operand (M, K) in panels of 16 columns, from a and from aᵀ
+    P = np.empty((bf16.padded(K) // 16, bf16.padded(M) // 2, 16, 2), dtype=np.uint16)
+    bf16.pack_panels(a.view(np.uint32), P)
+    Pt = np.empty_like(P)
+    bf16.pack_panels_t(np.ascontiguousarray(a.T).view(np.uint32), Pt)
+    assert np.array_equal(P, Pt)
+    full = bf16.unpack_panels(P)
+    assert np.array_equal(full[:M, :K], want) and not full[M:].any() and not full[:, K:].any()
+
+
+@pytest.mark.parametrize("amx", ENGINES)
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (5, 7, 9), (32, 32, 32), (33, 70, 45), (256, 300, 1000)])
+def test_products_equal_the_float64_product_of_the_rounded_operands(amx, M, K, N):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    want = rounded(a).reshape(M, K).astype(np.float64) @ rounded(b).reshape(K, N).astype(np.float64)
+    mm = bf16.Matmul(amx=amx)
+    tol = 1e-6 * np.sqrt(K) * np.abs(want).max() + 1e-7  # float32 sums of K exact products
+    for a_t, b_t in ((False, False), (True, False), (False, True), (True, True)):
+        out = np.full((M, N), np.nan, dtype=np.float32)
+        mm.dot(np.ascontiguousarray(a.T) if a_t else a, np.ascontiguousarray(b.T) if b_t else b, out, a_t, b_t)
+        assert np.abs(out - want).max() <= tol, (a_t, b_t)
+    out = np.empty((M, N), dtype=np.float32)
+    mm.dot(np.ascontiguousarray(a.T).T, b, out)  # a transposed view is read in place, not copied
+    assert np.abs(out - want).max() <= tol
+
+
+@pytest.mark.skipif(not bf16.amx_available(), reason="this CPU has no AMX (the emulation is tested above)")
+def test_amx_product_equals_the_emulation():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((256, 512)).astype(np.float32)
+    b = rng.standard_normal((512, 2085)).astype(np.float32)
+    fast, plain = np.empty((256, 2085), np.float32), np.empty((256, 2085), np.float32)
+    bf16.Matmul(amx=True).dot(a, b, fast)
+    bf16.Matmul(amx=False).dot(a, b, plain)
+    assert np.allclose(fast, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+    # a long k goes in passes that add to C: edge blocks included (45 rows, 70 columns)
+    a, b = a[:45], b[:, :70]
+    A = np.empty((64, 512), np.uint16)
+    bf16.pack_rows(a.view(np.uint32), A)
+    P = np.empty((bf16.padded(70) // 16, 256, 16, 2), np.uint16)
+    bf16.pack_panels(np.ascontiguousarray(b).view(np.uint32), P)
+    one, passes, plain = (np.empty((45, 70), np.float32) for _ in range(3))
+    bf16.gemm_amx(A, P, one)
+    bf16.gemm_amx(A, P, passes, kc=64)  # 8 passes
+    bf16.gemm_emulated(A, P, plain)
+    assert np.allclose(one, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+    assert np.allclose(passes, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+
+
+def test_precision_choice(monkeypatch):
+    assert bf16.resolve_precision("fp32") == "fp32" and bf16.resolve_precision("bf16") == "bf16"
+    assert bf16.resolve_precision("auto") == ("bf16" if bf16.amx_available() else "fp32")
+    with pytest.raises(FflmError, match="--precision"):
+        bf16.resolve_precision("fp16")
+    assert bf16.tile_config()[0] == 1  # palette 1
+
+
+@pytest.fixture(scope="module")
+def data(synth_sentences):
+    train_s = synth_sentences["train"][:1500]
+    vocab = Vocabulary.build(train_s)
+    W = lambda s: Windows.from_sentences(s, vocab, 4)  # noqa: E731
+    return vocab, W(train_s), W(synth_sentences["valid"][:300])
+
+
+CONFIGS = {
+    "untied": ModelConfig(order=4, embed_dim=16, hidden=(40, 24)),
+    "tied": ModelConfig(order=4, embed_dim=24, hidden=(40, 24), tied=True),
+    "direct": ModelConfig(order=4, embed_dim=16, hidden=(40,), direct=True),
+}
+
+
+@pytest.mark.parametrize("amx", ENGINES)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_bf16_gradients_match_fp32_to_bf16_tolerance(data, name, amx):
+    vocab, tw, _ = data
+    x, y = (np.ascontiguousarray(a[:70]) for a in tw.pairs())
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        model = FFNNLM(vocab, CONFIGS[name], seed=3)
+        model.set_precision(precision)
+        if precision == "bf16":
+            model._mm.amx = amx
+        ws = Workspace(model, 70)
+        model.dE[...] = 0
+        loss = model.loss_and_grad(x, y, ws)
+        grads[precision] = (loss, model.grad.copy(), model.dE.copy())
+    (l32, g32, e32), (l16, g16, e16) = grads["fp32"], grads["bf16"]
+    assert l16 == pytest.approx(l32, rel=1e-2) and l16 != l32  # close, and really another arithmetic
+    for a, b in ((g16, g32), (e16, e32)):
+        assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)  # bfloat16 keeps 8 bits: ~0.4% a value
+
+
+@pytest.mark.parametrize("amx", ENGINES)
+def test_bf16_scoring_is_normalised_and_close_to_fp32(data, amx):
+    vocab, _, vw = data
+    model = FFNNLM(vocab, CONFIGS["tied"], seed=4)
+    nll32 = model.nll(*vw.pairs(), batch_size=100)
+    p32 = model.probs(vw.pairs()[0][:20])
+    model.set_precision("bf16")
+    model._mm.amx = amx
+    nll16 = model.nll(*vw.pairs(), batch_size=100)
+    p16 = model.probs(vw.pairs()[0][:20])
+    assert np.allclose(p16.sum(axis=1), 1.0, atol=1e-6)  # still an exact distribution, of other logits
+    assert np.abs(nll16 - nll32).max() < 0.05 and not np.array_equal(nll16, nll32)
+    assert np.abs(p16 - p32).max() < 1e-2
+
+
+def test_frozen_weights_are_packed_again_once_they_change(data):
+    vocab, _, vw = data
+    model = FFNNLM(vocab, CONFIGS["untied"], seed=5)
+    model.set_precision("bf16")
+    before = model.nll(*vw.pairs(), batch_size=64)
+    model.U_all *= 0.5
+    model.W[0] *= 2.0
+    after = model.nll(*vw.pairs(), batch_size=64)
+    fresh = FFNNLM(vocab, CONFIGS["untied"], seed=5)
+    fresh.U_all *= 0.5
+    fresh.W[0] *= 2.0
+    fresh.set_precision("bf16")
+    assert not np.allclose(before, after)
+    assert np.array_equal(after, fresh.nll(*vw.pairs(), batch_size=64))
+
+
+def test_a_small_model_trained_in_bf16_is_within_1_percent_of_fp32(data):
+    vocab, tw, vw = data
+    ppl = {}
+    for precision in ("fp32", "bf16"):
+        model = FFNNLM(vocab, CONFIGS["untied"], seed=6)
+        model.set_precision(precision)
+        train(model, tw, vw, TrainConfig(epochs=3, batch_size=64, lr=0.5, seed=6))
+        model.set_precision("fp32")  # both scored alike, with the exact float32 arithmetic
+        ppl[precision] = evaluate_ppl(model, vw)
+    assert ppl["bf16"] == pytest.approx(ppl["fp32"], rel=0.01)
+
+
+def test_bf16_needs_a_float32_model(data):
+    vocab, _, _ = data
+    with pytest.raises(FflmError, match="float32"):
+        FFNNLM(vocab, CONFIGS["untied"], dtype=np.float64).set_precision("bf16")
