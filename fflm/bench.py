@@ -301,6 +301,13 @@ SPEED_CONFIGS = {
 }
 
 
+def _speed_config(spec):
+    from fflm.model import ModelConfig
+
+    return ModelConfig(order=spec["order"], embed_dim=spec["embed_dim"], hidden=spec["hidden"],
+                       tied=spec.get("tied", False), cross_sentence=spec.get("cross_sentence", False), softmax="full")
+
+
 def train_flops_per_token(config, V):
     """Forward 2·in·out per layer, backward twice that (the input's and the weights' gradients);
     the first hidden layer's input gradient is needed too (it feeds the embeddings)."""
@@ -316,9 +323,12 @@ def score_flops_per_token(config, V):
     return train_flops_per_token(config, V) // 3
 
 
-def gemm_gflops(B, H, V, seconds=3.0):
-    """numpy's float32 GEMM rate on the output layer's three products at these shapes."""
+def gemm_gflops(B, H, V, seconds=3.0, bf16=False):
+    """numpy's float32 GEMM rate on the output layer's three products at these shapes; with
+    bf16, fflm's bfloat16 products (AMX, or the emulation), packing included as training does it."""
     import numpy as np
+
+    from .bf16 import Matmul
 
     rng = np.random.default_rng(0)
     h = rng.standard_normal((B, H), dtype=np.float32)
@@ -326,11 +336,17 @@ def gemm_gflops(B, H, V, seconds=3.0):
     z = np.empty((B, V), dtype=np.float32)
     dU = np.empty((H, V), dtype=np.float32)
     dh = np.empty((B, H), dtype=np.float32)
+    mm = Matmul() if bf16 else None
 
     def three():
-        np.dot(h, U, out=z)
-        np.dot(h.T, z, out=dU)
-        np.dot(z, U.T, out=dh)
+        if mm is None:
+            np.dot(h, U, out=z)
+            np.dot(h.T, z, out=dU)
+            np.dot(z, U.T, out=dh)
+        else:
+            mm.dot(h, U, z, role="U")
+            mm.dot(h, z, dU, a_t=True, role="dU")
+            mm.dot(z, U, dh, b_t=True, role="dh")
 
     three()
     n, t0 = 0, time.perf_counter()
@@ -398,34 +414,6 @@ def _timed_steps(step, batches, seconds):
             return tokens, elapsed
 
 
-def bf16_gemm_gflops(B, H, V, seconds=3.0):
-    """fflm's bfloat16 product rate (AMX, or the emulation) on the output layer's three
-    products, with the operands packed as training packs them (the packing counted)."""
-    import numpy as np
-
-    from .bf16 import Matmul
-
-    rng = np.random.default_rng(0)
-    h = rng.standard_normal((B, H), dtype=np.float32)
-    U = rng.standard_normal((H, V), dtype=np.float32)
-    z = np.empty((B, V), dtype=np.float32)
-    dU = np.empty((H, V), dtype=np.float32)
-    dh = np.empty((B, H), dtype=np.float32)
-    mm = Matmul()
-
-    def three():
-        mm.dot(h, U, z, role="U")
-        mm.dot(h, z, dU, a_t=True, role="dU")
-        mm.dot(z, U, dh, b_t=True, role="dh")
-
-    three()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        three()
-        n += 1
-    return 3 * 2 * B * H * V * n / (time.perf_counter() - t0) / 1e9
-
-
 def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="softmax", precision="fp32"):
     """Everything issue 4 measures for one config, in this process (see BENCHMARKS.md). With
     precision bf16 (or auto where it picks bf16), fflm in bf16 is timed beside fflm in fp32,
@@ -434,23 +422,25 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
 
     from fflm import Vocabulary, Windows, read_sentences
     from fflm.generate import sample
-    from fflm.model import FFNNLM, ModelConfig
+    from fflm.model import FFNNLM
     from fflm.bf16 import describe_precision, resolve_precision
     from fflm.train import SGD, TrainConfig, make_noise, set_threads, warm_up
 
     precision = resolve_precision(precision)
-    spec = SPEED_CONFIGS[name]
+    spec = SOFTMAX_CONFIGS[name]
     train_path, valid_path, _ = recipe_paths(data_dir, "brown")
     used = set_threads(threads)
     sentences = read_sentences(train_path)
     vocab = Vocabulary.build(sentences)
     V = len(vocab)
-    config = ModelConfig(order=spec["order"], embed_dim=spec["embed_dim"], hidden=spec["hidden"])
+    config = _speed_config(spec)
+    use_torch = use_torch and not config.tied  # the PyTorch peer is the plain untied model
     B = spec["batch_size"]
-    windows = Windows.from_sentences(sentences, vocab, config.order)
-    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order)
+    windows = Windows.from_sentences(sentences, vocab, config.order, config.cross_sentence)
+    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order, config.cross_sentence)
     model = FFNNLM(vocab, config, seed=1)
-    tconfig = TrainConfig(batch_size=B, loss=loss)
+    tconfig = TrainConfig(batch_size=B, loss=loss, embed_dropout=spec.get("dropout", (0.0, 0.0))[0],
+                          dropout=spec.get("dropout", (0.0, 0.0))[1])
     if precision == "bf16":
         model.set_precision("bf16")
         warm_up(model, tconfig)
@@ -459,14 +449,14 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
 
     rng = np.random.default_rng(0)
     index = [ix.copy() for _, ix in zip(range(200), windows.batches(B, rng))]
-    sgd = SGD(model, B, make_noise(model, tconfig))
+    sgd = SGD(model, B, make_noise(model, tconfig), (tconfig.embed_dropout, tconfig.dropout), seed=1)
     lr = 0.05  # small, so the weights stay in a realistic range however long the runs are
     fflm_step = lambda ix: sgd.step(ix, windows, lr, 0.0, 0.0)  # noqa: E731
     _timed_steps(fflm_step, index[:5], 0.0)
 
     gemm = gemm_gflops(B, config.hidden[-1], V, seconds=min(3.0, seconds / 4))
     bf16 = precision == "bf16"
-    gemm16 = bf16_gemm_gflops(B, config.hidden[-1], V, seconds=min(3.0, seconds / 4)) if bf16 else None
+    gemm16 = gemm_gflops(B, config.hidden[-1], V, seconds=min(3.0, seconds / 4), bf16=True) if bf16 else None
     # every implementation runs in short rounds, in turn, on the same batches, so drift hits all alike
     steps = {"fflm": (lambda ix: (model.set_precision(precision), fflm_step(ix))[1], index)}
     if bf16:
@@ -507,7 +497,8 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
     result = {
         "benchmark": "speed",
         "config": name,
-        "model": {**spec, "hidden": list(spec["hidden"]), "vocabulary": V, "loss": loss},
+        "model": {**spec, "hidden": list(spec["hidden"]), "vocabulary": V, "loss": loss,
+                  **({"dropout": list(spec["dropout"])} if "dropout" in spec else {})},
         "machine": machine(),
         "threads": used,
         "precision": precision,
@@ -573,16 +564,16 @@ def train_peak_memory(data_dir, name, loss="softmax"):
     import numpy as np
 
     from fflm import Vocabulary, Windows, read_sentences
-    from fflm.model import FFNNLM, ModelConfig
+    from fflm.model import FFNNLM
     from fflm.train import SGD, TrainConfig, evaluate_ppl, make_noise
 
-    spec = SPEED_CONFIGS[name]
+    spec = SOFTMAX_CONFIGS[name]
     train_path, valid_path, _ = recipe_paths(data_dir, "brown")
     sentences = read_sentences(train_path)
     vocab = Vocabulary.build(sentences)
-    config = ModelConfig(order=spec["order"], embed_dim=spec["embed_dim"], hidden=spec["hidden"])
-    windows = Windows.from_sentences(sentences, vocab, config.order)
-    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order)
+    config = _speed_config(spec)
+    windows = Windows.from_sentences(sentences, vocab, config.order, config.cross_sentence)
+    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order, config.cross_sentence)
     model = FFNNLM(vocab, config, seed=1)
     tconfig = TrainConfig(batch_size=spec["batch_size"], loss=loss)
     sgd = SGD(model, spec["batch_size"], make_noise(model, tconfig))

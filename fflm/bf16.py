@@ -296,6 +296,24 @@ def tile_config():
 _CFG = tile_config()
 
 
+SWAP = True  # a · bᵀ as (b · aᵀ)ᵀ when b is the bigger operand (Matmul.dot)
+@njit(cache=True, inline="always")
+def _load_block(C, c0, n):
+    """Tiles 0-3 from the 32 x 32 float32 block of C at element c0 (rows n elements apart)."""
+    _tileload(0, C, c0, n * 4)
+    _tileload(1, C, c0 + TILE, n * 4)
+    _tileload(2, C, c0 + TILE * n, n * 4)
+    _tileload(3, C, c0 + TILE * n + TILE, n * 4)
+
+
+@njit(cache=True, inline="always")
+def _store_block(C, c0, n):
+    _tilestore(0, C, c0, n * 4)
+    _tilestore(1, C, c0 + TILE, n * 4)
+    _tilestore(2, C, c0 + TILE * n, n * 4)
+    _tilestore(3, C, c0 + TILE * n + TILE, n * 4)
+
+
 KC = 2048  # values of k per pass: A's slice for a whole batch then stays in L2 (B x 2048 bf16 = 1 MB)
 
 
@@ -327,18 +345,12 @@ def _gemm_amx_pass(A, P, C, cfg, k0, k1, accumulate):
                 _tilezero(2)
                 _tilezero(3)
             elif inside:
-                _tileload(0, C, c0, N * 4)
-                _tileload(1, C, c0 + TILE, N * 4)
-                _tileload(2, C, c0 + TILE * N, N * 4)
-                _tileload(3, C, c0 + TILE * N + TILE, N * 4)
+                _load_block(C, c0, N)
             else:
                 for r in range(min(BLOCK, M - i)):
                     for c in range(min(BLOCK, N - j)):
                         scratch[r, c] = C[i + r, j + c]
-                _tileload(0, scratch, 0, BLOCK * 4)
-                _tileload(1, scratch, TILE, BLOCK * 4)
-                _tileload(2, scratch, TILE * BLOCK, BLOCK * 4)
-                _tileload(3, scratch, TILE * BLOCK + TILE, BLOCK * 4)
+                _load_block(scratch, 0, BLOCK)
             a0 = i * Kp
             a1 = a0 + TILE * Kp
             for k in range(k0, k1, BLOCK):
@@ -351,15 +363,9 @@ def _gemm_amx_pass(A, P, C, cfg, k0, k1, accumulate):
                 _tdpbf16ps(2, 5, 6)
                 _tdpbf16ps(3, 5, 7)
             if inside:
-                _tilestore(0, C, c0, N * 4)
-                _tilestore(1, C, c0 + TILE, N * 4)
-                _tilestore(2, C, c0 + TILE * N, N * 4)
-                _tilestore(3, C, c0 + TILE * N + TILE, N * 4)
+                _store_block(C, c0, N)
             else:
-                _tilestore(0, scratch, 0, BLOCK * 4)
-                _tilestore(1, scratch, TILE, BLOCK * 4)
-                _tilestore(2, scratch, TILE * BLOCK, BLOCK * 4)
-                _tilestore(3, scratch, TILE * BLOCK + TILE, BLOCK * 4)
+                _store_block(scratch, 0, BLOCK)
                 for r in range(min(BLOCK, M - i)):
                     for c in range(min(BLOCK, N - j)):
                         C[i + r, j + c] = scratch[r, c]
@@ -369,6 +375,8 @@ def _gemm_amx_pass(A, P, C, cfg, k0, k1, accumulate):
 def gemm_amx(A, P, C, kc=KC):
     """C = A · B on AMX tiles, in passes of kc values of k (a long k, as the output layer's
     backward has with k = V, would otherwise stream all of A from memory once per column strip)."""
+    if not amx_available():  # also what asks Linux for the tile state, once per process
+        raise RuntimeError("gemm_amx: this CPU or process has no AMX (see amx_available)")
     Kp = A.shape[1]
     M, N = C.shape
     # the tiles read whole 32 x 32 blocks: operands smaller than that would be read past their end
@@ -399,10 +407,10 @@ class Matmul:
         self._buffers = {}
         self._frozen = None  # (address, shape, transposed) -> a weight's packed copy, while frozen
 
-    def _buffer(self, role, shape):
+    def _buffer(self, role, shape, dtype=np.uint16):
         buf = self._buffers.get(role)
         if buf is None or buf.shape != shape:
-            buf = self._buffers[role] = np.empty(shape, dtype=np.uint16)
+            buf = self._buffers[role] = np.empty(shape, dtype=dtype)
         return buf
 
     def _a(self, a, a_t, role):
@@ -429,8 +437,17 @@ class Matmul:
 
     def dot(self, a, b, out, a_t=False, b_t=False, weight=False, role="mm"):
         """out[...] = op(a) · op(b); `weight`: b is a parameter (cached while frozen)."""
-        A = self._a(a, a_t, role + ".a")
-        P = self._b(b, b_t, role + ".b", weight)
+        if (SWAP and b_t and not a_t and b.flags.c_contiguous and b.size > a.size and self._frozen is None
+                and out.shape[1] <= 4096):
+            # a · bᵀ with b the big one (dh = dz · Uᵀ): as (b · aᵀ)ᵀ, b becomes the A operand,
+            # a plain row-major rounding, instead of the panels of bᵀ (a third of the packing time)
+            t = self._buffer(role + ".t", (out.shape[1], out.shape[0]), np.float32)
+            self._product(self._a(b, False, role + ".a"), self._b(a, True, role + ".b", False), t)
+            out[...] = t.T
+            return out
+        return self._product(self._a(a, a_t, role + ".a"), self._b(b, b_t, role + ".b", weight), out)
+
+    def _product(self, A, P, out):
         if self.amx:
             gemm_amx(A, P, out)
         else:

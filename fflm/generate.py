@@ -5,6 +5,8 @@ temperature, optionally cut to the k most likely words), draws the next word fro
 slides the window. <s> is never drawn; a sentence ends at </s> or after `num_words` words.
 """
 
+import contextlib
+
 import numpy as np
 
 from .errors import FflmError
@@ -31,6 +33,12 @@ def sample(model, num_samples=1, prompt=(), num_words=30, temperature=1.0, top_k
     contexts = np.tile(np.array(history[-c:], dtype=np.int32), (num_samples, 1))
     out = [[] for _ in range(num_samples)]
     alive = np.ones(num_samples, dtype=bool)
+    with getattr(model, "_frozen", contextlib.nullcontext)():  # bf16: weights packed once, not per word
+        _steps(model, rng, contexts, out, alive, num_words, temperature, top_k, no_unk)
+    return [prompt_ids_words(vocab, prompt) + vocab.decode(ws) for ws in out]
+
+
+def _steps(model, rng, contexts, out, alive, num_words, temperature, top_k, no_unk):
     for _ in range(num_words + 1):  # the last step can only end the sentence
         rows = np.flatnonzero(alive)
         if len(rows) == 0:
@@ -53,7 +61,6 @@ def sample(model, num_samples=1, prompt=(), num_words=30, temperature=1.0, top_k
             else:
                 out[r].append(w)
         contexts[rows] = np.hstack([contexts[rows, 1:], draws[:, None].astype(np.int32)])
-    return [prompt_ids_words(vocab, prompt) + vocab.decode(ws) for ws in out]
 
 
 def prompt_ids_words(vocab, prompt):

@@ -107,6 +107,7 @@ def cases(d):
         (["train", ok, "-o", out, "--optimizer", "adam", "--loss", "nce"], "--optimizer"),
         (["train", ok, "-o", out, "--tie-embeddings", "--embed-dim", "8", "--hidden", "16"], "tied embeddings"),
         (["train", ok, "-o", out, "--threads", "-1"], "--threads"),
+        (["train", ok, "-o", out, "--precision", "fp16"], "--precision"),
         (["train", ok, "-o", out, "--softmax", "adaptive", "--cutoffs", "40,x"], "--cutoffs takes ids"),
         (["train", ok, "-o", out, "--softmax", "adaptive", "--cutoffs", "2,40"], "--cutoffs must rise strictly"),
         (["train", ok, "-o", out, "--softmax", "adaptive", "--cutoffs", "40,500"], "reach beyond the vocabulary"),

@@ -10,8 +10,9 @@ from .common import _echo_json, cli
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--config", "config_name", type=click.Choice(["small", "base"]), default="base", show_default=True,
-              help="small: n=5 m=64 h=256 batch 128; base: n=5 m=128 h=512 batch 256 (Brown's vocabulary).")
+@click.option("--config", "config_name", type=click.Choice(["small", "base", "preset"]), default="base",
+              show_default=True, help="small: n=5 m=64 h=256 batch 128; base: n=5 m=128 h=512 batch 256; preset: "
+              "--preset brown's sizes (n=6, m=256, hidden 1024,256, tied, dropout; no PyTorch peer). Brown's vocabulary.")
 @click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
 @click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True,

@@ -206,11 +206,6 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             f"{used} thread(s)")
         if config.softmax == "adaptive" or softmax == "auto":
             say(_output_layer_line(config, len(vocab), chosen=softmax == "auto"))
-    if tconfig.precision != "fp32":
-        from ..bf16 import describe_precision
-
-        say(f"precision: {describe_precision(trainer.precision)}"
-            + (" (--precision auto on this CPU)" if tconfig.precision == "auto" else ""))
         meta = {
             "text": text.to_dict(),
             "training": {
@@ -222,6 +217,11 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                 "history": [],
             },
         }
+    if tconfig.precision != "fp32":
+        from ..bf16 import describe_precision
+
+        say(f"precision: {describe_precision(trainer.precision)}"
+            + (" (--precision auto on this CPU)" if tconfig.precision == "auto" else ""))
     meta["training"]["compile_seconds"] = round(training.warm_up(model, tconfig), 3)
     run_info = {
         "corpus": meta["training"]["corpus"], "sha256": meta["training"]["sha256"],
