@@ -296,7 +296,6 @@ def tile_config():
 _CFG = tile_config()
 
 
-SWAP = True  # a · bᵀ as (b · aᵀ)ᵀ when b is the bigger operand (Matmul.dot)
 @njit(cache=True, inline="always")
 def _load_block(C, c0, n):
     """Tiles 0-3 from the 32 x 32 float32 block of C at element c0 (rows n elements apart)."""
@@ -437,14 +436,6 @@ class Matmul:
 
     def dot(self, a, b, out, a_t=False, b_t=False, weight=False, role="mm"):
         """out[...] = op(a) · op(b); `weight`: b is a parameter (cached while frozen)."""
-        if (SWAP and b_t and not a_t and b.flags.c_contiguous and b.size > a.size and self._frozen is None
-                and out.shape[1] <= 4096):
-            # a · bᵀ with b the big one (dh = dz · Uᵀ): as (b · aᵀ)ᵀ, b becomes the A operand,
-            # a plain row-major rounding, instead of the panels of bᵀ (a third of the packing time)
-            t = self._buffer(role + ".t", (out.shape[1], out.shape[0]), np.float32)
-            self._product(self._a(b, False, role + ".a"), self._b(a, True, role + ".b", False), t)
-            out[...] = t.T
-            return out
         return self._product(self._a(a, a_t, role + ".a"), self._b(b, b_t, role + ".b", weight), out)
 
     def _product(self, A, P, out):

@@ -1,7 +1,6 @@
 """The command line: results, JSON, and bad input (one line, non-zero exit, nothing written)."""
 
 import json
-import os
 import subprocess
 import sys
 
