@@ -88,6 +88,15 @@ def test_speed_benchmark_in_bf16_times_both_precisions_against_the_bf16_limit(ru
     assert code == 0 and "bf16/fp32 = " in out and "% of bf16 GEMM" in out, err
 
 
+def test_speed_benchmark_at_the_presets_sizes_has_no_pytorch_peer(run_cli):
+    data = shared_path("brown", "train.txt").parent.parent
+    code, out, err = run_cli("bench", "--config", "preset", "--seconds", "1", "--threads", "1", "--data", data, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["model"]["tied"] and r["model"]["hidden"] == [1024, 256] and r["model"]["dropout"] == [0.1, 0.3]
+    assert r["train_tokens_per_s"] > 0 and "torch_tokens_per_s" not in r  # PyTorch's peer is untied
+
+
 def test_flops_per_token_count_every_product():
     from fflm.bench import score_flops_per_token, train_flops_per_token
     from fflm.model import ModelConfig
