@@ -449,7 +449,7 @@ def info(model_path, as_json):
     summary = {k: v for k, v in meta.items() if k != "vocab"}
     summary["vocabulary_size"] = V
     summary["parameters"] = model.config.n_params(V)
-    from ..bf16 import resolve_precision
+    from ..bf16 import describe_precision, resolve_precision
 
     summary["precision_auto"] = resolve_precision("auto")  # what --precision auto picks on this CPU
     if as_json:
@@ -461,9 +461,7 @@ def info(model_path, as_json):
                f"{c.activation}{', direct connections' if c.direct else ''}{', tied embeddings' if c.tied else ''}"
                f"{', cross-sentence contexts' if c.cross_sentence else ''}; {summary['parameters']:,} parameters")
     click.echo(_output_layer_line(c, V))
-    from ..bf16 import describe_precision, resolve_precision
-
-    click.echo(f"precision: weights float32; --precision auto here: {describe_precision(resolve_precision('auto'))}")
+    click.echo(f"precision: weights float32; --precision auto here: {describe_precision(summary['precision_auto'])}")
     click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
     click.echo(f"text: {meta.get('text')}")
     tr = meta.get("training", {})
