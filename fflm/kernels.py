@@ -128,6 +128,30 @@ def gather_windows(ids, positions, index, x, y):
         y[b] = ids[p]
 
 
+@njit(cache=True)
+def gather_stream(ids, index, lookup, pad_sentences, x, y):
+    """The same from an unpadded stream (sentence ids, then </s>, as a prepared corpus stores
+    them, uint16 or uint32): pair p predicts ids[p] from the c ids before it, <s> (1) standing
+    for whatever lies before the stream's start or, with pad_sentences, at or before the last
+    </s> (2); every id is read through `lookup` (the corpus's ids -> the model's)."""
+    c = x.shape[1]
+    for b in range(index.shape[0]):
+        p = index[b]
+        y[b] = lookup[ids[p]]
+        outside = False
+        for i in range(c - 1, -1, -1):  # nearest context word first
+            q = p - c + i
+            if q < 0 or outside:
+                x[b, i] = 1
+                continue
+            w = ids[q]
+            if pad_sentences and w == 2:
+                outside = True
+                x[b, i] = 1
+            else:
+                x[b, i] = lookup[w]
+
+
 # --- embedding: gather rows of E / scatter-add into them ---------------------------------------
 @njit(cache=True)
 def embedding_forward(E, x, out):

@@ -56,15 +56,17 @@ def _treebank():
     return _TREEBANK
 
 
-def decode(data, path, errors="strict"):
-    """UTF-8 bytes -> str, with an error naming the file and line of the first bad byte."""
+def decode(data, path, errors="strict", first_line=1, bom=True):
+    """UTF-8 bytes -> str, with an error naming the file and line of the first bad byte.
+    `first_line`: the line `data` starts on (a chunk of a larger file); `bom`: drop a leading
+    byte-order mark (only the file's own start has one)."""
     if b"\x00" in data:
-        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        line = data.count(b"\n", 0, data.index(b"\x00")) + first_line
         raise FflmError(f"{path}: looks like a binary file (NUL byte on line {line}), not UTF-8 text")
     try:
-        return data.decode("utf-8-sig", errors=errors)  # -sig: a leading BOM is dropped, not a token
+        return data.decode("utf-8-sig" if bom else "utf-8", errors=errors)  # -sig: a leading BOM is not a token
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + first_line
         raise FflmError(
             f"{path}: line {line} is not valid UTF-8 (byte 0x{data[e.start]:02x}); "
             "convert the file or pass --encoding-errors replace"

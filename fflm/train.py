@@ -26,6 +26,7 @@ import numpy as np
 from . import kernels as K
 from .errors import FflmError, FflmWarning
 from .model import Workspace
+from .windows import BlockOrder
 
 
 LOSSES = ("softmax", "nce", "neg")
@@ -247,7 +248,7 @@ class SGD:
         m, ws = self.model, self.ws
         B = len(index)
         x, y = ws.x[:B], ws.y[:B]
-        K.gather_windows(windows.ids, windows.positions, index, x, y)
+        windows.gather(index, x, y)
         if self.noise is not None:
             return self._sampled_step(x, y, lr, weight_decay, clip)
         loss = m.loss_and_grad(x, y, ws)
@@ -420,7 +421,7 @@ class Trainer:
         last_checkpoint = time.perf_counter()
         while not self.done:
             if self.order is None:  # a new epoch: a new random order
-                self.order = self.rng.permutation(len(windows))
+                self.order = windows.shuffle(self.rng)
                 self.batch, self.total, self.seen, self.seconds = 0, 0.0, 0, 0.0
             start = time.perf_counter()
             bar = progress(total=len(windows), initial=self.batch * B, desc=f"epoch {self.epoch}", unit="tok",
@@ -539,7 +540,9 @@ class Trainer:
             arrays[f"good{i}"] = a
         if self.best is not None:
             arrays["best_E"], arrays["best_dense"] = self.best
-        if self.order is not None:
+        if isinstance(self.order, BlockOrder):
+            arrays["block_order"] = self.order.describe()
+        elif self.order is not None:
             arrays["order"] = self.order
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -604,6 +607,11 @@ class Trainer:
                 if a.dtype.kind == "f" and not np.isfinite(a).all():
                     raise FflmError(f"{path}: {name} contains NaN or infinite values")
                 loaded[name] = a
+            if "block_order" in arrays:
+                order = BlockOrder.from_description(arrays["block_order"])
+                if len(order) != len(train_windows):
+                    raise FflmError(f"{path}: the saved batch order does not fit the training corpus")
+                trainer.order = order
             if "order" in loaded:
                 order = loaded["order"]
                 if order.min(initial=0) < 0 or order.max(initial=0) >= len(train_windows):

@@ -51,27 +51,54 @@ class Vocabulary:
 
         `max_size` caps the whole vocabulary, the three specials included.
         """
-        if min_count < 1:
-            raise FflmError(f"--min-count must be at least 1, not {min_count}")
-        if max_size is not None and max_size < len(cls.SPECIALS) + 1:
-            raise FflmError(f"--max-vocab must be at least 4 (three specials and one word), not {max_size}")
+        cls.check_cutoffs(min_count, max_size)
         counts = Counter()
+        n = 0
         for s in sentences:
             counts.update(s)
+            n += 1
+        return cls.from_counts(counts, n, min_count, max_size)
+
+    @staticmethod
+    def check_cutoffs(min_count, max_size):
+        if min_count < 1:
+            raise FflmError(f"--min-count must be at least 1, not {min_count}")
+        if max_size is not None and max_size < len(Vocabulary.SPECIALS) + 1:
+            raise FflmError(f"--max-vocab must be at least 4 (three specials and one word), not {max_size}")
+
+    @classmethod
+    def from_counts(cls, counts, sentences, min_count=1, max_size=None):
+        """The vocabulary of a corpus from its word counts (a mapping; "<unk>" may be one of
+        them) and its number of sentences: what build() makes of the sentences themselves."""
+        cls.check_cutoffs(min_count, max_size)
         for special in (cls.BOS, cls.EOS):
-            if special in counts:
+            if counts.get(special):
                 raise FflmError(
                     f"the text contains the reserved token {special!r}; fflm adds sentence boundaries itself"
                 )
-        unk = counts.pop(cls.UNK, 0)
-        ranked = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
-        kept = [(w, c) for w, c in ranked if c >= min_count]
+        unk = counts.get(cls.UNK, 0)
+        ranked = sorted(((w, c) for w, c in counts.items() if w != cls.UNK), key=lambda wc: (-wc[1], wc[0]))
+        return cls([w for w, _ in ranked], [unk, 0, sentences] + [c for _, c in ranked]).cut(min_count, max_size)
+
+    def cut(self, min_count=1, max_size=None):
+        """This vocabulary with the cut-offs applied: words below `min_count` and beyond the
+        `max_size` cap go to <unk>. The words stay a prefix of these (they are ranked by count),
+        so an id below len(result) means the same word in both, and any other id is <unk>.
+
+        >>> v = Vocabulary(["a", "b", "c"], [0, 0, 2, 5, 2, 1])
+        >>> w = v.cut(min_count=2)
+        >>> w.words, w.counts.tolist()
+        (['<unk>', '<s>', '</s>', 'a', 'b'], [1, 0, 2, 5, 2])
+        """
+        self.check_cutoffs(min_count, max_size)
+        c = self.counts
+        keep = len(self.SPECIALS) + int(np.count_nonzero(c[len(self.SPECIALS):] >= min_count))
         if max_size is not None:
-            kept = kept[: max_size - len(cls.SPECIALS)]
-        unk += sum(counts.values()) - sum(c for _, c in kept)
-        words = [w for w, _ in kept]
-        all_counts = [unk, 0, len(sentences)] + [c for _, c in kept]
-        return cls(words, all_counts, min_count=min_count, max_size=max_size)
+            keep = min(keep, max_size)
+        if (np.diff(c[len(self.SPECIALS):keep]) > 0).any():
+            raise FflmError("a vocabulary can be cut only when its words are ranked by count")
+        counts = [int(c[0] + c[keep:].sum()), int(c[1]), int(c[2])] + c[len(self.SPECIALS):keep].tolist()
+        return Vocabulary(self.words[len(self.SPECIALS):keep], counts, min_count=min_count, max_size=max_size)
 
     def __len__(self):
         return len(self.words)

@@ -1,0 +1,316 @@
+"""A prepared corpus (fflm/prepared.py) is the text read whole, id for id: whatever the chunk
+size or number of processes; StreamWindows gives the same pairs as Windows; BlockOrder is a
+permutation held in bounded memory."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fflm import FflmError, Vocabulary, Windows
+from fflm.prepared import PreparedCorpus, prepare, training_data
+from fflm.text import TextConfig, read_sentences
+from fflm.windows import BlockOrder, StreamWindows, padded_stream
+
+from conftest import SYNTH
+
+TEXT = (
+    "the cat sat\n"
+    "\n"
+    "a  dog   ran far away\r\n"
+    "the cat\tran\n"
+    "   \n"
+    "a very long line with many words that a small chunk must cut inside the line itself\n"
+    "cat"  # no final newline
+)
+
+
+def _write(tmp_path, text, name="corpus.txt"):
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def _stream(sentences, vocab):
+    """The unpadded stream the plain path implies: each sentence's ids, then </s>."""
+    out = []
+    for s in sentences:
+        out.extend(vocab.encode(s).tolist() + [Vocabulary.EOS_ID])
+    return out
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 16, 64, 1 << 20])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prepared_ids_equal_the_text_read_whole(tmp_path, chunk_bytes, workers):
+    path = _write(tmp_path, TEXT)
+    meta = prepare(path, tmp_path / "p", workers=workers, chunk_bytes=chunk_bytes)
+    sentences = read_sentences(path)
+    vocab = Vocabulary.build(sentences)
+    corpus = PreparedCorpus(tmp_path / "p")
+    assert corpus.vocab.words == vocab.words and corpus.vocab.counts.tolist() == vocab.counts.tolist()
+    assert corpus.ids.tolist() == _stream(sentences, vocab)
+    assert corpus.sentences() == sentences
+    assert meta["sentences"] == len(sentences) == corpus.num_sentences
+    assert meta["words"] == sum(map(len, sentences))
+
+
+def test_the_same_bytes_whatever_the_chunks_and_workers(tmp_path):
+    path = SYNTH / "train.txt"
+    outs = []
+    for i, (workers, chunk) in enumerate([(1, 1 << 20), (2, 997), (1, 4096)]):
+        prepare(path, tmp_path / f"p{i}", workers=workers, chunk_bytes=chunk)
+        outs.append(((tmp_path / f"p{i}" / "ids.bin").read_bytes(), (tmp_path / f"p{i}" / "vocab.json").read_bytes()))
+    assert outs[0] == outs[1] == outs[2]
+    corpus = PreparedCorpus(tmp_path / "p0")
+    sentences = read_sentences(path)
+    assert corpus.ids.tolist() == _stream(sentences, Vocabulary.build(sentences))
+
+
+def test_gzip_lowercase_and_nltk_tokenizer(tmp_path):
+    text = "The Cat's hat, isn't it?\nA DOG.\n"
+    path = tmp_path / "c.txt.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(text.encode())
+    config = TextConfig(tokenizer="nltk", lowercase=True)
+    prepare(path, tmp_path / "p", config=config, chunk_bytes=5)
+    corpus = PreparedCorpus(tmp_path / "p")
+    assert corpus.sentences(config) == read_sentences(path, config)
+    with pytest.raises(FflmError, match="prepared with"):
+        corpus.sentences(TextConfig())
+
+
+def test_nltk_corpus(tmp_path):
+    from conftest import shared_path
+
+    shared_path("nltk_data")
+    prepare("nltk:brown:ca01", tmp_path / "p")
+    assert PreparedCorpus(tmp_path / "p").sentences() == read_sentences("nltk:brown:ca01")
+
+
+def test_cut_vocabularies_are_prefixes(tmp_path):
+    path = SYNTH / "train.txt"
+    prepare(path, tmp_path / "p")
+    corpus = PreparedCorpus(tmp_path / "p")
+    sentences = read_sentences(path)
+    for min_count, cap in [(1, None), (2, None), (5, None), (1, 50), (3, 20)]:
+        cut = corpus.vocabulary(min_count, cap)
+        built = Vocabulary.build(sentences, min_count=min_count, max_size=cap)
+        assert cut.words == built.words and cut.counts.tolist() == built.counts.tolist()
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 6])
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("min_count", [1, 3])
+def test_stream_windows_give_the_pairs_windows_give(tmp_path, order, cross, min_count):
+    path = SYNTH / "valid.txt"
+    prepare(path, tmp_path / "p")
+    sentences = read_sentences(path)
+    vocab = Vocabulary.build(sentences, min_count=min_count)
+    plain = Windows.from_sentences(sentences, vocab, order, cross)
+    got_vocab, stream, _ = training_data(tmp_path / "p", None, min_count=min_count, order=order, cross_sentence=cross)
+    assert got_vocab.words == vocab.words
+    assert isinstance(stream, StreamWindows) and len(stream) == len(plain)
+    assert stream.num_sentences == plain.num_sentences
+    assert np.array_equal(stream.targets, plain.targets)
+    x0, y0 = plain.pairs()
+    x1, y1 = stream.pairs()
+    assert np.array_equal(x0, x1) and np.array_equal(y0, y1)
+    assert np.array_equal(stream.stream(), plain.ids)  # the n-gram counter's padded stream
+    index = np.random.default_rng(0).permutation(len(plain))[:50]
+    x0, y0 = plain.pairs(index)
+    x1, y1 = stream.pairs(index)
+    assert np.array_equal(x0, x1) and np.array_equal(y0, y1)
+
+
+def test_another_vocabulary_is_mapped_by_word(tmp_path):
+    train = read_sentences(SYNTH / "train.txt")
+    vocab = Vocabulary.build(train, min_count=2)
+    prepare(SYNTH / "test.txt", tmp_path / "p")  # its own ids rank its own words
+    windows = PreparedCorpus(tmp_path / "p").windows(4, False, vocab)
+    plain = Windows.from_sentences(read_sentences(SYNTH / "test.txt"), vocab, 4)
+    assert np.array_equal(windows.pairs()[0], plain.pairs()[0])
+    assert np.array_equal(windows.pairs()[1], plain.pairs()[1])
+
+
+def test_padded_stream_matches_encode_stream():
+    v = Vocabulary(["a", "b", "c"])
+    sents = [["a", "b"], ["c"], ["a"]]
+    unpadded = np.array(_stream(sents, v), dtype=np.int32)
+    for order in (1, 2, 4):
+        for cross in (False, True):
+            want = Windows.from_sentences(sents, v, order, cross).ids
+            assert padded_stream(unpadded, order, cross).tolist() == want.tolist()
+
+
+def test_block_order_is_a_seeded_permutation_read_in_any_slices():
+    for n, block, group in [(10, 3, 2), (1000, 7, 5), (64, 64, 1), (1, 4, 4)]:
+        o = BlockOrder(n, seed=3, block=block, group=group)
+        whole = o[0:n]
+        assert sorted(whole.tolist()) == list(range(n))
+        cuts = [0, 1, 5, 17, n // 2, n]
+        parts = np.concatenate([o[a:b] for a, b in zip(cuts, cuts[1:]) if a <= b] + [np.empty(0, np.int64)])
+        assert np.array_equal(parts[: n], whole[: len(parts)])
+        assert np.array_equal(BlockOrder.from_description(o.describe())[0:n], whole)
+    a, b = BlockOrder(1000, 1, 7, 5)[0:1000], BlockOrder(1000, 2, 7, 5)[0:1000]
+    assert not np.array_equal(a, b)
+    # pairs far apart in the corpus meet within one pool: shuffled beyond a block
+    first = BlockOrder(1000, 1, 10, 8)[0:80]
+    assert len(np.unique(first // 10)) == 8
+
+
+def test_stream_windows_shuffle_is_a_whole_permutation_where_it_fits(tmp_path):
+    prepare(SYNTH / "valid.txt", tmp_path / "p")
+    _, stream, _ = training_data(tmp_path / "p", None, order=3)
+    plain = Windows.from_sentences(read_sentences(SYNTH / "valid.txt"),
+                                   Vocabulary.build(read_sentences(SYNTH / "valid.txt")), 3)
+    assert np.array_equal(stream.shuffle(np.random.default_rng(5)), plain.shuffle(np.random.default_rng(5)))
+
+
+def test_failed_prepare_leaves_nothing(tmp_path):
+    path = _write(tmp_path, "good line\nbad <s> token\n")
+    with pytest.raises(FflmError, match="reserved token"):
+        prepare(path, tmp_path / "p")
+    assert sorted(os.listdir(tmp_path)) == ["corpus.txt"]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    with pytest.raises(FflmError, match="line 2 is not valid UTF-8"):
+        prepare(bad, tmp_path / "p", chunk_bytes=4)
+    empty = _write(tmp_path, "  \n\n", "empty.txt")
+    with pytest.raises(FflmError, match="no text"):
+        prepare(empty, tmp_path / "p")
+    assert sorted(os.listdir(tmp_path)) == ["bad.txt", "corpus.txt", "empty.txt"]
+
+
+def test_existing_output_needs_force_and_other_folders_are_refused(tmp_path):
+    path = _write(tmp_path, "a b\n")
+    prepare(path, tmp_path / "p")
+    with pytest.raises(FflmError, match="--force"):
+        prepare(path, tmp_path / "p")
+    _write(tmp_path, "c d\n")
+    prepare(path, tmp_path / "p", force=True)
+    assert PreparedCorpus(tmp_path / "p").sentences() == [["c", "d"]]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(FflmError, match="not a prepared corpus"):
+        prepare(path, tmp_path / "other")
+
+
+def test_damaged_folders_are_one_error(tmp_path):
+    path = _write(tmp_path, "a b\nc\n")
+    prepare(path, tmp_path / "p")
+    ids = tmp_path / "p" / "ids.bin"
+    ids.write_bytes(ids.read_bytes()[:-4])
+    with pytest.raises(FflmError, match="bytes"):
+        PreparedCorpus(tmp_path / "p")
+    meta = tmp_path / "p" / "prepared.json"
+    m = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**m, "version": 99}))
+    with pytest.raises(FflmError, match="version 99"):
+        PreparedCorpus(tmp_path / "p")
+    meta.write_text("{not json")
+    with pytest.raises(FflmError, match="cannot read"):
+        PreparedCorpus(tmp_path / "p")
+    with pytest.raises(FflmError, match="not a prepared corpus"):
+        PreparedCorpus(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_sources(tmp_path, suffix):
+    import bz2
+    import lzma
+
+    module = {".gz": gzip, ".bz2": bz2, ".xz": lzma}[suffix]
+    path = tmp_path / f"c.txt{suffix}"
+    with module.open(path, "wb") as f:
+        f.write(TEXT.encode())
+    meta = prepare(path, tmp_path / "p", chunk_bytes=9)
+    assert PreparedCorpus(tmp_path / "p").sentences() == read_sentences(_write(tmp_path, TEXT))
+    assert meta["sources"][0]["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+
+
+def test_several_sources_are_one_corpus_in_order(tmp_path):
+    a, b = _write(tmp_path, "x y\nz", "a.txt"), _write(tmp_path, "y y\n", "b.txt")
+    meta = prepare([a, b], tmp_path / "p", chunk_bytes=3)
+    assert PreparedCorpus(tmp_path / "p").sentences() == [["x", "y"], ["z"], ["y", "y"]]
+    assert [s["path"] for s in meta["sources"]] == [str(a), str(b)]
+
+
+def test_uint16_ids_up_to_65536_words_then_uint32(tmp_path):
+    small = _write(tmp_path, " ".join(f"w{i}" for i in range(UINT16 - 3)) + "\n", "small.txt")
+    big = _write(tmp_path, " ".join(f"w{i}" for i in range(UINT16 - 2)) + "\n", "big.txt")
+    assert prepare(small, tmp_path / "s")["dtype"] == "uint16"
+    assert prepare(big, tmp_path / "b")["dtype"] == "uint32"
+    for name, path in (("s", small), ("b", big)):
+        corpus = PreparedCorpus(tmp_path / name)
+        assert corpus.ids.tolist() == _stream(read_sentences(path), Vocabulary.build(read_sentences(path)))
+
+
+UINT16 = 1 << 16
+
+
+def test_same_files_same_bytes_and_digest(tmp_path):
+    path = SYNTH / "valid.txt"
+    for name in ("p1", "p2"):
+        prepare(path, tmp_path / name, workers=1 if name == "p1" else 2, chunk_bytes=5000)
+    for f in ("ids.bin", "vocab.json", "prepared.json"):
+        assert (tmp_path / "p1" / f).read_bytes() == (tmp_path / "p2" / f).read_bytes()
+    assert PreparedCorpus(tmp_path / "p1").digest == PreparedCorpus(tmp_path / "p2").digest
+
+
+def test_held_out_files_share_the_training_vocabulary(tmp_path):
+    prepare(SYNTH / "train.txt", tmp_path / "p", valid=SYNTH / "valid.txt", test=SYNTH / "test.txt", chunk_bytes=999)
+    train = read_sentences(SYNTH / "train.txt")
+    vocab = Vocabulary.build(train, min_count=2)
+    for part in ("valid", "test"):
+        corpus = PreparedCorpus(tmp_path / "p" / part)
+        plain = Windows.from_sentences(read_sentences(SYNTH / f"{part}.txt"), vocab, 4)
+        got = corpus.windows(4, False, vocab)
+        assert all(np.array_equal(a, b) for a, b in zip(got.pairs(), plain.pairs()))
+        with pytest.raises(FflmError, match="held-out"):
+            corpus.vocabulary()
+        with pytest.raises(FflmError, match="not this model's"):
+            corpus.windows(4, False, Vocabulary.build(read_sentences(SYNTH / "test.txt")))
+    got_vocab, _, _ = training_data(tmp_path / "p", None, min_count=2)  # the folder opens as its train/
+    assert got_vocab.words == vocab.words and got_vocab.counts.tolist() == vocab.counts.tolist()
+
+
+def test_shares_split_whole_sentences_seeded(tmp_path):
+    path = SYNTH / "train.txt"
+    prepare(path, tmp_path / "p", valid_share=0.1, test_share=0.2, seed=3, chunk_bytes=4096)
+    parts = {p: PreparedCorpus(tmp_path / "p" / p).sentences() for p in ("train", "valid", "test")}
+    whole = read_sentences(path)
+    assert sum(map(len, parts.values())) == len(whole)
+    assert sorted(map(tuple, whole)) == sorted(map(tuple, sum(parts.values(), [])))
+    assert 0.07 < len(parts["valid"]) / len(whole) < 0.13 and 0.16 < len(parts["test"]) / len(whole) < 0.24
+    vocab = Vocabulary.build(parts["train"])
+    assert PreparedCorpus(tmp_path / "p" / "train").vocabulary().words == vocab.words
+    prepare(path, tmp_path / "q", valid_share=0.1, test_share=0.2, seed=3)
+    assert (tmp_path / "p" / "test" / "ids.bin").read_bytes() == (tmp_path / "q" / "test" / "ids.bin").read_bytes()
+    prepare(path, tmp_path / "r", valid_share=0.1, test_share=0.2, seed=4)
+    assert (tmp_path / "p" / "test" / "ids.bin").read_bytes() != (tmp_path / "r" / "test" / "ids.bin").read_bytes()
+
+
+def test_recorded_cut_is_the_default(tmp_path):
+    prepare(SYNTH / "train.txt", tmp_path / "p", min_count=3, max_size=60)
+    train = read_sentences(SYNTH / "train.txt")
+    corpus = PreparedCorpus(tmp_path / "p")
+    assert corpus.vocabulary().words == Vocabulary.build(train, min_count=3, max_size=60).words
+    assert corpus.vocabulary(1).words == Vocabulary.build(train).words  # the ids keep every word
+    assert len(corpus.vocab) == len(Vocabulary.build(train))
+
+
+def test_bad_shares(tmp_path):
+    path = _write(tmp_path, "a b\n")
+    for kw in ({"valid_share": 1.0}, {"valid_share": 0.6, "test_share": 0.5}, {"valid_share": -0.1}):
+        with pytest.raises(FflmError, match="share"):
+            prepare(path, tmp_path / "p", **kw)
+    with pytest.raises(FflmError, match="no sentences"):
+        prepare(path, tmp_path / "p", valid_share=0.5, seed=2)
+    assert sorted(os.listdir(tmp_path)) == ["corpus.txt"]
+
+
+def test_one_share_makes_two_parts(tmp_path):
+    prepare(SYNTH / "valid.txt", tmp_path / "p", valid_share=0.2)
+    assert sorted(os.listdir(tmp_path / "p")) == ["train", "valid"]
