@@ -26,6 +26,18 @@ class Scores:
     def oov(self):
         return self.targets == Vocabulary.UNK_ID
 
+    def part(self, start, stop):
+        """The scores of tokens start:stop (sentences counted by their </s>)."""
+        t = self.targets[start:stop]
+        length = None if self.ngram_length is None else self.ngram_length[start:stop]
+        return Scores(self.log10[start:stop], t, int(np.count_nonzero(t == Vocabulary.EOS_ID)), length)
+
+    def then(self, other):
+        """These scores followed by `other`'s."""
+        length = None if self.ngram_length is None else np.concatenate((self.ngram_length, other.ngram_length))
+        return Scores(np.concatenate((self.log10, other.log10)), np.concatenate((self.targets, other.targets)),
+                      self.sentences + other.sentences, length)
+
 
 def perplexity(log10_probs):
     """10 ** (-mean log10 p): the same number as exp(mean negative log-likelihood in nats)."""
@@ -53,11 +65,15 @@ def check_coverage(sentences, vocab, source):
                       FflmWarning, stacklevel=2)
 
 
-def score_ngram(model, windows):
-    """Scores of an NGramLM on every (context, target) pair of `windows`."""
-    contexts, targets = windows.pairs()
+def score_ngram(model, windows, index=None):
+    """Scores of an NGramLM on the (context, target) pairs of `windows` numbered `index` (all)."""
+    contexts, targets = windows.pairs(index)
     log10, length = model.logprob_windows(contexts, targets)
-    return Scores(log10, targets, windows.num_sentences, length)
+    return Scores(log10, targets, _sentences(windows, targets, index), length)
+
+
+def _sentences(windows, targets, index):
+    return windows.num_sentences if index is None else int(np.count_nonzero(targets == Vocabulary.EOS_ID))
 
 
 def model_row(name, order, scores):
@@ -104,12 +120,92 @@ def format_report(rep):
     return "\n".join(lines)
 
 
-def score_neural(model, windows, batch_size=1024):
-    """Scores of an FFNNLM (exact softmax) on every pair of `windows` (order >= the model's)."""
-    contexts, targets = windows.pairs()
+def score_neural(model, windows, batch_size=1024, index=None):
+    """Scores of an FFNNLM (exact softmax) on the pairs of `windows` numbered `index` (all;
+    order >= the model's)."""
+    contexts, targets = windows.pairs(index)
     c = model.config.order - 1
     log10 = model.log10_probs(contexts[:, contexts.shape[1] - c :], targets, batch_size)
-    return Scores(log10, targets, windows.num_sentences)
+    return Scores(log10, targets, _sentences(windows, targets, index))
+
+
+# --- the report in bounded memory: scores a chunk of tokens at a time, summed ---------------------
+CHUNK = 1 << 16  # tokens scored at a time (a multiple of every batch size, so the batches are the same)
+
+
+def chunk_ranges(n, size=None):
+    """Pair numbers start:stop covering 0..n in order, CHUNK at a time."""
+    size = size or CHUNK
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+class Totals:
+    """What report() says of models scored on the same tokens, added up chunk by chunk, so a
+    test set of any size is reported in the memory of one chunk."""
+
+    def __init__(self):
+        self.tokens = self.oov = self.sentences = 0
+        self.rows = {}  # name -> [order, sum log10, sum log10 over non-OOV tokens]
+
+    def add(self, scores_by_name):
+        first = next(iter(scores_by_name.values()))[1]
+        oov = first.oov
+        for _, sc in scores_by_name.values():
+            assert len(sc.targets) == len(first.targets) and (sc.targets == first.targets).all(), \
+                "models scored different tokens"
+        for name, (order, sc) in scores_by_name.items():
+            row = self.rows.setdefault(name, [order, 0.0, 0.0])
+            row[1] += float(np.sum(sc.log10))
+            row[2] += float(np.sum(sc.log10[~oov]))
+        self.tokens += len(first.targets)
+        self.oov += int(np.count_nonzero(oov))
+        self.sentences += first.sentences
+
+    def report(self):
+        def ppl(total, n):
+            if n == 0:
+                return math.nan
+            mean = total / n
+            return math.inf if -mean > 308 else 10.0 ** (-mean)
+
+        models = [{"name": name, "order": order, "ppl": ppl(total, self.tokens),
+                   "ppl_excluding_oov": ppl(known, self.tokens - self.oov), "log10_prob": total}
+                  for name, (order, total, known) in self.rows.items()]
+        return {"tokens": self.tokens, "sentences": self.sentences, "oov": self.oov,
+                "oov_rate": self.oov / self.tokens if self.tokens else math.nan, "models": models}
+
+    def query_summary(self, name):
+        """KenLM `query`'s closing lines for one row (see query_summary)."""
+        r = self.report()
+        m = next(m for m in r["models"] if m["name"] == name)
+        return (f"Perplexity including OOVs:\t{_g(m['ppl'])}\n"
+                f"Perplexity excluding OOVs:\t{_g(m['ppl_excluding_oov'])}\n"
+                f"OOVs:\t{r['oov']}\n"
+                f"Tokens:\t{r['tokens']}")
+
+
+def check_coverage_counts(words, unknown, source):
+    """check_coverage from counts: `words` scored words (not </s>), `unknown` of them <unk>."""
+    import warnings
+
+    from .errors import FflmError, FflmWarning
+
+    if words and unknown == words:
+        raise FflmError(f"{source}: every one of its {words} words is out of the model's vocabulary; "
+                        "is it the same language and preprocessing as the training text?")
+    if words and unknown > words / 2:
+        warnings.warn(f"{source}: {100 * unknown / words:.0f}% of its words are out of the model's vocabulary",
+                      FflmWarning, stacklevel=2)
+
+
+def coverage(windows):
+    """(words, of them <unk>) among the targets of `windows`, a chunk at a time."""
+    words = unknown = 0
+    for a, b in chunk_ranges(len(windows), 1 << 20):
+        _, y = windows.pairs(np.arange(a, b))
+        words += int(np.count_nonzero(y != Vocabulary.EOS_ID))
+        unknown += int(np.count_nonzero(y == Vocabulary.UNK_ID))
+    return words, unknown
 
 
 def interpolate(a, b, lam):

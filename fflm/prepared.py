@@ -106,10 +106,12 @@ class _Merger:
     the specials; the numbering `words` may be shared by several streams), with </s> after
     every line that has tokens, lines cut across chunks joined."""
 
-    def __init__(self, out, words):
-        self.out, self.ids = out, words
+    def __init__(self, out, words, segment=0):
+        self.out, self.ids, self.segment = out, words, segment
         self.counts = np.zeros(1024, dtype=np.int64)
         self.open = 0  # tokens written of a line a chunk boundary cut, not closed by </s> yet
+        self.since = 0  # tokens written since the last </s> (segment: where the next cut falls)
+        self.ended = True  # the stream so far ends with </s> (or is empty)
         self.sentences = self.tokens = 0
 
     def add(self, result, inside, ends_line):
@@ -137,9 +139,31 @@ class _Merger:
         else:
             self.open = 0
         stream = np.insert(lookup[local], np.cumsum(lengths)[emit], np.int32(Vocabulary.EOS_ID))
+        if self.segment:
+            stream = self._segment(stream)
+        eos = np.flatnonzero(stream == Vocabulary.EOS_ID)
+        self.since = len(stream) - 1 - int(eos[-1]) if len(eos) else self.since + len(stream)
+        if len(stream):
+            self.ended = bool(stream[-1] == Vocabulary.EOS_ID)
         stream.astype("<u4", copy=False).tofile(self.out)
-        self.sentences += int(emit.sum())
+        self.sentences += len(eos)
         self.tokens += len(stream)
+
+    def _segment(self, stream):
+        """--segment N: a </s> after every N tokens of a line (the line's own </s> ends the last
+        piece; no empty sentence where a line ends on a cut)."""
+        n, N, EOS = len(stream), self.segment, Vocabulary.EOS_ID
+        is_eos = stream == EOS
+        at = np.arange(n)
+        last = np.maximum.accumulate(np.where(is_eos, at, -1))  # the </s> at or before each position
+        run = np.where(last < 0, at + 1 + self.since, at - last)  # tokens since the last </s>, this one included
+        cut = ~is_eos & (run % N == 0)
+        cut &= ~np.append(is_eos[1:], False)  # the line ends here anyway
+        stream = np.insert(stream, np.flatnonzero(cut) + 1, np.int32(EOS))
+        # a line's </s> right after a cut at the end of the previous chunk would close an empty piece
+        if len(stream) and stream[0] == EOS and self.ended:
+            stream = stream[1:]
+        return stream
 
     def word_counts(self):
         c = np.zeros(len(self.ids), dtype=np.int64)
@@ -169,14 +193,15 @@ def _renumbering(words, vocab):
 
 
 def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_BYTES, force=False, progress=None,
-            valid=(), test=(), valid_share=0.0, test_share=0.0, seed=1, min_count=1, max_size=None):
+            valid=(), test=(), valid_share=0.0, test_share=0.0, seed=1, min_count=1, max_size=None, segment=0):
     """Tokenise `sources` (text files, plain or .gz/.bz2/.xz, or nltk:NAME; one after another
     make one corpus) into the prepared `folder` (see the module docstring), with `workers`
     processes; returns what prepared.json says (of train/, when there is held-out text).
 
     Held-out text: `valid`/`test` files, or shares of the sentences (each sentence goes to
     one part, seeded). `min_count`/`max_size` are recorded as the vocabulary cut training uses
-    by default; the ids keep every word, so any other cut can be taken later.
+    by default; the ids keep every word, so any other cut can be taken later. `segment` N > 0
+    cuts every line into sentences of at most N tokens (text8 and other one-line corpora).
     The folder appears whole or not at all; an existing one is replaced only with `force`."""
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     valid, test = _as_list(valid), _as_list(test)
@@ -186,6 +211,8 @@ def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_B
         if not is_nltk(s):
             check_readable(s)
     Vocabulary.check_cutoffs(min_count, max_size)
+    if segment < 0:
+        raise FflmError(f"--segment must be at least 0 (0: a line is a sentence), not {segment}")
     for name, share in (("--valid-share", valid_share), ("--test-share", test_share)):
         if not 0.0 <= share < 1.0:
             raise FflmError(f"{name} must be at least 0 and below 1, not {share}")
@@ -208,7 +235,7 @@ def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_B
         raise FflmError(f"{folder}: cannot write: {e.strerror}") from None
     try:
         meta = _prepare_into(tmp, sources, valid, test, valid_share, test_share, seed, min_count, max_size,
-                             config, workers, chunk_bytes, progress)
+                             segment, config, workers, chunk_bytes, progress)
         os.chmod(tmp, 0o777 & ~_umask())
         if os.path.exists(folder):  # replace: move the old one aside first, then drop it
             old = tempfile.mkdtemp(dir=parent, prefix=".old.")
@@ -257,8 +284,8 @@ def _read_into(merger, source, config, workers, chunk_bytes, bar):
             "sha256": sha.hexdigest() if sha is not None else fingerprint(source)}
 
 
-def _prepare_into(tmp, sources, valid, test, valid_share, test_share, seed, min_count, max_size, config, workers,
-                  chunk_bytes, progress):
+def _prepare_into(tmp, sources, valid, test, valid_share, test_share, seed, min_count, max_size, segment, config,
+                  workers, chunk_bytes, progress):
     total = sum(os.path.getsize(s) for s in sources + valid + test if not is_nltk(s))
     bar = progress(total=total, unit="B", unit_scale=True, desc="prepare") if progress and total else None
     words = {w: i for i, w in enumerate(Vocabulary.SPECIALS)}  # one first-appearance numbering for every part
@@ -269,7 +296,7 @@ def _prepare_into(tmp, sources, valid, test, valid_share, test_share, seed, min_
             continue
         raw[part] = os.path.join(tmp, f".{part}.u32")
         with open(raw[part], "wb") as out:
-            mergers[part] = _Merger(out, words)
+            mergers[part] = _Merger(out, words, segment)
             records[part] = [_read_into(mergers[part], s, config, workers, chunk_bytes, bar) for s in files]
         if mergers[part].tokens == 0:
             raise FflmError(f"{', '.join(map(str, files))}: no text (the file is empty or only whitespace)")
@@ -297,7 +324,7 @@ def _prepare_into(tmp, sources, valid, test, valid_share, test_share, seed, min_
             "text": config.to_dict(),
             "tokens": c[2], "sentences": c[1], "words": c[2] - c[1],
             "vocabulary": len(vocab), "vocabulary_from": "train" if part != "train" else None,
-            "min_count": min_count, "max_vocab": max_size,
+            "min_count": min_count, "max_vocab": max_size, "segment": segment,
             "split": ({"valid_share": valid_share, "test_share": test_share, "seed": seed}
                       if valid_share or test_share else None),
             "ids": IDS, "dtype": dtype, "ids_sha256": ids_sha, "vocab_sha256": _file_sha(os.path.join(out, VOCAB)),
@@ -485,16 +512,12 @@ class PreparedCorpus:
                               self.max_vocab if min_count is None and max_size is None else max_size)
 
     def lookup(self, vocab):
-        """This corpus's id -> `vocab`'s id (int32), or an error where words were lost to <unk>
-        that `vocab` may know (held-out text prepared over another vocabulary)."""
+        """This corpus's id -> `vocab`'s id (int32). Exact for any vocabulary: a prepared folder
+        keeps every word it read (held-out parts too), so nothing was lost to <unk> before."""
         if vocab.words == self.vocab.words[: len(vocab)]:  # a cut of this corpus's vocabulary: a prefix
             lookup = np.arange(len(self.vocab), dtype=np.int32)
             lookup[len(vocab):] = Vocabulary.UNK_ID
             return lookup
-        if self.meta.get("vocabulary_from"):
-            raise FflmError(f"{self.folder} was prepared over its training part's vocabulary "
-                            f"({len(self.vocab)} words), not this model's ({len(vocab)} words); prepare it with "
-                            "the model's training text, or give the text file")
         lookup = np.fromiter((vocab.id(w) for w in self.vocab.words), dtype=np.int32, count=len(self.vocab))
         lookup[Vocabulary.BOS_ID], lookup[Vocabulary.EOS_ID] = Vocabulary.BOS_ID, Vocabulary.EOS_ID
         return lookup
@@ -546,6 +569,39 @@ def training_data(path, config, min_count=None, max_size=None, order=1, cross_se
     sentences = read_text_sentences(path, config)
     vocab = Vocabulary.build(sentences, min_count=1 if min_count is None else min_count, max_size=max_size)
     return vocab, Windows.from_sentences(sentences, vocab, order, cross_sentence), config
+
+
+class HeldOut:
+    """Text to score: a text file (or nltk:) read once, or a prepared folder read in place.
+    windows() gives a model's pairs over it, words() the tokens of pairs a:b as strings."""
+
+    def __init__(self, path, config):
+        self.path = path
+        self.corpus = PreparedCorpus(path) if not is_nltk(path) and is_prepared_any(path) else None
+        if self.corpus is not None:
+            self.corpus.check_text(config)
+            self._sentences = None
+        else:
+            self._sentences = read_text_sentences(path, config)
+        self._words = None
+
+    def windows(self, vocab, order, cross_sentence=False):
+        if self.corpus is not None:
+            return self.corpus.windows(order, cross_sentence, vocab)
+        return Windows.from_sentences(self._sentences, vocab, order, cross_sentence)
+
+    def sentences(self):
+        """Every sentence as a list of words (in memory)."""
+        return self._sentences if self._sentences is not None else self.corpus.sentences()
+
+    def words(self, start, stop):
+        """The tokens (words and </s>) of pairs start:stop, as the text has them."""
+        if self.corpus is not None:
+            words = self.corpus.vocab.words
+            return [words[i] for i in self.corpus.ids[start:stop].tolist()]
+        if self._words is None:
+            self._words = [w for s in self._sentences for w in s + [Vocabulary.EOS]]
+        return self._words[start:stop]
 
 
 def eval_windows(path, vocab, order, cross_sentence, config):

@@ -26,7 +26,7 @@ import numpy as np
 from . import kernels as K
 from .errors import FflmError, FflmWarning
 from .model import Workspace
-from .windows import BlockOrder
+from .windows import SHUFFLES, BlockOrder
 
 
 LOSSES = ("softmax", "nce", "neg")
@@ -55,10 +55,16 @@ class TrainConfig:
     seed: int = 1
     threads: int = 0  # 0 = all cores
     precision: str = "fp32"  # fp32 | bf16 (bfloat16 operands in the matrix products) | auto (fflm/bf16.py)
+    max_steps: int = 0  # stop after this many SGD steps in all (0: no limit), the epoch cut short
+    shuffle: str = "auto"  # full permutation | blocks (bounded memory) | auto: full up to 8M pairs (windows.shuffled)
 
     def check(self):
         if self.epochs < 1:
             raise FflmError(f"--epochs must be at least 1, not {self.epochs}")
+        if self.shuffle not in SHUFFLES:
+            raise FflmError(f"unknown --shuffle {self.shuffle!r} (choose from {', '.join(SHUFFLES)})")
+        if self.max_steps < 0:
+            raise FflmError(f"--max-steps must be at least 0, not {self.max_steps}")
         if self.batch_size < 1:
             raise FflmError(f"--batch-size must be at least 1, not {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -312,7 +318,8 @@ def warm_up(model, config=None):
 def evaluate_ppl(model, windows, batch_size=1024):
     if windows is None or len(windows) == 0:
         return math.nan
-    nll = model.nll(*windows.pairs(), batch_size=batch_size)
+    # consecutive chunks (a multiple of batch_size) give the same batches as one call, in bounded memory
+    nll = np.concatenate([model.nll(x, y, batch_size=batch_size) for x, y in windows.chunks(64 * batch_size)])
     return exp_or_inf(float(nll.mean()))
 
 
@@ -421,7 +428,7 @@ class Trainer:
         last_checkpoint = time.perf_counter()
         while not self.done:
             if self.order is None:  # a new epoch: a new random order
-                self.order = windows.shuffle(self.rng)
+                self.order = windows.shuffle(self.rng, config.shuffle)
                 self.batch, self.total, self.seen, self.seconds = 0, 0.0, 0, 0.0
             start = time.perf_counter()
             bar = progress(total=len(windows), initial=self.batch * B, desc=f"epoch {self.epoch}", unit="tok",
@@ -429,6 +436,8 @@ class Trainer:
             recent = []
             try:
                 while self.batch < n_batches:
+                    if config.max_steps and self.steps >= config.max_steps:
+                        break
                     if should_stop is not None and should_stop(self):
                         self.seconds += time.perf_counter() - start
                         if on_checkpoint:
@@ -511,7 +520,7 @@ class Trainer:
         self.good, self.good_step = self._state_arrays(), self.steps  # finite: checked or rolled back above
         self.order, self.batch = None, 0
         self.epoch += 1
-        self.done = stop or self.epoch > config.epochs
+        self.done = stop or self.epoch > config.epochs or bool(config.max_steps and self.steps >= config.max_steps)
 
     # --- checkpoints --------------------------------------------------------------------------
     def _streams(self):

@@ -95,9 +95,9 @@ class Windows:
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
 
-    def shuffle(self, rng):
-        """An epoch's order of the pair numbers."""
-        return rng.permutation(len(self))
+    def shuffle(self, rng, mode="auto"):
+        """An epoch's order of the pair numbers (see shuffled)."""
+        return shuffled(len(self), rng, mode)
 
     def gather(self, index, x, y):
         """Copy the pairs numbered `index` into the batch buffers x (B, n-1) and y (B,)."""
@@ -203,12 +203,9 @@ class StreamWindows:
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
 
-    def shuffle(self, rng):
-        """A whole permutation up to BlockOrder.EXACT pairs (the same one Windows draws); beyond,
-        a BlockOrder, whose memory does not grow with the corpus."""
-        if len(self) <= BlockOrder.EXACT:
-            return rng.permutation(len(self))
-        return BlockOrder(len(self), int(rng.integers(2**63 - 1)))
+    def shuffle(self, rng, mode="auto"):
+        """An epoch's order of the pair numbers (see shuffled): the same one Windows draws."""
+        return shuffled(len(self), rng, mode)
 
     def stream(self):
         """The padded stream (in memory) that Windows and the n-gram counter read."""
@@ -216,6 +213,27 @@ class StreamWindows:
 
 
 _STEP = 1 << 24
+
+
+SHUFFLES = ("auto", "full", "blocks")
+
+
+def shuffled(n, rng, mode="auto"):
+    """An epoch's order of n pair numbers: "full", one whole permutation (8 bytes a pair);
+    "blocks", a BlockOrder, whose memory does not grow with the corpus; "auto", full up to
+    BlockOrder.EXACT pairs, blocks beyond."""
+    if mode not in SHUFFLES:
+        raise FflmError(f"unknown shuffle {mode!r} (choose from {', '.join(SHUFFLES)})")
+    if mode == "full" or (mode == "auto" and n <= BlockOrder.EXACT):
+        return rng.permutation(n)
+    return BlockOrder(n, int(rng.integers(2**63 - 1)))
+
+
+def order_memory(n, mode="auto"):
+    """Bytes an epoch's order of n pairs holds (see shuffled)."""
+    if mode == "full" or (mode == "auto" and n <= BlockOrder.EXACT):
+        return 8 * n
+    return 2 * 8 * min(n, BlockOrder.BLOCK * BlockOrder.GROUP)  # a pool and its permutation
 
 
 class BlockOrder:
@@ -233,7 +251,8 @@ class BlockOrder:
     EXACT = 1 << 23  # up to this many pairs, one whole permutation (64 MB) is drawn instead
     BLOCK, GROUP = 1 << 16, 64  # pools of 4M pairs (32 MB), each from 64 places in the corpus
 
-    def __init__(self, n, seed, block=BLOCK, group=GROUP):
+    def __init__(self, n, seed, block=None, group=None):
+        block, group = block or self.BLOCK, group or self.GROUP
         self.n, self.seed, self.block, self.group = int(n), int(seed), int(block), int(group)
         nblocks = -(-self.n // self.block)
         self.blocks = np.random.default_rng(self.seed).permutation(nblocks)
@@ -271,7 +290,10 @@ class BlockOrder:
 
     @classmethod
     def from_description(cls, a):
+        a = np.asarray(a)
+        if a.shape != (4,) or a.dtype.kind not in "iu":
+            raise FflmError("damaged batch order")
         n, seed, block, group = (int(v) for v in a)
-        if n < 0 or block < 1 or group < 1:
+        if n < 0 or seed < 0 or block < 1 or group < 1:
             raise FflmError("damaged batch order")
         return cls(n, seed, block, group)

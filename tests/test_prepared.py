@@ -270,8 +270,9 @@ def test_held_out_files_share_the_training_vocabulary(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(got.pairs(), plain.pairs()))
         with pytest.raises(FflmError, match="held-out"):
             corpus.vocabulary()
-        with pytest.raises(FflmError, match="not this model's"):
-            corpus.windows(4, False, Vocabulary.build(read_sentences(SYNTH / "test.txt")))
+        other = Vocabulary.build(read_sentences(SYNTH / "test.txt"))  # held-out words kept: any model maps exactly
+        plain = Windows.from_sentences(read_sentences(SYNTH / f"{part}.txt"), other, 4)
+        assert all(np.array_equal(a, b) for a, b in zip(corpus.windows(4, False, other).pairs(), plain.pairs()))
     got_vocab, _, _ = training_data(tmp_path / "p", None, min_count=2)  # the folder opens as its train/
     assert got_vocab.words == vocab.words and got_vocab.counts.tolist() == vocab.counts.tolist()
 
@@ -314,3 +315,210 @@ def test_bad_shares(tmp_path):
 def test_one_share_makes_two_parts(tmp_path):
     prepare(SYNTH / "valid.txt", tmp_path / "p", valid_share=0.2)
     assert sorted(os.listdir(tmp_path / "p")) == ["train", "valid"]
+
+
+# --- the CLI: a prepared folder wherever a corpus goes ---------------------------------------------
+TRAIN = ["--epochs", "2", "--embed-dim", "16", "--hidden", "32", "--order", "4", "--seed", "3", "-q", "--threads", "1"]
+
+
+def test_cli_prepare_then_train_eval_score_ngram_equal_the_text_path(tmp_path, run_cli):
+    train, valid = SYNTH / "train.txt", SYNTH / "valid.txt"
+    code, out, err = run_cli("prepare", train, "-o", tmp_path / "p", "--valid", valid, "--min-count", "2",
+                             "--workers", "2", "--json", "-q")
+    assert code == 0, err
+    meta = json.loads(out)
+    assert meta["part"] == "train" and meta["tokens"] == len(Windows.from_sentences(
+        read_sentences(train), Vocabulary.build(read_sentences(train)), 2))
+    code, _, err = run_cli("train", train, "--valid", valid, "-o", tmp_path / "a.npz", "--min-count", "2", *TRAIN)
+    assert code == 0, err
+    # the recorded cut (--min-count 2) applies without being given again
+    code, _, err = run_cli("train", tmp_path / "p" / "train", "--valid", tmp_path / "p" / "valid",
+                           "-o", tmp_path / "b.npz", *TRAIN)
+    assert code == 0, err
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    for k in a.files:
+        if a[k].dtype.kind in "fi":
+            assert np.array_equal(a[k], b[k]), k
+    reports = []
+    for model, text in (("a.npz", valid), ("b.npz", tmp_path / "p" / "valid")):
+        code, out, err = run_cli("eval", tmp_path / model, text, "--baseline-order", "3", "--json", "-q")
+        assert code == 0, err
+        reports.append(json.loads(out))
+    assert reports[0] == reports[1]
+    scored = [run_cli("score", tmp_path / "a.npz", t, "--summary-only")[1] for t in (valid, tmp_path / "p" / "valid")]
+    assert scored[0] == scored[1]
+    for name, corpus in (("t.arpa", train), ("p.arpa", tmp_path / "p")):
+        code, _, err = run_cli("ngram", "train", corpus, "-o", tmp_path / name, "--order", "3", "--min-count", "2",
+                               "-q")
+        assert code == 0, err
+    body = [(tmp_path / n).read_text().split("\n", 1)[1] for n in ("t.arpa", "p.arpa")]
+    assert body[0] == body[1]
+
+
+def test_cli_max_steps_and_a_held_out_part_is_not_for_training(tmp_path, run_cli):
+    run_cli("prepare", SYNTH / "valid.txt", "-o", tmp_path / "p", "--valid-share", "0.2", "-q")
+    code, _, err = run_cli("train", tmp_path / "p" / "train", "-o", tmp_path / "m.npz", "--max-steps", "3",
+                           "--batch-size", "8", *TRAIN[2:])
+    assert code == 0, err
+    from fflm.model import FFNNLM
+
+    history = FFNNLM.load(tmp_path / "m.npz")[1]["training"]["history"]
+    assert len(history) == 1 and history[0]["train_loss"] > 0
+    code, _, err = run_cli("train", tmp_path / "p" / "valid", "-o", tmp_path / "m2.npz", *TRAIN)
+    assert code == 1 and "held-out" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_text_options_must_agree_with_the_folder(tmp_path, run_cli):
+    run_cli("prepare", SYNTH / "valid.txt", "-o", tmp_path / "p", "-q")
+    code, _, err = run_cli("train", tmp_path / "p", "-o", tmp_path / "m.npz", "--lowercase", *TRAIN)
+    assert code == 1 and "prepared with" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.txt"], "no such file"),
+    (["BAD"], "reserved token"),
+    (["GOOD", "--valid-share", "1.5"], "share"),
+])
+def test_cli_prepare_bad_input_is_one_line(tmp_path, run_cli, args, message):
+    (tmp_path / "BAD").write_text("a </s> b\n")
+    (tmp_path / "GOOD").write_text("a b\n")
+    args = [str(tmp_path / a) if a in ("BAD", "GOOD") else a for a in args]
+    code, out, err = run_cli("prepare", *args, "-o", tmp_path / "p", "-q")
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "p").exists() and not [f for f in os.listdir(tmp_path) if f.startswith(".")]
+
+
+# --- training from the map: bounded shuffling, resume bit-identical ------------------------------------
+@pytest.mark.parametrize("stop_at", [5, 40])
+def test_block_order_training_resumes_bit_identically(tmp_path, monkeypatch, stop_at):
+    from fflm.model import FFNNLM, ModelConfig
+    from fflm.train import Interrupted, TrainConfig, Trainer, set_threads
+
+    monkeypatch.setattr(BlockOrder, "EXACT", 1000)  # this corpus's 82k pairs: shuffled in blocks
+    monkeypatch.setattr(BlockOrder, "BLOCK", 512)
+    monkeypatch.setattr(BlockOrder, "GROUP", 8)
+    set_threads(1)
+    prepare(SYNTH / "train.txt", tmp_path / "p", valid=SYNTH / "valid.txt")
+    vocab, tw, _ = training_data(tmp_path / "p", None, order=3)
+    vw = PreparedCorpus(tmp_path / "p" / "valid").windows(3, False, vocab)
+
+    def make():
+        config = TrainConfig(epochs=2, batch_size=256, seed=3, min_improvement=0.0, dropout=0.1, max_steps=400)
+        return Trainer(FFNNLM(vocab, ModelConfig(order=3, embed_dim=8, hidden=(16,)), seed=3), tw, vw, config)
+
+    whole = make()
+    whole.run()
+    assert whole.steps == 400  # 321 batches an epoch: the second one cut short
+    part = make()
+    path = tmp_path / "c.npz"
+    with pytest.raises(Interrupted):
+        part.run(should_stop=lambda t: t.steps == stop_at, on_checkpoint=lambda t: t.save_checkpoint(path))
+    assert isinstance(part.order, BlockOrder)
+    resumed, _ = Trainer.load_checkpoint(path, lambda model: (tw, vw))
+    resumed.run()
+    assert np.array_equal(resumed.model.E, whole.model.E) and np.array_equal(resumed.model.dense, whole.model.dense)
+    assert [r["valid_ppl"] for r in resumed.history] == [r["valid_ppl"] for r in whole.history]
+
+
+def test_shuffle_modes_are_the_same_for_text_and_prepared(tmp_path):
+    prepare(SYNTH / "valid.txt", tmp_path / "p")
+    _, stream, _ = training_data(tmp_path / "p", None, order=3)
+    _, plain, _ = training_data(SYNTH / "valid.txt", None, order=3)
+    for mode in ("full", "blocks", "auto"):
+        a, b = stream.shuffle(np.random.default_rng(2), mode), plain.shuffle(np.random.default_rng(2), mode)
+        assert np.array_equal(a[0 : len(plain)], b[0 : len(plain)])
+    assert isinstance(plain.shuffle(np.random.default_rng(2), "blocks"), BlockOrder)
+    with pytest.raises(FflmError, match="shuffle"):
+        plain.shuffle(np.random.default_rng(2), "random")
+    for bad in (np.array([1, 2, 3]), np.array([1.0, 2, 3, 4]), np.array([-1, 1, 1, 1])):
+        with pytest.raises(FflmError, match="damaged"):
+            BlockOrder.from_description(bad)
+
+
+# --- evaluation a chunk at a time -------------------------------------------------------------
+def test_eval_score_and_ngram_eval_in_chunks_equal_one_pass(tmp_path, run_cli, monkeypatch):
+    import fflm.evaluate as ev
+
+    train, valid, test = SYNTH / "train.txt", SYNTH / "valid.txt", SYNTH / "test.txt"
+    assert run_cli("train", train, "-o", tmp_path / "m.npz", "--epochs", "1", *TRAIN[2:])[0] == 0
+    assert run_cli("train", train, "-o", tmp_path / "m2.npz", "--epochs", "1", "--cross-sentence",
+                   *TRAIN[2:])[0] == 0
+    assert run_cli("ngram", "train", train, "-o", tmp_path / "kn.arpa", "--order", "3", "-q")[0] == 0
+    run_cli("prepare", test, "-o", tmp_path / "p", "-q")
+
+    def outputs(text, tag):
+        r = {}
+        code, out, err = run_cli("eval", tmp_path / "m.npz", text, "--mix", tmp_path / "m2.npz", "--tune-on", valid,
+                                 "--baseline-order", "3", "--json", "--per-token", tmp_path / f"e{tag}.tsv", "-q")
+        assert code == 0, err
+        r["eval"], r["eval_tsv"] = json.loads(out), (tmp_path / f"e{tag}.tsv").read_text()
+        r["score"] = run_cli("score", tmp_path / "m.npz", text, "--per-token")[1]
+        r["score_arpa"] = run_cli("score", tmp_path / "kn.arpa", text, "--per-token")[1]
+        code, out, _ = run_cli("ngram", "eval", tmp_path / "kn.arpa", text, "--json", "-q", "--per-token",
+                               tmp_path / f"n{tag}.tsv")
+        r["ngram"], r["ngram_tsv"] = json.loads(out), (tmp_path / f"n{tag}.tsv").read_text()
+        return r
+
+    whole = outputs(test, "w")
+    monkeypatch.setattr(ev, "CHUNK", 2048)  # the test text's 8k tokens in 5 chunks, sentences cut between them
+    text, prepared = outputs(test, "t"), outputs(tmp_path / "p", "p")
+    assert text == prepared  # the same figures to the last digit, from text or from the map
+    for key in ("eval_tsv", "score", "score_arpa", "ngram_tsv"):
+        assert text[key] == whole[key], key
+    assert [r["name"] for r in text["eval"]["models"]] == ["fflm", "fflm2", "kn3", "ensemble", "interpolated",
+                                                           "mixture"]
+    for a, b in zip(text["eval"]["models"] + text["ngram"]["models"], whole["eval"]["models"] + whole["ngram"]["models"]):
+        assert a["ppl"] == pytest.approx(b["ppl"], rel=1e-12) and a["name"] == b["name"]
+    assert text["eval"]["tokens"] == whole["eval"]["tokens"] and text["eval"]["sentences"] == 1000
+
+
+def test_scores_parts_and_joins():
+    from fflm.evaluate import Scores
+
+    s = Scores(np.array([-1.0, -2.0, -0.5]), np.array([3, 2, 2]), 2, np.array([1, 2, 3]))
+    a, b = s.part(0, 2), s.part(2, 3)
+    assert a.sentences == 1 and b.sentences == 1 and a.ngram_length.tolist() == [1, 2]
+    j = a.then(b)
+    assert j.log10.tolist() == s.log10.tolist() and j.sentences == 2 and j.ngram_length.tolist() == [1, 2, 3]
+
+
+def test_a_text_too_big_to_read_whole_is_refused_up_front_and_its_prepared_folder_trains(tmp_path, run_cli,
+                                                                                           monkeypatch):
+    import fflm.cli.neural as neural
+
+    run_cli("prepare", SYNTH / "train.txt", "-o", tmp_path / "p", "-q")
+    monkeypatch.setattr(neural, "_available_memory", lambda: 3 << 20)  # 3 MiB; the 390 kB text needs ~6 MB
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "m.npz", *TRAIN)
+    assert code == 1 and "fflm prepare" in err and "GiB" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("train", tmp_path / "p", "-o", tmp_path / "m.npz", "--max-steps", "2", *TRAIN)
+    assert code == 0, err
+
+
+def test_order_memory():
+    from fflm.windows import order_memory
+
+    assert order_memory(1000, "full") == order_memory(1000) == 8000
+    big = 10 * BlockOrder.EXACT
+    assert order_memory(big, "full") == 8 * big
+    assert order_memory(big) == order_memory(100 * big) == 16 * BlockOrder.BLOCK * BlockOrder.GROUP
+
+
+@pytest.mark.parametrize("chunk_bytes", [3, 8, 50, 1 << 20])
+@pytest.mark.parametrize("N", [1, 2, 3, 7])
+def test_segment_cuts_lines_into_sentences_of_at_most_n_tokens(tmp_path, chunk_bytes, N):
+    text = TEXT + "\n" + " ".join(f"w{i % 13}" for i in range(200)) + "\n  \nx y z  \n"
+    path = _write(tmp_path, text)
+    prepare(path, tmp_path / "p", chunk_bytes=chunk_bytes, segment=N)
+    want = [s[i : i + N] for s in read_sentences(path) for i in range(0, len(s), N)]
+    corpus = PreparedCorpus(tmp_path / "p")
+    assert corpus.sentences() == want and corpus.num_sentences == len(want)
+
+
+def test_a_one_line_corpus_is_read_in_chunks(tmp_path):
+    words = [f"w{i % 997}" for i in range(50_000)]
+    path = _write(tmp_path, " ".join(words))  # one line, no line break, 300 kB
+    prepare(path, tmp_path / "p", chunk_bytes=4096, segment=100)
+    corpus = PreparedCorpus(tmp_path / "p")
+    assert corpus.num_sentences == 500 and corpus.tokens == 50_500
+    assert [w for s in corpus.sentences() for w in s] == words

@@ -87,6 +87,20 @@ def _text_config(base, tokenizer, lowercase, encoding_errors):
     return TextConfig.from_dict(d)
 
 
+def _corpus_text(corpus, tokenizer, lowercase, encoding_errors):
+    """The text settings to read `corpus` with: a prepared folder's own (options given must
+    agree with them), else the defaults with the options applied."""
+    from ..prepared import PreparedCorpus, is_prepared_any
+    from ..text import is_nltk
+
+    if corpus is not None and not is_nltk(corpus) and is_prepared_any(corpus):
+        folder = PreparedCorpus(corpus)
+        config = _text_config(folder.text, tokenizer, lowercase, encoding_errors)
+        folder.check_text(config)
+        return config
+    return _text_config(None, tokenizer, lowercase, encoding_errors)
+
+
 def _check_output(path):
     """Fail before any work if `path` cannot be written (the write itself is atomic later)."""
     import tempfile
@@ -119,8 +133,12 @@ def cli():
 
 
 def _sha256(path):
-    from ..text import fingerprint
+    """A corpus's digest: its bytes' sha256, or a prepared folder's (that of its manifest)."""
+    from ..prepared import PreparedCorpus, is_prepared_any
+    from ..text import fingerprint, is_nltk
 
+    if not is_nltk(path) and is_prepared_any(path):
+        return PreparedCorpus(path).digest
     return fingerprint(path)
 
 

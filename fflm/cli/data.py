@@ -137,3 +137,67 @@ def data_split(corpus, output, valid, test, seed, tokenizer, lowercase, encoding
 
 
 
+
+@cli.command("prepare")
+@click.argument("corpus", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="The folder to write (it appears whole or not at all).")
+@click.option("--valid", "valid_files", multiple=True, metavar="FILE",
+              help="Held-out text prepared over the training vocabulary, as OUTPUT/valid (repeatable).")
+@click.option("--test", "test_files", multiple=True, metavar="FILE", help="The same, as OUTPUT/test.")
+@click.option("--valid-share", type=float, default=0.0, show_default=True,
+              help="Deal this share of CORPUS's sentences to OUTPUT/valid instead (a seeded draw per sentence).")
+@click.option("--test-share", type=float, default=0.0, show_default=True, help="The same for OUTPUT/test.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same split.")
+@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The vocabulary cut training uses by default (the ids keep every word).")
+@click.option("--max-vocab", type=click.IntRange(min=4), default=None, help="The same for the size cap.")
+@click.option("--segment", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Cut every line into sentences of at most this many tokens (0: a line is a sentence; "
+                   "for one-line corpora such as text8).")
+@text_options
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes tokenising in parallel (0: one per core); the result is the same for any number.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it is a prepared corpus already.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def prepare_(corpus, output, valid_files, test_files, valid_share, test_share, seed, min_count, max_vocab, segment,
+             tokenizer, lowercase, encoding_errors, workers, force, as_json, quiet):
+    """Tokenise CORPUS (files, plain or .gz/.bz2/.xz, or nltk:NAME; several make one corpus)
+    once into OUTPUT: memory-mapped token ids, the vocabulary and a manifest.
+
+    \b
+    A prepared folder goes wherever a corpus does (train, --valid, eval, score, ngram) and costs
+    disk, not memory: training gathers its batches straight from the ids. With --valid/--test
+    files or shares, OUTPUT holds train/, valid/ and test/ over train's vocabulary.
+    Examples:
+      fflm prepare wiki.train.txt.xz --valid wiki.valid.txt --test wiki.test.txt -o wiki
+      fflm train wiki/train --valid wiki/valid -o wiki.npz --preset brown
+      fflm prepare big.txt -o big --valid-share 0.01 --test-share 0.01
+    """
+    import time
+
+    from ..prepared import prepare
+
+    text = _text_config(None, tokenizer, lowercase, encoding_errors)
+    start = time.perf_counter()
+    meta = prepare(list(corpus), output, config=text, workers=workers or (os.cpu_count() or 1), force=force,
+                   progress=_progress(quiet), valid=list(valid_files), test=list(test_files),
+                   valid_share=valid_share, test_share=test_share, seed=seed, min_count=min_count,
+                   max_size=max_vocab, segment=segment)
+    seconds = time.perf_counter() - start
+    held_out = bool(valid_files or test_files or valid_share or test_share)
+    if as_json:
+        _echo_json({**meta, "output": output, "seconds": round(seconds, 3),
+                    "tokens_per_s": round(meta["tokens"] / seconds) if seconds else None})
+        return
+    where = os.path.join(output, "train") if held_out else output
+    click.echo(f"wrote {where}: {meta['tokens']:,} tokens ({meta['words']:,} words + </s>) in {meta['sentences']:,} "
+               f"sentences, {meta['vocabulary']:,} distinct words, {meta['dtype']} ids; "
+               f"{seconds:.1f} s, {meta['tokens'] / max(seconds, 1e-9):,.0f} tokens/s")
+    for part in ("valid", "test"):
+        path = os.path.join(output, part)
+        if held_out and os.path.isdir(path):
+            from ..prepared import PreparedCorpus
+
+            c = PreparedCorpus(path)
+            click.echo(f"wrote {path}: {c.tokens:,} tokens in {c.num_sentences:,} sentences")

@@ -54,6 +54,11 @@ from .common import (
 @click.option("--cross-sentence", is_flag=True,
               help="Contexts run on from the previous sentence instead of <s> padding (same scored tokens).")
 @click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
+@click.option("--max-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Stop after this many mini-batch steps in all (0: no limit), the last epoch cut short.")
+@click.option("--shuffle", type=click.Choice(["auto", "full", "blocks"]), default="auto", show_default=True,
+              help="Each epoch's order: one full permutation (8 bytes a training token), or blocks of "
+                   "64k positions shuffled in pools of 64 (bounded memory); auto: full up to 8M tokens.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
 @click.option("--warmup-steps", type=int, default=0, show_default=True,
@@ -97,7 +102,7 @@ from .common import (
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.pass_context
 def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, tail_div,
-          cross_sentence, epochs,
+          cross_sentence, epochs, max_steps, shuffle,
           batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
           noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
           encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, precision, json_log, quiet):
@@ -113,9 +118,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
 
     from .. import train as training
     from ..model import FFNNLM, ModelConfig, memory_estimate
-    from ..text import TextConfig, read_sentences
-    from ..vocab import Vocabulary
-    from ..windows import Windows
+    from ..prepared import read_sentences
+    from ..text import TextConfig
 
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     if resume:
@@ -132,9 +136,11 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         corpus, valid, output, checkpoint = run["corpus"], run.get("valid"), run["output"], resume
         from ..fileio import check_readable
 
+        from ..prepared import is_prepared_any
+
         for path, digest in ((corpus, run.get("sha256")), (valid, run.get("valid_sha256"))):
             if path is not None:
-                if not is_nltk(path):
+                if not is_nltk(path) and not is_prepared_any(path):
                     check_readable(path)
                 if _sha256(path) != digest:
                     raise FflmError(f"{path} has changed since the checkpoint was written; cannot resume")
@@ -161,11 +167,25 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
     _check_output(checkpoint)
     if json_log:
         _check_output(json_log)
-    sentences = read_sentences(corpus, text)
-    valid_sentences = read_sentences(valid, text) if valid else None
+    from ..prepared import eval_windows, is_prepared_any, training_data
+    from ..windows import order_memory
+
+    prepared = not is_nltk(corpus) and is_prepared_any(corpus)
+    if prepared:  # the folder's own text settings; options that disagree are refused
+        from ..prepared import PreparedCorpus
+
+        folder = PreparedCorpus(corpus)
+        if not resume:
+            text = _text_config(folder.text, tokenizer, lowercase, encoding_errors)
+        folder.check_text(text)
     if resume:
         def windows_for(model):
-            return model.windows(sentences), (model.windows(valid_sentences) if valid_sentences else None)
+            o, cross = model.config.order, model.config.cross_sentence
+            if prepared:
+                train_windows = folder.windows(o, cross, model.vocab)
+            else:
+                train_windows = model.windows(read_sentences(corpus, text))
+            return train_windows, (eval_windows(valid, model.vocab, o, cross, text) if valid else None)
 
         trainer, cmeta = training.Trainer.load_checkpoint(resume, windows_for)
         model, tconfig, meta = trainer.model, trainer.config, cmeta["model_meta"]
@@ -181,23 +201,33 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                                        weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
                                        embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
                                        noise_power=noise_power, clip=clip, seed=seed, threads=threads,
-                                       precision=precision)
+                                       precision=precision, max_steps=max_steps,
+                                       shuffle=shuffle)
         tconfig.check()
-        vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
+        if not prepared and not is_nltk(corpus):
+            _check_text_fits(corpus, _available_memory())
+        cut_given = {k for k in ("min_count", "max_vocab")
+                     if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+        if prepared and not cut_given:  # the cut recorded at prepare
+            min_count, max_vocab = None, None
+        vocab, windows, _ = training_data(corpus, text, min_count, max_vocab, order, cross_sentence)
         config = config.resolve(vocab.counts)
         config.check_vocab(len(vocab))
-        windows = Windows.from_sentences(sentences, vocab, order, cross_sentence)
         words = len(windows) - windows.num_sentences
         if words < order - 1:
             raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
-        valid_windows = Windows.from_sentences(valid_sentences, vocab, order, cross_sentence) if valid else None
+        valid_windows = eval_windows(valid, vocab, order, cross_sentence, text) if valid else None
         need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0,
                                optimizer=optimizer)
+        index = order_memory(len(windows), shuffle)  # each epoch's order of the pairs
         have = _available_memory()
-        if have is not None and need > have:
+        if have is not None and need + index > have:
+            fix = "use a smaller --hidden, --embed-dim, --batch-size or --max-vocab"
+            if index > need:
+                fix = "use --shuffle blocks (its memory does not grow with the corpus)"
             raise FflmError(
-                f"this model needs about {need / 2**30:.1f} GiB to train but {have / 2**30:.1f} GiB is available; "
-                "use a smaller --hidden, --embed-dim, --batch-size or --max-vocab"
+                f"this model needs about {(need + index) / 2**30:.1f} GiB to train ({index / 2**30:.1f} GiB of it the "
+                f"epoch's shuffled order) but {have / 2**30:.1f} GiB is available; {fix}"
             )
         used = training.set_threads(threads)
         model = FFNNLM(vocab, config, seed=seed)
@@ -311,9 +341,13 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
       fflm eval brown.npz ../shared/data/brown/test.txt --tune-on ../shared/data/brown/valid.txt
       fflm eval a.npz test.txt --mix b.npz --tune-on valid.txt
     """
+    import contextlib
+
+    import numpy as np
+
     from .. import evaluate as ev
     from ..ngram import NGramLM
-    from ..text import read_sentences
+    from ..prepared import HeldOut, eval_windows, is_prepared_any, read_sentences
     from ..train import set_threads
     from ..windows import Windows
 
@@ -334,47 +368,75 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
     n = model.config.order
     N = baseline_order or n
     width = max([n, N] + [o.config.order for _, _, o in others])
-    sentences = read_sentences(text, config)
-    ev.check_coverage(sentences, model.vocab, text)
-    windows = Windows.from_sentences(sentences, model.vocab, width)
-    scores = {"fflm": (n, ev.score_neural(model, model.windows(sentences)))}  # its own contexts; same targets
+    held = HeldOut(text, config)
+    windows = held.windows(model.vocab, width)  # the baseline's contexts; every model scores its targets
+    ev.check_coverage_counts(*ev.coverage(windows), text)
+    own = {"fflm": (model, held.windows(model.vocab, n, model.config.cross_sentence))}  # its own contexts
     for name, _, other in others:
-        scores[name] = (other.config.order, ev.score_neural(other, other.windows(sentences)))
-    neural = list(scores)
+        own[name] = (other, held.windows(model.vocab, other.config.order, other.config.cross_sentence))
+    neural = list(own)
     lm = None
     if baseline != "none":
         source = baseline_train or meta.get("training", {}).get("corpus")
         if not source or not (is_nltk(source) or os.path.exists(source)):
             raise FflmError(f"the training corpus {source!r} recorded in the model is not here; "
                             "pass --baseline-train FILE or --baseline none")
-        baseline_sentences = read_sentences(source, config)
-        train_windows = Windows.from_sentences(baseline_sentences, model.vocab, N)
+        baseline_sentences = None
+        if not is_nltk(source) and is_prepared_any(source):
+            train_windows = eval_windows(source, model.vocab, N, False, config)
+            train_windows = Windows(train_windows.stream(), N)
+        else:
+            baseline_sentences = read_sentences(source, config)
+            train_windows = Windows.from_sentences(baseline_sentences, model.vocab, N)
         lm = NGramLM.estimate(train_windows, model.vocab, N, smoothing=baseline, k=add_k)
-        scores[lm.name] = (N, ev.score_ngram(lm, windows))
     parts = neural + ([lm.name] if lm else [])
-    if others:
-        equal = [1.0 / len(neural)] * len(neural)
-        scores["ensemble"] = (max(scores[k][0] for k in neural), ev.mix([scores[k][1] for k in neural], equal))
     lam = weights = None
     if tune_on:
         if len(parts) < 2:
             raise FflmError("--tune-on needs something to interpolate with: a baseline (not --baseline none) or --mix")
-        tune_sentences = read_sentences(tune_on, config)
-        _warn_if_seen(tune_on, tune_sentences, meta, source if lm is not None else None,
+        tune_text = HeldOut(tune_on, config)
+        if lm is not None and baseline_sentences is None:
+            baseline_sentences = read_sentences(source, config)
+        _warn_if_seen(tune_on, tune_text.sentences(), meta, source if lm is not None else None,
                       baseline_sentences if lm is not None else None, config)
-        tune = Windows.from_sentences(tune_sentences, model.vocab, width)
-        tuned = {"fflm": ev.score_neural(model, model.windows(tune_sentences))}
-        for name, _, other in others:
-            tuned[name] = ev.score_neural(other, other.windows(tune_sentences))
+        tuned = {name: ev.score_neural(m, tune_text.windows(model.vocab, m.config.order, m.config.cross_sentence))
+                 for name, (m, _) in own.items()}
         if lm is not None:
-            tuned[lm.name] = ev.score_ngram(lm, tune)
+            tuned[lm.name] = ev.score_ngram(lm, tune_text.windows(model.vocab, width))
             lam = ev.tune_lambda(tuned["fflm"], tuned[lm.name])
-            scores["interpolated"] = (max(n, N), ev.interpolate(scores["fflm"][1], scores[lm.name][1], lam))
         if others:
             weights = dict(zip(parts, ev.tune_weights([tuned[k] for k in parts]).tolist()))
-            scores["mixture"] = (max(scores[k][0] for k in parts),
-                                 ev.mix([scores[k][1] for k in parts], list(weights.values())))
-    rep = ev.report(scores)
+    # the test text a chunk at a time: every row's sums, and the per-token lines, in bounded memory
+    totals = ev.Totals()
+    with contextlib.ExitStack() as stack:
+        out = None
+        if per_token:
+            from ..fileio import atomic_write
+
+            out = stack.enter_context(atomic_write(per_token))
+        for start, stop in ev.chunk_ranges(len(windows)):
+            index = np.arange(start, stop)
+            scores = {name: (m.config.order, ev.score_neural(m, w, index=index)) for name, (m, w) in own.items()}
+            if lm is not None:
+                scores[lm.name] = (N, ev.score_ngram(lm, windows, index))
+            if others:
+                equal = [1.0 / len(neural)] * len(neural)
+                scores["ensemble"] = (max(scores[k][0] for k in neural), ev.mix([scores[k][1] for k in neural], equal))
+            if lam is not None:
+                scores["interpolated"] = (max(n, N), ev.interpolate(scores["fflm"][1], scores[lm.name][1], lam))
+            if weights is not None:
+                scores["mixture"] = (max(scores[k][0] for k in parts),
+                                     ev.mix([scores[k][1] for k in parts], list(weights.values())))
+            totals.add(scores)
+            if out is not None:
+                names = list(scores)
+                if start == 0:
+                    out.write("word\t" + "\t".join(f"{name}_log10" for name in names) + "\toov\n")
+                columns = [scores[name][1].log10.tolist() for name in names]
+                oov = scores["fflm"][1].oov.tolist()
+                for i, w in enumerate(held.words(start, stop)):
+                    out.write(w + "\t" + "\t".join(f"{c[i]:.6f}" for c in columns) + f"\t{int(oov[i])}\n")
+    rep = totals.report()
     rows = {m["name"]: m for m in rep["models"]}
     for name, path, _ in others:
         rows[name]["model"] = path
@@ -382,17 +444,6 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         rows["interpolated"]["lambda"] = lam
     if weights is not None:
         rows["mixture"]["weights"] = weights
-    if per_token:
-        from ..fileio import atomic_write
-
-        words = [w for s in sentences for w in s + ["</s>"]]
-        names = list(scores)
-        with atomic_write(per_token) as f:
-            f.write("word\t" + "\t".join(f"{name}_log10" for name in names) + "\toov\n")
-            columns = [scores[name][1].log10.tolist() for name in names]
-            oov = scores["fflm"][1].oov.tolist()
-            for i, w in enumerate(words):
-                f.write(w + "\t" + "\t".join(f"{c[i]:.6f}" for c in columns) + f"\t{int(oov[i])}\n")
     if as_json:
         _echo_json(rep)
     else:
@@ -492,10 +543,13 @@ def score(model_path, text, per_token, summary_only, threads, precision):
     Example:
       fflm score brown.npz ../shared/data/brown/test.txt --per-token | head -3
     """
+    import numpy as np
+
     from .. import evaluate as ev
     from ..fileio import check_readable
-    from ..text import TextConfig, read_sentences
-    from ..windows import Windows
+    from ..prepared import HeldOut
+    from ..text import TextConfig
+    from ..vocab import Vocabulary
 
     check_readable(model_path)
     with open(model_path, "rb") as f:
@@ -505,22 +559,70 @@ def score(model_path, text, per_token, summary_only, threads, precision):
 
         set_threads(threads)
         model, _, config = _load_model(model_path, precision)
-        sentences = read_sentences(text, config)
-        ev.check_coverage(sentences, model.vocab, text)
-        scores, order = ev.score_neural(model, model.windows(sentences)), model.config.order
+        vocab, order = model.vocab, model.config.order
+        held = HeldOut(text, config)
+        windows = held.windows(vocab, order, model.config.cross_sentence)
+
+        def scored(index):
+            return ev.score_neural(model, windows, index=index)
     else:
         from ..ngram import NGramLM
 
         lm = NGramLM.load_arpa(model_path)
         config = TextConfig.from_dict(lm.meta.get("text", {})) if lm.meta else TextConfig()
-        sentences = read_sentences(text, config)
-        ev.check_coverage(sentences, lm.vocab, text)
-        scores, order = ev.score_ngram(lm, Windows.from_sentences(sentences, lm.vocab, lm.order)), lm.order
-    if not summary_only:
-        for line in ev.query_lines(sentences, scores, order, per_token):
-            click.echo(line)
-    click.echo(ev.query_summary(scores))
+        vocab, order = lm.vocab, lm.order
+        held = HeldOut(text, config)
+        windows = held.windows(vocab, order)
 
+        def scored(index):
+            return ev.score_ngram(lm, windows, index)
+    ev.check_coverage_counts(*ev.coverage(windows), text)
+    totals = ev.Totals()
+    tail, tail_words = None, []  # the scored tokens of a sentence the last chunk cut
+    for start, stop in ev.chunk_ranges(len(windows)):  # a chunk at a time (the same batches): bounded memory
+        scores, words = scored(np.arange(start, stop)), held.words(start, stop)
+        if tail is not None:
+            scores, words = tail.then(scores), tail_words + words
+        ends = np.flatnonzero(scores.targets == Vocabulary.EOS_ID)
+        cut = int(ends[-1]) + 1 if len(ends) else 0  # lines for whole sentences only
+        tail, tail_words = scores.part(cut, len(words)), words[cut:]
+        scores = scores.part(0, cut)
+        totals.add({"model": (order, scores)})
+        if not summary_only:
+            for line in ev.query_lines(_split_sentences(words[:cut]), scores, order, per_token):
+                click.echo(line)
+    click.echo(totals.query_summary("model"))
+
+
+# Bytes of memory a corpus read whole takes per byte of its text: the str, the lists of words,
+# the id stream and the windows (measured: 976 MB for the 68 MB of 10M synthetic tokens, 14x).
+TEXT_READ_FACTOR, COMPRESSION = 15, 4
+
+
+def _check_text_fits(path, have):
+    """Refuse, before reading it, a text corpus that reading whole would not fit in memory."""
+    if have is None or not os.path.isfile(path):
+        return
+    size = os.path.getsize(path)
+    if path.endswith((".gz", ".bz2", ".xz")):
+        size *= COMPRESSION
+    need = size * TEXT_READ_FACTOR
+    if need > have:
+        raise FflmError(f"{path}: reading it whole needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is "
+                        f"available; prepare it once (fflm prepare {path} -o DIR) and train on DIR, whose memory "
+                        "does not grow with the corpus")
+
+
+def _split_sentences(tokens):
+    """Tokens, each sentence ended by </s> -> the sentences, without it."""
+    out, current = [], []
+    for t in tokens:
+        if t == "</s>":
+            out.append(current)
+            current = []
+        else:
+            current.append(t)
+    return out
 
 
 def _output_layer_line(config, V, chosen=False):
@@ -541,7 +643,7 @@ def _output_layer_line(config, V, chosen=False):
 def _warn_if_seen(tune_on, tune_sentences, meta, baseline_source, baseline_sentences, config):
     """Warn when the tuning text is largely part of the model's or the baseline's training text."""
     from ..evaluate import tuning_overlap
-    from ..text import read_sentences
+    from ..prepared import read_sentences
 
     corpora = {}
     if baseline_source is not None:

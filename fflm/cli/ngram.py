@@ -8,6 +8,7 @@ from ..text import source_name
 from .common import (
     EPILOG_DATA,
     _check_output,
+    _corpus_text,
     _echo_json,
     _progress,
     _text_config,
@@ -33,7 +34,8 @@ def ngram():
     help="kn: interpolated modified Kneser-Ney (KenLM's); add-k (k=1 is Laplace); mle (unsmoothed).",
 )
 @click.option("--k", "add_k", type=float, default=1.0, show_default=True, help="k for add-k smoothing.")
-@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
+@click.option("--min-count", type=click.IntRange(min=1), default=None,
+              help="Rarer words become <unk>.  [default: 1, or the cut a prepared CORPUS recorded]")
 @click.option("--max-vocab", type=click.IntRange(min=4), default=None, help="Cap on vocabulary size (specials included).")
 @text_options
 @click.option(
@@ -57,21 +59,16 @@ def ngram_train(corpus, output, order, smoothing, add_k, min_count, max_vocab, t
       fflm ngram train ../shared/data/brown/train.txt -o kn5.arpa --order 5
     """
     from ..ngram import NGramLM
-    from ..text import read_sentences
-    from ..vocab import Vocabulary
-    from ..windows import Windows
+    from ..prepared import training_data
 
     _check_output(output)
-    config = _text_config(None, tokenizer, lowercase, encoding_errors)
+    config = _corpus_text(corpus, tokenizer, lowercase, encoding_errors)
     bar = _progress(quiet)
     start = time.perf_counter()
     with bar(total=4, desc="n-gram model") as steps:
         steps.set_postfix_str("reading")
-        sentences = read_sentences(corpus, config)
-        steps.update()
-        vocab = Vocabulary.build(sentences, min_count=min_count, max_size=max_vocab)
-        windows = Windows.from_sentences(sentences, vocab, order)
-        steps.update()
+        vocab, windows, _ = training_data(corpus, config, min_count, max_vocab, order, in_memory=True)
+        steps.update(2)
         steps.set_postfix_str("estimating")
         lm = NGramLM.estimate(
             windows, vocab, order, smoothing=smoothing, k=add_k,
@@ -126,10 +123,15 @@ def ngram_eval(model, text, tokenizer, lowercase, encoding_errors, as_json, per_
     Example:
       fflm ngram eval kn5.arpa ../shared/data/brown/test.txt
     """
-    from ..evaluate import check_coverage, format_report, report, score_ngram
+    import contextlib
+
+    import numpy as np
+
+    from .. import evaluate as ev
+    from ..fileio import atomic_write
     from ..ngram import NGramLM
-    from ..text import TextConfig, read_sentences
-    from ..windows import Windows
+    from ..prepared import HeldOut
+    from ..text import TextConfig
 
     if per_token:
         _check_output(per_token)
@@ -139,29 +141,25 @@ def ngram_eval(model, text, tokenizer, lowercase, encoding_errors, as_json, per_
         steps.update()
         base = TextConfig.from_dict(lm.meta.get("text", {})) if lm.meta else None
         config = _text_config(base, tokenizer, lowercase, encoding_errors)
-        sentences = read_sentences(text, config)
-        check_coverage(sentences, lm.vocab, text)
-        windows = Windows.from_sentences(sentences, lm.vocab, lm.order)
+        held = HeldOut(text, config)
+        windows = held.windows(lm.vocab, lm.order)
+        ev.check_coverage_counts(*ev.coverage(windows), text)
         steps.update()
-        scores = score_ngram(lm, windows)
+        totals = ev.Totals()
+        with contextlib.ExitStack() as stack:  # a chunk of tokens at a time: bounded memory
+            out = stack.enter_context(atomic_write(per_token)) if per_token else None
+            if out is not None:
+                out.write("word\tlog10_prob\tngram_length\toov\n")
+            for start, stop in ev.chunk_ranges(len(windows)):
+                scores = ev.score_ngram(lm, windows, np.arange(start, stop))
+                totals.add({lm.name: (lm.order, scores)})
+                if out is not None:
+                    for w, lp, n, oov in zip(held.words(start, stop), scores.log10.tolist(),
+                                             scores.ngram_length.tolist(), scores.oov.tolist()):
+                        out.write(f"{w}\t{lp:.6f}\t{n}\t{int(oov)}\n")
         steps.update()
-    rep = report({lm.name: (lm.order, scores)})
-    if per_token:
-        _write_per_token(per_token, sentences, lm.vocab, scores)
+    rep = totals.report()
     if as_json:
         _echo_json(rep)
     else:
-        click.echo(format_report(rep))
-
-
-
-def _write_per_token(path, sentences, vocab, scores):
-    from ..fileio import atomic_write
-
-    words = [w for s in sentences for w in s + [vocab.EOS]]
-    with atomic_write(path) as f:
-        f.write("word\tlog10_prob\tngram_length\toov\n")
-        for w, lp, n, oov in zip(words, scores.log10.tolist(), scores.ngram_length.tolist(), scores.oov.tolist()):
-            f.write(f"{w}\t{lp:.6f}\t{n}\t{int(oov)}\n")
-
-
+        click.echo(ev.format_report(rep))
