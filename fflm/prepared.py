@@ -36,6 +36,7 @@ FORMAT, VERSION = "fflm-prepared", 1
 META, VOCAB, IDS = "prepared.json", "vocab.json", "ids.bin"
 PARTS = ("train", "valid", "test")
 CHUNK_BYTES = 4 << 20  # bytes of text a worker tokenises at a time
+PARALLEL_CHUNKS = 8  # a source of fewer chunks is tokenised in this process (a pool takes ~1 s to start)
 BLOCK = 1 << 24  # ids a pass over a stream handles at a time (64 MB as uint32)
 UINT16_MAX_VOCAB = 1 << 16
 COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
@@ -90,6 +91,16 @@ def _tokenize(job):
     as indices into those words, the number of tokens on each line or piece of a line)."""
     data, path, first_line, config, bom = job
     config = TextConfig.from_dict(config)
+    if config.tokenizer == "whitespace" and not config.lowercase:
+        from .scan import scan
+
+        # the bytes' own pass where it gives what the Python path gives (valid UTF-8, ASCII spaces)
+        decode(data, path, "strict" if config.encoding_errors == "strict" else "replace", first_line, bom)
+        raw = data[3:] if bom and data.startswith(b"\xef\xbb\xbf") else data
+        if config.encoding_errors == "strict" or _valid_utf8(raw):
+            result = scan(raw)
+            if result is not None:
+                return result
     text = decode(data, path, config.encoding_errors, first_line=first_line, bom=bom)
     index, ids, lengths = {}, [], []
     add = index.setdefault
@@ -98,7 +109,16 @@ def _tokenize(job):
         lengths.append(len(tokens))
         ids.extend([add(t, len(index)) for t in tokens])
     ids = np.array(ids, dtype=np.int32)
-    return list(index), np.bincount(ids, minlength=len(index)), ids, np.array(lengths, dtype=np.int64)
+    blob = "".join(w + "\n" for w in index).encode("utf-8")  # no token holds a line end
+    return blob, np.bincount(ids, minlength=len(index)), ids, np.array(lengths, dtype=np.int64)
+
+
+def _valid_utf8(data):
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 class _Merger:
@@ -115,9 +135,12 @@ class _Merger:
         self.sentences = self.tokens = 0
 
     def add(self, result, inside, ends_line):
-        words, counts, local, lengths = result
-        get = self.ids.setdefault
-        lookup = np.fromiter((get(w, len(self.ids)) for w in words), dtype=np.int32, count=len(words))
+        blob, counts, local, lengths = result
+        words = blob.split(b"\n")[:-1]  # the chunk's distinct words, as UTF-8 bytes
+        known = self.ids
+        new = [w for w in words if w not in known]
+        known.update(zip(new, range(len(known), len(known) + len(new))))
+        lookup = np.fromiter(map(known.__getitem__, words), dtype=np.int32, count=len(words))
         for special in (Vocabulary.BOS_ID, Vocabulary.EOS_ID):
             if (lookup == special).any():
                 raise FflmError(f"the text contains the reserved token {Vocabulary.SPECIALS[special]!r}; "
@@ -176,7 +199,8 @@ def _vocabulary(words, counts, sentences):
     """The ranked vocabulary of first-appearance numbering `words` with `counts` (one per id),
     every word kept (those seen only in held-out text last, with count 0), ranked as
     Vocabulary.build ranks: by count, ties by the word."""
-    counts = {w: int(counts[i]) for w, i in words.items() if i == Vocabulary.UNK_ID or i >= len(Vocabulary.SPECIALS)}
+    counts = {w.decode("utf-8"): int(counts[i]) for w, i in words.items()
+              if i == Vocabulary.UNK_ID or i >= len(Vocabulary.SPECIALS)}
     for special in (Vocabulary.BOS, Vocabulary.EOS):
         counts.pop(special, None)
     unk = counts.pop(Vocabulary.UNK, 0)
@@ -188,7 +212,7 @@ def _renumbering(words, vocab):
     """first-appearance id -> the vocabulary's id"""
     perm = np.empty(len(words), dtype=np.int64)
     for w, i in words.items():
-        perm[i] = vocab.index[w]
+        perm[i] = vocab.index[w.decode("utf-8")]
     return perm
 
 
@@ -267,9 +291,12 @@ def _read_into(merger, source, config, workers, chunk_bytes, bar):
         local = np.fromiter((index.setdefault(t, len(index)) for s in sentences for t in s), dtype=np.int32,
                             count=sum(map(len, sentences)))
         lengths = np.array([len(s) for s in sentences], dtype=np.int64)
-        merger.add((list(index), np.bincount(local, minlength=len(index)), local, lengths), False, True)
+        blob = "".join(w + "\n" for w in index).encode("utf-8")
+        merger.add((blob, np.bincount(local, minlength=len(index)), local, lengths), False, True)
         return {"path": source_name(source), "sha256": fingerprint(source)}
     compressed = _opener(source) is not open
+    if os.path.getsize(source) * (4 if compressed else 1) < PARALLEL_CHUNKS * chunk_bytes:
+        workers = 1  # starting the pool would cost more than it saves (the result is the same)
     sha = None if compressed else hashlib.sha256()
     jobs = ((data, os.fspath(source), line, config.to_dict(), line == 1 and not inside, inside, ends)
             for data, line, inside, ends in _chunks(source, chunk_bytes, config.tokenizer == "whitespace", sha))
@@ -288,7 +315,8 @@ def _prepare_into(tmp, sources, valid, test, valid_share, test_share, seed, min_
                   workers, chunk_bytes, progress):
     total = sum(os.path.getsize(s) for s in sources + valid + test if not is_nltk(s))
     bar = progress(total=total, unit="B", unit_scale=True, desc="prepare") if progress and total else None
-    words = {w: i for i, w in enumerate(Vocabulary.SPECIALS)}  # one first-appearance numbering for every part
+    # one first-appearance numbering for every part, keyed by the words' UTF-8 bytes
+    words = {w.encode(): i for i, w in enumerate(Vocabulary.SPECIALS)}
     raw, records, mergers = {}, {}, {}
     held_out = bool(valid or test or valid_share or test_share)
     for part, files in (("train", sources), ("valid", valid), ("test", test)):

@@ -522,3 +522,93 @@ def test_a_one_line_corpus_is_read_in_chunks(tmp_path):
     corpus = PreparedCorpus(tmp_path / "p")
     assert corpus.num_sentences == 500 and corpus.tokens == 50_500
     assert [w for s in corpus.sentences() for w in s] == words
+
+
+# --- the byte scanner (fflm/scan.py) gives what str.splitlines and str.split give ---------------
+def _python_tokens(data):
+    text = data.decode("utf-8")
+    lines = [line.split() for line in text.splitlines()]
+    return lines
+
+
+def _scanned(data):
+    from fflm.scan import scan
+
+    blob, counts, ids, lengths = scan(data)
+    words = [w.decode() for w in blob.split(b"\n")[:-1]]
+    tokens = [words[i] for i in ids.tolist()]
+    out, at = [], 0
+    for n in lengths.tolist():
+        out.append(tokens[at : at + n])
+        at += n
+    assert at == len(tokens) and counts.sum() == len(tokens)
+    return out
+
+
+@pytest.mark.parametrize("text", [
+    "", "a", "a\n", "\n", "a b\r\nc\rd\ve\ff\x1cg\x1dh\x1ei\x1fj\tk",
+    "  lead and trail  \n\n\r\n  \n", "x\r", "x\r\n", "\r\n\r\n", "é ü 中文 \ufeffbom-inside",
+    "same same same\nsame", "tab\t\tsep",
+])
+def test_scan_equals_splitlines_and_split(text):
+    assert _scanned(text.encode()) == _python_tokens(text.encode())
+
+
+def test_scan_on_many_distinct_words_grows_its_table():
+    words = [f"w{i}" for i in range(20000)]
+    data = (" ".join(words) + "\n" + " ".join(reversed(words))).encode()
+    assert _scanned(data) == _python_tokens(data)
+
+
+def test_scannable_knows_every_unicode_space():
+    from fflm.scan import _kind, scannable
+
+    for cp in range(0x110000):
+        c = chr(cp)
+        if 0xD800 <= cp < 0xE000 or not c.isspace():
+            continue
+        b = c.encode()
+        assert (len(b) == 1 and _kind(b[0]) > 0) or not scannable(b"x" + b + b"y"), hex(cp)
+    assert scannable("plain ascii and é ü".encode())
+
+
+def test_scan_fuzz():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    alphabet = st.sampled_from(list("ab \t\n\r\x0b\x0c\x1c\x1d\x1e\x1fé\u00a0\u2028\u3000\x85"))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(alphabet, max_size=60))
+    def check(chars):
+        data = "".join(chars).encode()
+        from fflm.scan import scannable
+
+        if scannable(data):
+            assert _scanned(data) == _python_tokens(data)
+        else:
+            from fflm.scan import scan
+
+            assert scan(data) is None  # the kernel sees the wide space too, and declines
+
+    check()
+
+
+@pytest.mark.parametrize("text", ["a\u00a0b c\n", "x\u2028y\n", "lower\u3000case"])
+def test_prepare_with_unicode_spaces_takes_the_python_path_and_agrees(tmp_path, text):
+    path = _write(tmp_path, text * 50)
+    prepare(path, tmp_path / "p", chunk_bytes=64)
+    assert PreparedCorpus(tmp_path / "p").sentences() == read_sentences(path)
+
+
+def test_prepare_bom_and_replaced_bytes_as_the_text_path(tmp_path):
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfa b\nc \xef\xbb\xbf d\n")
+    prepare(bom, tmp_path / "p1", chunk_bytes=4)
+    assert PreparedCorpus(tmp_path / "p1").sentences() == read_sentences(bom)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok line\nbad \xff byte\n")
+    config = TextConfig(encoding_errors="replace")
+    prepare(bad, tmp_path / "p2", config=config)
+    assert PreparedCorpus(tmp_path / "p2").sentences() == read_sentences(bad, config) == [["ok", "line"],
+                                                                                          ["bad", "\ufffd", "byte"]]

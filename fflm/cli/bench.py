@@ -110,3 +110,32 @@ def bench_recipe(corpus, data_dir, threads, seeds, as_json, extra):
     _echo_json(result) if as_json else click.echo(format_recipe(result))
 
 
+
+
+@bench.command("corpus")
+@click.option("--tokens", "sizes", default="1000000,10000000,100000000", show_default=True,
+              help="Training tokens of each synthetic corpus (valid and test get a tenth each).")
+@click.option("--vocab", type=click.IntRange(min=10), default=100_000, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Training steps timed on each corpus (--max-steps).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="fflm prepare --workers.")
+@click.option("--work", default="out/bench/corpus", show_default=True, help="Where the corpora and models go.")
+@click.option("--data", "data_dir", default=None,
+              help="Shared data folder: Brown's raw text and PTB (all their parts) prepared together too.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench_corpus(sizes, vocab, steps, workers, work, data_dir, threads, as_json):
+    """Large corpora: prepare's speed and memory, training from the map against from text, the
+    time to start, and evaluation memory as the test text grows."""
+    from ..benchcorpus import format_corpus, run_corpus
+
+    try:
+        size_list = [int(v) for v in sizes.split(",") if v]
+    except ValueError:
+        raise FflmError(f"--tokens takes numbers separated by commas, not {sizes!r}") from None
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    real = [os.path.join(data_dir, "brown", "raw", f"{p}.txt") for p in ("train", "valid", "test")]
+    real += [os.path.join(data_dir, "ptb", f"ptb.{p}.txt") for p in ("train", "valid", "test")]
+    real = real if all(os.path.isfile(f) for f in real) else None
+    result = run_corpus(size_list, vocab, work, steps, workers, real, threads)
+    _echo_json(result) if as_json else click.echo(format_corpus(result))
