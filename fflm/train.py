@@ -57,12 +57,16 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (bfloat16 operands in the matrix products) | auto (fflm/bf16.py)
     max_steps: int = 0  # stop after this many SGD steps in all (0: no limit), the epoch cut short
     shuffle: str = "auto"  # full permutation | blocks (bounded memory) | auto: full up to 8M pairs (windows.shuffled)
+    shuffle_block: int = 65536  # blocks: consecutive positions a block
+    shuffle_pool: int = 64  # blocks: blocks pooled and shuffled together
 
     def check(self):
         if self.epochs < 1:
             raise FflmError(f"--epochs must be at least 1, not {self.epochs}")
         if self.shuffle not in SHUFFLES:
             raise FflmError(f"unknown --shuffle {self.shuffle!r} (choose from {', '.join(SHUFFLES)})")
+        if self.shuffle_block < 1 or self.shuffle_pool < 1:
+            raise FflmError("--shuffle-block and --shuffle-pool must be at least 1")
         if self.max_steps < 0:
             raise FflmError(f"--max-steps must be at least 0, not {self.max_steps}")
         if self.batch_size < 1:
@@ -428,7 +432,7 @@ class Trainer:
         last_checkpoint = time.perf_counter()
         while not self.done:
             if self.order is None:  # a new epoch: a new random order
-                self.order = windows.shuffle(self.rng, config.shuffle)
+                self.order = windows.shuffle(self.rng, config.shuffle, config.shuffle_block, config.shuffle_pool)
                 self.batch, self.total, self.seen, self.seconds = 0, 0.0, 0, 0.0
             start = time.perf_counter()
             bar = progress(total=len(windows), initial=self.batch * B, desc=f"epoch {self.epoch}", unit="tok",

@@ -95,9 +95,9 @@ class Windows:
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
 
-    def shuffle(self, rng, mode="auto"):
+    def shuffle(self, rng, mode="auto", block=None, group=None):
         """An epoch's order of the pair numbers (see shuffled)."""
-        return shuffled(len(self), rng, mode)
+        return shuffled(len(self), rng, mode, block, group)
 
     def gather(self, index, x, y):
         """Copy the pairs numbered `index` into the batch buffers x (B, n-1) and y (B,)."""
@@ -203,9 +203,9 @@ class StreamWindows:
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
 
-    def shuffle(self, rng, mode="auto"):
+    def shuffle(self, rng, mode="auto", block=None, group=None):
         """An epoch's order of the pair numbers (see shuffled): the same one Windows draws."""
-        return shuffled(len(self), rng, mode)
+        return shuffled(len(self), rng, mode, block, group)
 
     def stream(self):
         """The padded stream (in memory) that Windows and the n-gram counter read."""
@@ -218,22 +218,22 @@ _STEP = 1 << 24
 SHUFFLES = ("auto", "full", "blocks")
 
 
-def shuffled(n, rng, mode="auto"):
+def shuffled(n, rng, mode="auto", block=None, group=None):
     """An epoch's order of n pair numbers: "full", one whole permutation (8 bytes a pair);
-    "blocks", a BlockOrder, whose memory does not grow with the corpus; "auto", full up to
-    BlockOrder.EXACT pairs, blocks beyond."""
+    "blocks", a BlockOrder (`block` positions a block, `group` blocks a pool), whose memory
+    does not grow with the corpus; "auto", full up to BlockOrder.EXACT pairs, blocks beyond."""
     if mode not in SHUFFLES:
         raise FflmError(f"unknown shuffle {mode!r} (choose from {', '.join(SHUFFLES)})")
     if mode == "full" or (mode == "auto" and n <= BlockOrder.EXACT):
         return rng.permutation(n)
-    return BlockOrder(n, int(rng.integers(2**63 - 1)))
+    return BlockOrder(n, int(rng.integers(2**63 - 1)), block, group)
 
 
-def order_memory(n, mode="auto"):
+def order_memory(n, mode="auto", block=None, group=None):
     """Bytes an epoch's order of n pairs holds (see shuffled)."""
     if mode == "full" or (mode == "auto" and n <= BlockOrder.EXACT):
         return 8 * n
-    return 2 * 8 * min(n, BlockOrder.BLOCK * BlockOrder.GROUP)  # a pool and its permutation
+    return 2 * 8 * min(n, (block or BlockOrder.BLOCK) * (group or BlockOrder.GROUP))  # a pool and its permutation
 
 
 class BlockOrder:

@@ -149,3 +149,16 @@ def test_softmax_benchmark_reports_both_layers_on_every_case(run_cli):
     from fflm.bench import format_softmax
 
     assert "synth-3k" in format_softmax(r)
+
+
+def test_bench_corpus_measures_prepare_training_and_evaluation(run_cli, tmp_path):
+    code, out, err = run_cli("bench", "corpus", "--tokens", "20000,40000", "--vocab", "300", "--steps", "5",
+                             "--work", tmp_path / "w", "--data", tmp_path / "none", "--threads", "1", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert [c["tokens"] for c in r["corpora"]] == [20000, 40000] and "real" not in r
+    for c in r["corpora"]:
+        assert c["prepare"]["tokens_per_s"] > 0 and c["prepare"]["dtype"] == "uint16"
+        assert c["train_prepared"]["peak_rss_mb"] > 0 and c["train_text"]["tokens_per_s"] > 0
+        assert c["eval"]["tokens"] > 0.09 * c["tokens"] and c["score"]["peak_rss_mb"] > 0
+    assert r["corpora"][0]["eval"]["ppl"] > 1

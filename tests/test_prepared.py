@@ -395,16 +395,15 @@ def test_block_order_training_resumes_bit_identically(tmp_path, monkeypatch, sto
     from fflm.model import FFNNLM, ModelConfig
     from fflm.train import Interrupted, TrainConfig, Trainer, set_threads
 
-    monkeypatch.setattr(BlockOrder, "EXACT", 1000)  # this corpus's 82k pairs: shuffled in blocks
-    monkeypatch.setattr(BlockOrder, "BLOCK", 512)
-    monkeypatch.setattr(BlockOrder, "GROUP", 8)
+    monkeypatch.setattr(BlockOrder, "EXACT", 1000)  # this corpus's 82k pairs: shuffled in blocks (auto)
     set_threads(1)
     prepare(SYNTH / "train.txt", tmp_path / "p", valid=SYNTH / "valid.txt")
     vocab, tw, _ = training_data(tmp_path / "p", None, order=3)
     vw = PreparedCorpus(tmp_path / "p" / "valid").windows(3, False, vocab)
 
     def make():
-        config = TrainConfig(epochs=2, batch_size=256, seed=3, min_improvement=0.0, dropout=0.1, max_steps=400)
+        config = TrainConfig(epochs=2, batch_size=256, seed=3, min_improvement=0.0, dropout=0.1, max_steps=400,
+                             shuffle_block=512, shuffle_pool=8)
         return Trainer(FFNNLM(vocab, ModelConfig(order=3, embed_dim=8, hidden=(16,)), seed=3), tw, vw, config)
 
     whole = make()
@@ -414,7 +413,7 @@ def test_block_order_training_resumes_bit_identically(tmp_path, monkeypatch, sto
     path = tmp_path / "c.npz"
     with pytest.raises(Interrupted):
         part.run(should_stop=lambda t: t.steps == stop_at, on_checkpoint=lambda t: t.save_checkpoint(path))
-    assert isinstance(part.order, BlockOrder)
+    assert isinstance(part.order, BlockOrder) and (part.order.block, part.order.group) == (512, 8)
     resumed, _ = Trainer.load_checkpoint(path, lambda model: (tw, vw))
     resumed.run()
     assert np.array_equal(resumed.model.E, whole.model.E) and np.array_equal(resumed.model.dense, whole.model.dense)

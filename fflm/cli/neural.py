@@ -59,6 +59,10 @@ from .common import (
 @click.option("--shuffle", type=click.Choice(["auto", "full", "blocks"]), default="auto", show_default=True,
               help="Each epoch's order: one full permutation (8 bytes a training token), or blocks of "
                    "64k positions shuffled in pools of 64 (bounded memory); auto: full up to 8M tokens.")
+@click.option("--shuffle-block", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="--shuffle blocks: consecutive positions a block.")
+@click.option("--shuffle-pool", type=click.IntRange(min=1), default=64, show_default=True,
+              help="--shuffle blocks: blocks from all over the corpus pooled and shuffled together.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=0.5, show_default=True, help="SGD learning rate (halved when validation stalls).")
 @click.option("--warmup-steps", type=int, default=0, show_default=True,
@@ -102,7 +106,7 @@ from .common import (
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.pass_context
 def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, tail_div,
-          cross_sentence, epochs, max_steps, shuffle,
+          cross_sentence, epochs, max_steps, shuffle, shuffle_block, shuffle_pool,
           batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
           noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
           encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, precision, json_log, quiet):
@@ -202,7 +206,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                                        embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
                                        noise_power=noise_power, clip=clip, seed=seed, threads=threads,
                                        precision=precision, max_steps=max_steps,
-                                       shuffle=shuffle)
+                                       shuffle=shuffle, shuffle_block=shuffle_block,
+                                       shuffle_pool=shuffle_pool)
         tconfig.check()
         if not prepared and not is_nltk(corpus):
             _check_text_fits(corpus, _available_memory())
@@ -219,7 +224,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         valid_windows = eval_windows(valid, vocab, order, cross_sentence, text) if valid else None
         need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0,
                                optimizer=optimizer)
-        index = order_memory(len(windows), shuffle)  # each epoch's order of the pairs
+        index = order_memory(len(windows), shuffle, shuffle_block, shuffle_pool)  # each epoch's order of the pairs
         have = _available_memory()
         if have is not None and need + index > have:
             fix = "use a smaller --hidden, --embed-dim, --batch-size or --max-vocab"
