@@ -9,8 +9,10 @@ The API (each with runnable examples in its docstring):
 - `read_sentences(path | "nltk:NAME")`: text into token lists; `TextConfig` says how.
 - `Vocabulary`: words <-> ids with `<unk>`, `<s>`, `</s>`; `Vocabulary.build(sentences, min_count)`.
 - `NGramLM.train(sentences, order)`, `.load_arpa`, `.save_arpa`: the Kneser-Ney baseline.
-- `FFNNLM.train(sentences, ModelConfig(...), valid=..., epochs=...)`, `.save`, `.load`,
-  `.generate`: the neural model.
+- `fit(sentences, ModelConfig(...), valid=..., epochs=...)`: a trained `FFNNLM`; `.save`,
+  `.load`, `.generate`: the neural model.
+- `prepare(files, folder)`, `PreparedCorpus(folder)`: a corpus tokenised once into
+  memory-mapped ids, for corpora larger than memory.
 - Both language models: `.logprob(word, context)`, `.score(sentence)`, `.perplexity(sentences)`,
   in log10 as KenLM reports them (`fflm.lm.LanguageModel`).
 
@@ -44,10 +46,14 @@ def __getattr__(name):
         from . import model
 
         return getattr(model, name)
-    if name == "TrainConfig":  # the loop itself is fflm.train.train (fflm.train is the module)
-        from .train import TrainConfig
+    if name in ("TrainConfig", "fit"):  # the loop itself is fflm.train.train (fflm.train is the module)
+        from . import train
 
-        return TrainConfig
+        return getattr(train, name)
+    if name in ("prepare", "PreparedCorpus"):
+        from . import prepared
+
+        return getattr(prepared, name)
     raise AttributeError(f"module 'fflm' has no attribute {name!r}")
 
 
@@ -60,10 +66,13 @@ __all__ = [
     "LanguageModel",
     "ModelConfig",
     "NGramLM",
+    "PreparedCorpus",
     "TextConfig",
     "Vocabulary",
     "TrainConfig",
     "Windows",
+    "fit",
     "perplexity",
+    "prepare",
     "read_sentences",
 ]

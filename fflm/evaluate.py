@@ -201,10 +201,11 @@ def check_coverage_counts(words, unknown, source):
 def coverage(windows):
     """(words, of them <unk>) among the targets of `windows`, a chunk at a time."""
     words = unknown = 0
-    for a, b in chunk_ranges(len(windows), 1 << 20):
-        _, y = windows.pairs(np.arange(a, b))
+    for a, b in chunk_ranges(len(windows)):
+        y = windows.pairs(np.arange(a, b))[1]
         words += int(np.count_nonzero(y != Vocabulary.EOS_ID))
         unknown += int(np.count_nonzero(y == Vocabulary.UNK_ID))
+        del y  # before the next chunk's arrays are made: one chunk's worth at a time
     return words, unknown
 
 

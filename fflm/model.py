@@ -243,8 +243,9 @@ class FFNNLM(LanguageModel):
 
     From sentences to a trained model and back (fflm.lm gives logprob, score, perplexity):
 
+    >>> from fflm.train import fit
     >>> corpus = ["the cat sat on the mat", "the dog sat on the log", "a cat ran"] * 20
-    >>> lm = FFNNLM.train(corpus, ModelConfig(order=3, embed_dim=8, hidden=(16,)), epochs=3, seed=1)
+    >>> lm = fit(corpus, ModelConfig(order=3, embed_dim=8, hidden=(16,)), epochs=3, seed=1)
     >>> lm.perplexity(corpus) < 10 < len(lm.vocab) - 1    # it learned: far below a uniform guess
     True
     >>> lm.logprob("sat", ["the", "cat"]) > lm.logprob("log", ["the", "cat"])
@@ -339,28 +340,6 @@ class FFNNLM(LanguageModel):
 
     def _log10(self, contexts, targets):
         return self.log10_probs(contexts, targets)
-
-    @classmethod
-    def train(cls, sentences, config=ModelConfig(), valid=None, min_count=1, max_vocab=None, seed=1, **train_options):
-        """Build a vocabulary from `sentences` (strings or token lists), train a model of
-        `config` with mini-batch SGD (`train_options`: TrainConfig's fields, such as epochs, lr,
-        batch_size, dropout), keep the best weights on `valid` if given; returns the model with
-        its learning curve in `history`. The command line's `fflm train` does the same.
-
-        >>> lm = FFNNLM.train(["a b c", "a c b"] * 10, ModelConfig(order=2, embed_dim=4, hidden=(8,)), epochs=2)
-        >>> len(lm.history), lm.config.order
-        (2, 2)
-        """
-        from .train import TrainConfig, train  # the optimizer lives a layer up; this is a convenience
-
-        tok = lambda ss: [s.split() if isinstance(s, str) else list(s) for s in ss]  # noqa: E731
-        sents = tok(sentences)
-        vocab = Vocabulary.build(sents, min_count=min_count, max_size=max_vocab)
-        model = cls(vocab, config, seed=seed)
-        train_options.setdefault("batch_size", 32)
-        tc = TrainConfig(seed=seed, **train_options)
-        model.history = train(model, model.windows(sents), model.windows(tok(valid)) if valid else None, tc)
-        return model
 
     def generate(self, num_samples=1, prompt="", num_words=30, temperature=1.0, top_k=0, seed=None, no_unk=False):
         """Sampled continuations of `prompt`, each a string (see fflm.generate.sample).

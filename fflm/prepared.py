@@ -556,6 +556,17 @@ class PreparedCorpus:
         lookup = self.lookup(vocab) if vocab is not None else None
         return StreamWindows(self.ids, order, cross_sentence, lookup, self.num_sentences, self.release)
 
+    def sample_sentences(self, most, config=None):
+        """At most `most` sentences, evenly spaced through the corpus (all of them if fewer)."""
+        self.check_text(config)
+        if self.num_sentences <= most:
+            return self.sentences()
+        ends = _sentence_ends(self.ids)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        pick = np.linspace(0, len(ends) - 1, most).astype(np.int64)
+        words = self.vocab.words
+        return [[words[i] for i in self.ids[a:b].tolist()] for a, b in zip(starts[pick].tolist(), ends[pick].tolist())]
+
     def sentences(self, config=None):
         """The sentences as lists of words (in memory: for evaluation-sized corpora)."""
         self.check_text(config)
@@ -567,6 +578,12 @@ class PreparedCorpus:
             out.append(tokens[start:end])
             start = end + 1
         return out
+
+
+def _sentence_ends(ids):
+    """Where each sentence's </s> is, a block at a time."""
+    return np.concatenate([np.flatnonzero(ids[i : i + BLOCK] == Vocabulary.EOS_ID) + i
+                           for i in range(0, len(ids), BLOCK)] or [np.empty(0, dtype=np.int64)])
 
 
 def read_sentences(path, config=TextConfig(), allow_empty=False):

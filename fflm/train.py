@@ -372,6 +372,7 @@ class Trainer:
                                  config.warmup_steps)
         self.steps, self.epoch, self.batch = 0, 1, 0  # steps done; the epoch in progress; its batches done
         self.order = None  # this epoch's shuffled pair numbers
+        self.first_step_at = None  # time.time() when this run's first step began
         self.total, self.seen, self.seconds = 0.0, 0, 0.0  # this epoch's loss sum, pairs, time so far
         self.history, self.rollbacks, self.done = [], 0, False
         self.best = None  # (E, dense): the weights with the best validation perplexity so far
@@ -448,6 +449,8 @@ class Trainer:
                             on_checkpoint(self)
                         raise Interrupted(self)
                     index = self.order[self.batch * B : (self.batch + 1) * B]
+                    if self.first_step_at is None:
+                        self.first_step_at = time.time()
                     loss = sgd.step(index, windows, self.schedule.step_lr(self.steps), config.weight_decay,
                                     config.clip)
                     self.steps += 1
@@ -672,3 +675,27 @@ def train(model, train_windows, valid_windows=None, config=TrainConfig(), progre
     callback = (lambda t: on_epoch(t.model, t.history)) if on_epoch else None
     return trainer.run(progress=progress, on_epoch=callback,
                        on_event=lambda msg: warnings.warn(msg, FflmWarning, stacklevel=2))
+
+
+def fit(sentences, config=None, valid=None, min_count=1, max_vocab=None, seed=1, **train_options):
+    """Build a vocabulary from `sentences` (strings or token lists), train a model of `config`
+    (a ModelConfig) with mini-batch SGD (`train_options`: TrainConfig's fields, such as epochs,
+    lr, batch_size, dropout), keep the best weights on `valid` if given; returns the model with
+    its learning curve in `history`. The command line's `fflm train` does the same.
+
+    >>> from fflm.model import ModelConfig
+    >>> lm = fit(["a b c", "a c b"] * 10, ModelConfig(order=2, embed_dim=4, hidden=(8,)), epochs=2)
+    >>> len(lm.history), lm.config.order
+    (2, 2)
+    """
+    from .model import FFNNLM, ModelConfig
+    from .vocab import Vocabulary
+
+    tok = lambda ss: [s.split() if isinstance(s, str) else list(s) for s in ss]  # noqa: E731
+    sents = tok(sentences)
+    vocab = Vocabulary.build(sents, min_count=min_count, max_size=max_vocab)
+    model = FFNNLM(vocab, config if config is not None else ModelConfig(), seed=seed)
+    train_options.setdefault("batch_size", 32)
+    tc = TrainConfig(seed=seed, **train_options)
+    model.history = train(model, model.windows(sents), model.windows(tok(valid)) if valid else None, tc)
+    return model

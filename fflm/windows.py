@@ -233,7 +233,8 @@ def order_memory(n, mode="auto", block=None, group=None):
     """Bytes an epoch's order of n pairs holds (see shuffled)."""
     if mode == "full" or (mode == "auto" and n <= BlockOrder.EXACT):
         return 8 * n
-    return 2 * 8 * min(n, (block or BlockOrder.BLOCK) * (group or BlockOrder.GROUP))  # a pool and its permutation
+    # one pool (4-byte pair numbers below 2**31) and a batch's slices of it
+    return (4 if n < 2**31 else 8) * min(n, (block or BlockOrder.BLOCK) * (group or BlockOrder.GROUP))
 
 
 class BlockOrder:
@@ -249,7 +250,7 @@ class BlockOrder:
     """
 
     EXACT = 1 << 23  # up to this many pairs, one whole permutation (64 MB) is drawn instead
-    BLOCK, GROUP = 1 << 16, 64  # pools of 4M pairs (32 MB), each from 64 places in the corpus
+    BLOCK, GROUP = 1 << 16, 64  # pools of 4M pairs (16 MB), each from 64 places in the corpus
 
     def __init__(self, n, seed, block=None, group=None):
         block, group = block or self.BLOCK, group or self.GROUP
@@ -268,9 +269,16 @@ class BlockOrder:
 
     def _pool_of(self, g):
         if self._pool[0] != g:
+            self._pool = (-1, None)  # the old pool goes first: one pool is ever held
             blocks = self.blocks[g * self.group : (g + 1) * self.group]
-            members = np.concatenate([np.arange(b * self.block, min((b + 1) * self.block, self.n)) for b in blocks])
-            self._pool = (g, np.random.default_rng([self.seed, g]).permutation(members))
+            dtype = np.int32 if self.n < 2**31 else np.int64  # 4 bytes a pair number where they fit
+            sizes = np.minimum(self.block, self.n - blocks * self.block)
+            members, at = np.empty(int(sizes.sum()), dtype=dtype), 0
+            for b, k in zip(blocks.tolist(), sizes.tolist()):
+                members[at : at + k] = np.arange(b * self.block, b * self.block + k, dtype=dtype)
+                at += k
+            np.random.default_rng([self.seed, g]).shuffle(members)  # in place
+            self._pool = (g, members)
         return self._pool[1]
 
     def __getitem__(self, s):

@@ -161,4 +161,5 @@ def test_bench_corpus_measures_prepare_training_and_evaluation(run_cli, tmp_path
         assert c["prepare"]["tokens_per_s"] > 0 and c["prepare"]["dtype"] == "uint16"
         assert c["train_prepared"]["peak_rss_mb"] > 0 and c["train_text"]["tokens_per_s"] > 0
         assert c["eval"]["tokens"] > 0.09 * c["tokens"] and c["score"]["peak_rss_mb"] > 0
+        assert 0 < c["start_seconds"] < c["one_step_run_seconds"]
     assert r["corpora"][0]["eval"]["ppl"] > 1

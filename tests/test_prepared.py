@@ -500,7 +500,8 @@ def test_order_memory():
     assert order_memory(1000, "full") == order_memory(1000) == 8000
     big = 10 * BlockOrder.EXACT
     assert order_memory(big, "full") == 8 * big
-    assert order_memory(big) == order_memory(100 * big) == 16 * BlockOrder.BLOCK * BlockOrder.GROUP
+    assert order_memory(big) == order_memory(2 * big) == 4 * BlockOrder.BLOCK * BlockOrder.GROUP
+    assert order_memory(2**31) == 8 * BlockOrder.BLOCK * BlockOrder.GROUP  # 8-byte pair numbers from 2**31
 
 
 @pytest.mark.parametrize("chunk_bytes", [3, 8, 50, 1 << 20])
@@ -611,3 +612,13 @@ def test_prepare_bom_and_replaced_bytes_as_the_text_path(tmp_path):
     prepare(bad, tmp_path / "p2", config=config)
     assert PreparedCorpus(tmp_path / "p2").sentences() == read_sentences(bad, config) == [["ok", "line"],
                                                                                           ["bad", "\ufffd", "byte"]]
+
+
+def test_sample_sentences_are_evenly_spaced_whole_sentences(tmp_path):
+    prepare(SYNTH / "valid.txt", tmp_path / "p")
+    corpus = PreparedCorpus(tmp_path / "p")
+    every = corpus.sentences()
+    assert corpus.sample_sentences(10**6) == every
+    sample = corpus.sample_sentences(10)
+    assert len(sample) == 10 and sample[0] == every[0] and sample[-1] == every[-1]
+    assert all(s in every for s in sample)

@@ -165,6 +165,20 @@ def _parse_cutoffs(text):
         raise FflmError(f"--cutoffs takes ids separated by commas (e.g. 2000,10000), not {text!r}") from None
 
 
+def _process_started():
+    """time.time() when this process started (from /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        import time
+
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _available_memory():
     try:
         with open("/proc/meminfo") as f:

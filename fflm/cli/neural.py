@@ -22,6 +22,7 @@ from .common import (
     _load_model,
     _parse_cutoffs,
     _parse_hidden,
+    _process_started,
     _progress,
     _sha256,
     _text_config,
@@ -265,8 +266,12 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         "output": os.path.abspath(output), "text": meta["text"], "threads": threads,
     }
 
+    started = _process_started()
+
     def on_epoch(trainer):
         row = trainer.history[-1]
+        if started is not None and trainer.first_step_at is not None and not resume:
+            meta["training"]["start_seconds"] = round(trainer.first_step_at - started, 3)  # to the first step
         meta["training"]["history"] = trainer.history
         meta["training"]["rollbacks"] = trainer.rollbacks
         model.save(output, meta)
@@ -401,7 +406,7 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
             raise FflmError("--tune-on needs something to interpolate with: a baseline (not --baseline none) or --mix")
         tune_text = HeldOut(tune_on, config)
         if lm is not None and baseline_sentences is None:
-            baseline_sentences = read_sentences(source, config)
+            baseline_sentences = _training_sentences(source, config)
         _warn_if_seen(tune_on, tune_text.sentences(), meta, source if lm is not None else None,
                       baseline_sentences if lm is not None else None, config)
         tuned = {name: ev.score_neural(m, tune_text.windows(model.vocab, m.config.order, m.config.cross_sentence))
@@ -645,17 +650,26 @@ def _output_layer_line(config, V, chosen=False):
             + (f"; tails: {tails}" if tails else "") + why)
 
 
+def _training_sentences(source, config, most=1_000_000):
+    """A training corpus's sentences for the overlap check: a prepared folder's, at most `most`
+    of them evenly spaced (a sample, so a corpus of any size is checked in bounded memory)."""
+    from ..prepared import PreparedCorpus, is_prepared_any, read_sentences
+
+    if not is_nltk(source) and is_prepared_any(source):
+        return PreparedCorpus(source).sample_sentences(most, config)
+    return read_sentences(source, config)
+
+
 def _warn_if_seen(tune_on, tune_sentences, meta, baseline_source, baseline_sentences, config):
     """Warn when the tuning text is largely part of the model's or the baseline's training text."""
     from ..evaluate import tuning_overlap
-    from ..prepared import read_sentences
 
     corpora = {}
     if baseline_source is not None:
         corpora[baseline_source] = baseline_sentences
     model_source = meta.get("training", {}).get("corpus")
     if model_source and model_source not in corpora and (is_nltk(model_source) or os.path.exists(model_source)):
-        corpora[model_source] = read_sentences(model_source, config)
+        corpora[model_source] = _training_sentences(model_source, config)
     for source, sentences in corpora.items():
         o = tuning_overlap(tune_sentences, sentences)
         if o["suspicious"]:
