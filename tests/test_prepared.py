@@ -622,3 +622,22 @@ def test_sample_sentences_are_evenly_spaced_whole_sentences(tmp_path):
     sample = corpus.sample_sentences(10)
     assert len(sample) == 10 and sample[0] == every[0] and sample[-1] == every[-1]
     assert all(s in every for s in sample)
+
+
+def test_a_signal_and_resume_on_a_prepared_corpus_end_bit_identical(tmp_path):
+    import subprocess
+
+    from test_reliability import _arrays, _fflm, _interrupted_run, _train_args
+
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "train.txt").write_bytes((SYNTH / "train.txt").read_bytes())
+    prepare(SYNTH / "train.txt", tmp_path / "train.txt")  # a prepared folder where the helpers expect the text
+    whole = tmp_path / "text" / "whole.npz"
+    r = subprocess.run(_fflm(*_train_args(tmp_path / "text", whole)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    part = tmp_path / "part.npz"
+    ckpt = _interrupted_run(tmp_path, part)
+    r = subprocess.run(_fflm("train", "--resume", ckpt, "--threads", "1", "-q"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a, b = _arrays(whole), _arrays(part)  # the text's run and the folder's interrupted one: the same weights
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
