@@ -35,7 +35,7 @@ from .windows import StreamWindows, Windows
 FORMAT, VERSION = "fflm-prepared", 1
 META, VOCAB, IDS = "prepared.json", "vocab.json", "ids.bin"
 PARTS = ("train", "valid", "test")
-CHUNK_BYTES = 4 << 20  # bytes of text a worker tokenises at a time
+CHUNK_BYTES = 16 << 20  # bytes of text a worker tokenises at a time (fewer chunks: fewer repeats of their distinct words in the merge)
 PARALLEL_CHUNKS = 8  # a source of fewer chunks is tokenised in this process (a pool takes ~1 s to start)
 BLOCK = 1 << 24  # ids a pass over a stream handles at a time (64 MB as uint32)
 UINT16_MAX_VOCAB = 1 << 16
@@ -366,15 +366,17 @@ def _split(tmp, raw, nwords, valid_share, test_share, seed):
     """Deal the training stream's sentences into train/valid/test by a seeded draw per
     sentence, a block at a time (the corpus order kept within each part); returns their
     (word counts, sentences, tokens)."""
-    src = np.memmap(raw["train"], dtype="<u4", mode="r")
+    n = os.path.getsize(raw["train"]) // 4
+    src = open(raw["train"], "rb")  # plain reads, as in _renumber
     rng = np.random.default_rng([seed, 0x5EED])
     parts = ["train"] + [p for p, share in (("valid", valid_share), ("test", test_share)) if share]
     outs = {p: open(os.path.join(tmp, f".{p}.split.u32"), "wb") for p in parts}
     got = {p: [np.zeros(nwords, dtype=np.int64), 0, 0] for p in parts}
     try:
         start = 0
-        while start < len(src):
-            block = np.asarray(src[start : start + BLOCK])
+        while start < n:
+            src.seek(4 * start)
+            block = np.fromfile(src, dtype="<u4", count=min(BLOCK, n - start))
             ends = np.flatnonzero(block == Vocabulary.EOS_ID)
             block = block[: ends[-1] + 1]  # whole sentences (the stream ends with </s>)
             lengths = np.diff(np.concatenate(([-1], ends)))
@@ -394,7 +396,7 @@ def _split(tmp, raw, nwords, valid_share, test_share, seed):
     finally:
         for f in outs.values():
             f.close()
-        del src
+        src.close()
     for p in parts:
         os.replace(os.path.join(tmp, f".{p}.split.u32"), os.path.join(tmp, f".{p}.u32"))
         raw[p] = os.path.join(tmp, f".{p}.u32")
@@ -407,16 +409,15 @@ def _renumber(src, dst, perm, n, dtype):
     """Write the first-appearance ids of `src` through `perm` into `dst` as `dtype`, a block at
     a time; returns the sha256 of what was written."""
     sha = hashlib.sha256()
-    ids = np.memmap(src, dtype="<u4", mode="r", shape=(n,)) if n else np.empty(0, dtype="<u4")
     out_type = np.dtype("<u2" if dtype == "uint16" else "<u4")
-    with open(dst, "wb") as f:
+    # plain reads, not a memory map: the pages read do not stay in this process's resident set
+    with open(src, "rb") as f_in, open(dst, "wb") as f:
         for i in range(0, n, BLOCK):
-            block = perm[ids[i : i + BLOCK]].astype(out_type)
-            sha.update(block.tobytes())
+            block = perm[np.fromfile(f_in, dtype="<u4", count=min(BLOCK, n - i))].astype(out_type)
+            sha.update(block.data)
             block.tofile(f)
         f.flush()
         os.fsync(f.fileno())
-    del ids
     return sha.hexdigest()
 
 
