@@ -51,18 +51,9 @@ def perplexity(log10_probs):
 def check_coverage(sentences, vocab, source):
     """Refuse a text none of whose words the model knows (its perplexity would measure nothing
     but <unk> and </s>); warn when most of them are unknown (different preprocessing?)."""
-    import warnings
-
-    from .errors import FflmError, FflmWarning
-
     words = sum(len(s) for s in sentences)
     unknown = sum(1 for s in sentences for w in s if w not in vocab)
-    if words and unknown == words:
-        raise FflmError(f"{source}: every one of its {words} words is out of the model's vocabulary; "
-                        "is it the same language and preprocessing as the training text?")
-    if words and unknown > words / 2:
-        warnings.warn(f"{source}: {100 * unknown / words:.0f}% of its words are out of the model's vocabulary",
-                      FflmWarning, stacklevel=2)
+    check_coverage_counts(words, unknown, source)
 
 
 def score_ngram(model, windows, index=None):
@@ -195,7 +186,7 @@ def check_coverage_counts(words, unknown, source):
                         "is it the same language and preprocessing as the training text?")
     if words and unknown > words / 2:
         warnings.warn(f"{source}: {100 * unknown / words:.0f}% of its words are out of the model's vocabulary",
-                      FflmWarning, stacklevel=2)
+                      FflmWarning, stacklevel=3)
 
 
 def coverage(windows):

@@ -40,7 +40,26 @@ def encode_stream(sentences, vocab, order, cross_sentence=False):
     return ids
 
 
-class Windows:
+class _Pairs:
+    """What Windows and StreamWindows share: orders of their pair numbers, and chunks of pairs."""
+
+    def batches(self, batch_size, rng=None):
+        """Pair-number arrays of size `batch_size` (the last may be smaller), shuffled by `rng` if given."""
+        order = self.shuffle(rng) if rng is not None else np.arange(len(self))
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+
+    def shuffle(self, rng, mode="auto", block=None, group=None):
+        """An epoch's order of the pair numbers (see shuffled): the same for both kinds."""
+        return shuffled(len(self), rng, mode, block, group)
+
+    def chunks(self, size=1 << 16):
+        """(contexts, targets) of consecutive pairs, `size` at a time: evaluation in bounded memory."""
+        for start in range(0, len(self), size):
+            yield self.pairs(np.arange(start, min(start + size, len(self))))
+
+
+class Windows(_Pairs):
     """All (context, target) pairs of a corpus for an n-gram order n.
 
     >>> from fflm.vocab import Vocabulary
@@ -89,26 +108,11 @@ class Windows:
         block = self.view[rows]  # (B, n): the one copy, of just this batch
         return block[:, :-1], block[:, -1]
 
-    def batches(self, batch_size, rng=None):
-        """Pair-number arrays of size `batch_size` (the last may be smaller), shuffled by `rng` if given."""
-        order = self.shuffle(rng) if rng is not None else np.arange(len(self))
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
-
-    def shuffle(self, rng, mode="auto", block=None, group=None):
-        """An epoch's order of the pair numbers (see shuffled)."""
-        return shuffled(len(self), rng, mode, block, group)
-
     def gather(self, index, x, y):
         """Copy the pairs numbered `index` into the batch buffers x (B, n-1) and y (B,)."""
         from .kernels import gather_windows
 
         gather_windows(self.ids, self.positions, index, x, y)
-
-    def chunks(self, size=1 << 16):
-        """(contexts, targets) of consecutive pairs, `size` at a time."""
-        for start in range(0, len(self), size):
-            yield self.pairs(np.arange(start, min(start + size, len(self))))
 
     def stream(self):
         """The padded id stream (what the n-gram counter reads)."""
@@ -131,7 +135,7 @@ def padded_stream(ids, order, cross_sentence=False):
     return np.insert(ids, np.repeat(starts, pad), np.int32(Vocabulary.BOS_ID))
 
 
-class StreamWindows:
+class StreamWindows(_Pairs):
     """The pairs of an unpadded id stream, read in place (a prepared corpus's memory map): pair i
     predicts ids[i] from the n-1 ids before it, <s> standing for what lies before its sentence
     (or, cross_sentence, before the stream). Nothing grows with the corpus but the stream
@@ -192,20 +196,6 @@ class StreamWindows:
         y = np.empty(len(index), dtype=np.int32)
         self.gather(index, x, y)
         return x, y
-
-    def chunks(self, size=1 << 16):
-        """(contexts, targets) of consecutive pairs, `size` at a time: evaluation in bounded memory."""
-        for start in range(0, len(self), size):
-            yield self.pairs(np.arange(start, min(start + size, len(self))))
-
-    def batches(self, batch_size, rng=None):
-        order = self.shuffle(rng) if rng is not None else np.arange(len(self))
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
-
-    def shuffle(self, rng, mode="auto", block=None, group=None):
-        """An epoch's order of the pair numbers (see shuffled): the same one Windows draws."""
-        return shuffled(len(self), rng, mode, block, group)
 
     def stream(self):
         """The padded stream (in memory) that Windows and the n-gram counter read."""
