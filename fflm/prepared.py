@@ -196,16 +196,10 @@ class _Merger:
 
 
 def _vocabulary(words, counts, sentences):
-    """The ranked vocabulary of first-appearance numbering `words` with `counts` (one per id),
-    every word kept (those seen only in held-out text last, with count 0), ranked as
-    Vocabulary.build ranks: by count, ties by the word."""
-    counts = {w.decode("utf-8"): int(counts[i]) for w, i in words.items()
-              if i == Vocabulary.UNK_ID or i >= len(Vocabulary.SPECIALS)}
-    for special in (Vocabulary.BOS, Vocabulary.EOS):
-        counts.pop(special, None)
-    unk = counts.pop(Vocabulary.UNK, 0)
-    ranked = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
-    return Vocabulary([w for w, _ in ranked], [unk, 0, sentences] + [c for _, c in ranked])
+    """The ranked vocabulary of first-appearance numbering `words` (UTF-8 bytes -> id) with
+    `counts` (one per id), every word kept: those seen only in held-out text last, count 0."""
+    return Vocabulary.ranked({w.decode("utf-8"): int(counts[i]) for w, i in words.items()
+                              if i == Vocabulary.UNK_ID or i >= len(Vocabulary.SPECIALS)}, sentences)
 
 
 def _renumbering(words, vocab):
@@ -351,7 +345,7 @@ def _prepare_into(tmp, sources, valid, test, valid_share, test_share, seed, min_
             "sources": records.get(part, records["train"]),
             "text": config.to_dict(),
             "tokens": c[2], "sentences": c[1], "words": c[2] - c[1],
-            "vocabulary": len(vocab), "vocabulary_from": "train" if part != "train" else None,
+            "vocabulary": len(vocab),
             "min_count": min_count, "max_vocab": max_size, "segment": segment,
             "split": ({"valid_share": valid_share, "test_share": test_share, "seed": seed}
                       if valid_share or test_share else None),
@@ -648,13 +642,3 @@ class HeldOut:
         if self._words is None:
             self._words = [w for s in self._sentences for w in s + [Vocabulary.EOS]]
         return self._words[start:stop]
-
-
-def eval_windows(path, vocab, order, cross_sentence, config):
-    """Windows of held-out `path` over a model's `vocab`: a prepared folder read in place, or
-    text read whole."""
-    if not is_nltk(path) and is_prepared_any(path):
-        corpus = PreparedCorpus(path)
-        corpus.check_text(config)
-        return corpus.windows(order, cross_sentence, vocab)
-    return Windows.from_sentences(read_text_sentences(path, config), vocab, order, cross_sentence)

@@ -71,6 +71,17 @@ class Vocabulary:
         """The vocabulary of a corpus from its word counts (a mapping; "<unk>" may be one of
         them) and its number of sentences: what build() makes of the sentences themselves."""
         cls.check_cutoffs(min_count, max_size)
+        return cls.ranked(counts, sentences).cut(min_count, max_size)
+
+    @classmethod
+    def ranked(cls, counts, sentences):
+        """Every word of `counts` (zero counts too), ranked by count, ties by the word: the
+        uncut vocabulary that any cut of it is a prefix of.
+
+        >>> v = Vocabulary.ranked({"b": 2, "a": 2, "z": 0, "c": 5}, sentences=3)
+        >>> v.words[3:], v.counts.tolist()
+        (['c', 'a', 'b', 'z'], [0, 0, 3, 5, 2, 2, 0])
+        """
         for special in (cls.BOS, cls.EOS):
             if counts.get(special):
                 raise FflmError(
@@ -78,7 +89,7 @@ class Vocabulary:
                 )
         unk = counts.get(cls.UNK, 0)
         ranked = sorted(((w, c) for w, c in counts.items() if w != cls.UNK), key=lambda wc: (-wc[1], wc[0]))
-        return cls([w for w, _ in ranked], [unk, 0, sentences] + [c for _, c in ranked]).cut(min_count, max_size)
+        return cls([w for w, _ in ranked], [unk, 0, sentences] + [c for _, c in ranked])
 
     def cut(self, min_count=1, max_size=None):
         """This vocabulary with the cut-offs applied: words below `min_count` and beyond the

@@ -182,7 +182,7 @@ class StreamWindows(_Pairs):
     def gather(self, index, x, y):
         from .kernels import gather_stream
 
-        gather_stream(self.ids, np.asarray(index, dtype=np.int64), self.lookup, not self.cross_sentence, x, y)
+        gather_stream(self.ids, np.asarray(index), self.lookup, not self.cross_sentence, x, y)  # int32 or int64
         self._gathered += len(index)
         if self._release is not None and self._gathered >= self.RELEASE_EVERY:
             # random reads fault in pages of the map all over the file; handing them back now and

@@ -172,7 +172,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
     _check_output(checkpoint)
     if json_log:
         _check_output(json_log)
-    from ..prepared import eval_windows, is_prepared_any, training_data
+    from ..prepared import HeldOut, is_prepared_any, training_data
     from ..windows import order_memory
 
     prepared = not is_nltk(corpus) and is_prepared_any(corpus)
@@ -190,7 +190,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                 train_windows = folder.windows(o, cross, model.vocab)
             else:
                 train_windows = model.windows(read_sentences(corpus, text))
-            return train_windows, (eval_windows(valid, model.vocab, o, cross, text) if valid else None)
+            return train_windows, (HeldOut(valid, text).windows(model.vocab, o, cross) if valid else None)
 
         trainer, cmeta = training.Trainer.load_checkpoint(resume, windows_for)
         model, tconfig, meta = trainer.model, trainer.config, cmeta["model_meta"]
@@ -222,7 +222,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         words = len(windows) - windows.num_sentences
         if words < order - 1:
             raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
-        valid_windows = eval_windows(valid, vocab, order, cross_sentence, text) if valid else None
+        valid_windows = HeldOut(valid, text).windows(vocab, order, cross_sentence) if valid else None
         need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0,
                                optimizer=optimizer)
         index = order_memory(len(windows), shuffle, shuffle_block, shuffle_pool)  # each epoch's order of the pairs
@@ -357,7 +357,7 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
 
     from .. import evaluate as ev
     from ..ngram import NGramLM
-    from ..prepared import HeldOut, eval_windows, is_prepared_any, read_sentences
+    from ..prepared import HeldOut, is_prepared_any, read_sentences
     from ..train import set_threads
     from ..windows import Windows
 
@@ -393,8 +393,7 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
                             "pass --baseline-train FILE or --baseline none")
         baseline_sentences = None
         if not is_nltk(source) and is_prepared_any(source):
-            train_windows = eval_windows(source, model.vocab, N, False, config)
-            train_windows = Windows(train_windows.stream(), N)
+            train_windows = Windows(HeldOut(source, config).windows(model.vocab, N).stream(), N)
         else:
             baseline_sentences = read_sentences(source, config)
             train_windows = Windows.from_sentences(baseline_sentences, model.vocab, N)
