@@ -436,8 +436,8 @@ def run_speed(data_dir, name, threads=0, seconds=20.0, use_torch=True, loss="sof
     config = _speed_config(spec)
     use_torch = use_torch and not config.tied  # the PyTorch peer is the plain untied model
     B = spec["batch_size"]
-    windows = Windows.from_sentences(sentences, vocab, config.order, config.cross_sentence)
-    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order, config.cross_sentence)
+    windows = Windows.from_sentences(sentences, vocab, config.span, config.cross_sentence)
+    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.span, config.cross_sentence)
     model = FFNNLM(vocab, config, seed=1)
     tconfig = TrainConfig(batch_size=B, loss=loss, embed_dropout=spec.get("dropout", (0.0, 0.0))[0],
                           dropout=spec.get("dropout", (0.0, 0.0))[1])
@@ -572,8 +572,8 @@ def train_peak_memory(data_dir, name, loss="softmax"):
     sentences = read_sentences(train_path)
     vocab = Vocabulary.build(sentences)
     config = _speed_config(spec)
-    windows = Windows.from_sentences(sentences, vocab, config.order, config.cross_sentence)
-    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.order, config.cross_sentence)
+    windows = Windows.from_sentences(sentences, vocab, config.span, config.cross_sentence)
+    valid = Windows.from_sentences(read_sentences(valid_path), vocab, config.span, config.cross_sentence)
     model = FFNNLM(vocab, config, seed=1)
     tconfig = TrainConfig(batch_size=spec["batch_size"], loss=loss)
     sgd = SGD(model, spec["batch_size"], make_noise(model, tconfig))

@@ -113,9 +113,9 @@ def format_report(rep):
 
 def score_neural(model, windows, batch_size=1024, index=None):
     """Scores of an FFNNLM (exact softmax) on the pairs of `windows` numbered `index` (all;
-    order >= the model's)."""
+    order >= the model's span)."""
     contexts, targets = windows.pairs(index)
-    c = model.config.order - 1
+    c = model.config.span - 1
     log10 = model.log10_probs(contexts[:, contexts.shape[1] - c :], targets, batch_size)
     return Scores(log10, targets, _sentences(windows, targets, index))
 

@@ -27,7 +27,7 @@ def sample(model, num_samples=1, prompt=(), num_words=30, temperature=1.0, top_k
         raise FflmError("--num-words and --num-samples must be at least 1")
     rng = np.random.default_rng(seed)
     vocab = model.vocab
-    c = model.config.order - 1
+    c = model.config.span - 1
     prompt_ids = vocab.encode(list(prompt)).tolist()
     history = [Vocabulary.BOS_ID] * c + prompt_ids
     contexts = np.tile(np.array(history[-c:], dtype=np.int32), (num_samples, 1))

@@ -178,6 +178,50 @@ def embedding_backward(dout, x, dE):
                 dE[row, j] += dout[b, i * m + j]
 
 
+# --- FOFE: the history beyond the window as one weighted bag of words (Zhang et al., 2015) ------
+# The fixed-size ordinally-forgetting encoding z_t = alpha z_{t-1} + onehot(w_t), projected by the
+# embedding table, is sum_k alpha^k E[w_{t-k}]: the nearest word with weight 1, the one before it
+# alpha, and so on. It is linear in E, so its backward is the same weights scattered back. The
+# sum is cut after L words (x's width), where alpha^L of the weight is left out, and at the first
+# <s>: that is where the sentence's history begins (across sentences, the stream's).
+@njit(cache=True, parallel=True)
+def fofe_forward(E, x, weights, stop, out):
+    """out[b, f*m:(f+1)*m] = sum_k weights[f, k] E[x[b, L-1-k]] for k from 0 up to L-1 or to the
+    first id `stop` (included): (V, m), (B, L) int, (F, L) -> (B, F*m)."""
+    B, L = x.shape
+    m = E.shape[1]
+    for b in prange(B):
+        for f in range(weights.shape[0]):
+            o = f * m
+            for j in range(m):
+                out[b, o + j] = 0.0
+            for k in range(L):
+                row = x[b, L - 1 - k]
+                w = weights[f, k]
+                for j in range(m):
+                    out[b, o + j] += w * E[row, j]
+                if row == stop:
+                    break
+
+
+@njit(cache=True)
+def fofe_backward(dout, x, weights, stop, dE):
+    """dE[x[b, L-1-k]] += weights[f, k] * dout[b, f*m:(f+1)*m] over the same words (sequential:
+    a word may come twice)."""
+    B, L = x.shape
+    m = dE.shape[1]
+    for b in range(B):
+        for f in range(weights.shape[0]):
+            o = f * m
+            for k in range(L):
+                row = x[b, L - 1 - k]
+                w = weights[f, k]
+                for j in range(m):
+                    dE[row, j] += w * dout[b, o + j]
+                if row == stop:
+                    break
+
+
 @njit(cache=True)
 def touched_rows(x, mark, rows):
     """Distinct ids of x into rows[:count] (mark: a zeroed int8 buffer of size V, left zeroed)."""

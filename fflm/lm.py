@@ -19,6 +19,11 @@ class LanguageModel:
     """The sentence-level API. A subclass gives `vocab`, `order`, `_windows(sentences)` and
     `_log10(contexts, targets)`."""
 
+    @property
+    def span(self):
+        """1 + the previous words a prediction reads (an n-gram model's n; more with FOFE)."""
+        return self.order
+
     def logprob(self, word, context=()):
         """log10 p(word | context); the context's last n-1 words count, <s> before the sentence.
 
@@ -28,7 +33,7 @@ class LanguageModel:
         0.2857
         """
         context = _tokens(context)
-        c = self.order - 1
+        c = self.span - 1
         ids = [Vocabulary.BOS_ID] * c + self.vocab.encode(context).tolist() if context else [Vocabulary.BOS_ID] * c
         ctx = np.array([ids[len(ids) - c :]], dtype=np.int32)
         return float(self._log10(ctx, np.array([self.vocab.id(word)], dtype=np.int32))[0])

@@ -33,6 +33,19 @@ from .vocab import Vocabulary
 FORMAT = "fflm-model"
 FORMAT_VERSION = 1
 
+# FOFE's cut: a bag reads back L words, alpha^L of its weight left out, at most this much
+FOFE_CUT = 1e-3
+MAX_FOFE_LENGTH = 512
+
+
+def default_fofe_length(alpha, cut=FOFE_CUT):
+    """The fewest words L with alpha^L < cut: what a FOFE bag reads back by default.
+
+    >>> default_fofe_length(0.7), fofe_length(0.9)
+    (20, 66)
+    """
+    return min(MAX_FOFE_LENGTH, max(1, math.ceil(math.log(cut) / math.log(alpha))))
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -48,9 +61,14 @@ class ModelConfig:
     softmax: str = "full"  # full | adaptive: a head and tail clusters (fflm/output.py) | auto: by V
     cutoffs: tuple = None  # adaptive: the first id of each tail cluster (() = none); None = chosen from the counts
     tail_div: int = 4  # adaptive: tail cluster i projects to (output width) / tail_div**i units
+    fofe: tuple = ()  # forgetting factors: one weighted bag of the history's embeddings each (kernels.fofe_forward)
+    fofe_length: int = 0  # the words each bag reads back at most; 0 = where alpha^L < FOFE_CUT
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "fofe", tuple(float(a) for a in self.fofe))
+        if self.fofe and not self.fofe_length and all(0.0 < a < 1.0 for a in self.fofe):
+            object.__setattr__(self, "fofe_length", default_fofe_length(max(self.fofe)))
         if self.cutoffs is not None:
             object.__setattr__(self, "cutoffs", tuple(int(c) for c in self.cutoffs))
 
@@ -61,6 +79,12 @@ class ModelConfig:
             raise FflmError(f"--order {self.order} is beyond any useful context (at most 64)")
         if self.embed_dim < 1:
             raise FflmError(f"--embed-dim must be positive, not {self.embed_dim}")
+        if any(not 0.0 < a < 1.0 for a in self.fofe):
+            raise FflmError(f"--fofe factors lie strictly between 0 and 1, not {','.join(map(str, self.fofe))}")
+        if len(self.fofe) > 4:
+            raise FflmError(f"--fofe takes at most 4 forgetting factors, not {len(self.fofe)}")
+        if self.fofe and not 1 <= self.fofe_length <= MAX_FOFE_LENGTH:
+            raise FflmError(f"--fofe-length must be 1 to {MAX_FOFE_LENGTH}, not {self.fofe_length}")
         if any(h < 1 for h in self.hidden):
             raise FflmError(f"hidden layer sizes must be positive, not {list(self.hidden)}")
         if self.activation not in K.ACTIVATIONS:
@@ -106,8 +130,29 @@ class ModelConfig:
         return width + (self.context_width if self.direct else 0)
 
     @property
-    def context_width(self):
+    def window_width(self):
+        """The concatenated window's width, (n-1) m."""
         return (self.order - 1) * self.embed_dim
+
+    @property
+    def context_width(self):
+        """What the first layer reads: the window, then one m-wide FOFE bag per factor."""
+        return (self.order - 1 + len(self.fofe)) * self.embed_dim
+
+    @property
+    def span(self):
+        """1 + the previous ids the model reads: the order of the (context, target) pairs it
+        takes, the window's n or, with FOFE, 1 + the bags' length where that is longer."""
+        return max(self.order, self.fofe_length + 1 if self.fofe else 0)
+
+    def fofe_weights(self, dtype=np.float64):
+        """(F, L): alpha_f ** k for the k-th previous word (k = 0 the nearest), 0 beyond the bags'
+        length where the window reads further back."""
+        L = self.span - 1
+        w = np.zeros((len(self.fofe), L), dtype=np.float64)
+        for f, a in enumerate(self.fofe):
+            w[f, : self.fofe_length] = a ** np.arange(self.fofe_length)
+        return w.astype(dtype)
 
     def shapes(self, V):
         """Every parameter's name and shape, weights before biases (weight decay skips biases)."""
@@ -134,13 +179,15 @@ class ModelConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         d["cutoffs"] = None if self.cutoffs is None else list(self.cutoffs)
+        d["fofe"] = list(self.fofe)
         return d
 
     @classmethod
     def from_dict(cls, d):
         """The config a model file describes; ValueError unless every field has the right type."""
         kinds = {"order": int, "embed_dim": int, "hidden": list, "activation": str, "direct": bool,
-                 "cross_sentence": bool, "tied": bool, "softmax": str, "cutoffs": list, "tail_div": int}
+                 "cross_sentence": bool, "tied": bool, "softmax": str, "cutoffs": list, "tail_div": int,
+                 "fofe": list, "fofe_length": int}
         if not isinstance(d, dict):
             raise ValueError("the configuration is not a mapping")
         for k, kind in kinds.items():
@@ -152,6 +199,8 @@ class ModelConfig:
         for k in ("hidden", "cutoffs"):
             if any(not isinstance(h, int) or isinstance(h, bool) for h in d.get(k) or []):
                 raise ValueError(f"{k} should list integers, not {d[k]!r}")
+        if any(not isinstance(a, (int, float)) or isinstance(a, bool) for a in d.get("fofe") or []):
+            raise ValueError(f"fofe should list numbers, not {d['fofe']!r}")
         return cls(**{k: d[k] for k in kinds if k in d})
 
 
@@ -182,7 +231,7 @@ class Workspace:
         cfg, dt, V = model.config, model.dtype, len(model.vocab)
         B = batch_size
         self.batch_size = B
-        self.x = np.empty((B, cfg.order - 1), dtype=np.int32)
+        self.x = np.empty((B, cfg.span - 1), dtype=np.int32)
         self.y = np.empty(B, dtype=np.int32)
         self.e = np.empty((B, cfg.context_width), dtype=dt)
         self.de = np.empty((B, cfg.context_width), dtype=dt)
@@ -195,7 +244,7 @@ class Workspace:
         self.nll = np.empty(B, dtype=dt)
         self.ones = np.ones(B, dtype=dt)  # the constant input every bias multiplies
         self.mark = np.zeros(V, dtype=np.int8)
-        self.rows = np.empty(B * (cfg.order - 1), dtype=np.int64)
+        self.rows = np.empty(B * (cfg.span - 1), dtype=np.int64)
         if noise_samples:  # the sampled objectives: at most B targets + k noise words a batch
             S, H = B + noise_samples, model.U_all.shape[0]
             self.col_mark = np.zeros(V, dtype=np.int32)
@@ -305,6 +354,7 @@ class FFNNLM(LanguageModel):
         self.c, self.dc = self.params["c"], self.grads["c"]
         # dense = [hidden weights | U (and W_d) | hidden biases | c]: the regions an update treats apart
         self.U_start, self.c_start = start, starts["c"]
+        self.fofe_weights = config.fofe_weights(self.dtype)
         self._init(np.random.default_rng(seed), counts)
         self._eval_ws = None
         self.set_precision("fp32")
@@ -335,6 +385,10 @@ class FFNNLM(LanguageModel):
     def order(self):
         return self.config.order
 
+    @property
+    def span(self):
+        return self.config.span
+
     def _windows(self, sentences):
         return self.windows(sentences)
 
@@ -359,7 +413,7 @@ class FFNNLM(LanguageModel):
         """The (context, target) pairs this model reads for `sentences`: its order, its padding."""
         from .windows import Windows
 
-        return Windows.from_sentences(sentences, self.vocab, self.config.order, self.config.cross_sentence)
+        return Windows.from_sentences(sentences, self.vocab, self.config.span, self.config.cross_sentence)
 
     # --- precision: which arithmetic the matrix products use (fflm/bf16.py) ---------------------
     def set_precision(self, precision):
@@ -394,7 +448,10 @@ class FFNNLM(LanguageModel):
         """Everything below the output layer: returns what the output layer reads (B, H)."""
         B = len(x)
         e = ws.e[:B]
-        K.embedding_forward(self.E, x, e)  # (B, n-1) int32 -> (B, (n-1)*m)
+        c, w = self.config.order - 1, self.config.window_width
+        K.embedding_forward(self.E, x[:, x.shape[1] - c :], e[:, :w])  # (B, n-1) int32 -> (B, (n-1)*m)
+        if self.config.fofe:  # (B, L) -> (B, F*m): the history, one weighted bag per factor
+            K.fofe_forward(self.E, x, self.fofe_weights, Vocabulary.BOS_ID, e[:, w:])
         ws.drop(e, ws.mask_e, ws.p_embed)
         inp = e
         for l in range(len(self.W)):
@@ -471,7 +528,10 @@ class FFNNLM(LanguageModel):
                 ws.de[:B] += d_out[:, hidden[-1].shape[1] :]
         if ws.mask_e is not None:
             K.dropout_backward(ws.de[:B], ws.mask_e[:B])
-        K.embedding_backward(ws.de[:B], x, self.dE)
+        c, w = self.config.order - 1, self.config.window_width
+        K.embedding_backward(ws.de[:B, :w], x[:, x.shape[1] - c :], self.dE)
+        if self.config.fofe:
+            K.fofe_backward(ws.de[:B, w:], x, self.fofe_weights, Vocabulary.BOS_ID, self.dE)
 
     def loss_and_grad(self, x, y, ws):
         """Mean cross-entropy (nats) of the batch, with its gradient in grad / dE."""

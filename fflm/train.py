@@ -308,7 +308,7 @@ def warm_up(model, config=None):
     from .vocab import Vocabulary
     from .windows import Windows
 
-    n = model.config.order
+    n = model.config.span
     tiny = Windows(np.array([Vocabulary.BOS_ID] * max(n - 1, 1) + [Vocabulary.EOS_ID], dtype=np.int32), n)
     noise = make_noise(model, config) if config is not None else None
     dropout = (config.embed_dropout, config.dropout) if config is not None else (0.0, 0.0)
@@ -360,7 +360,7 @@ class Trainer:
         config.check()
         if len(train_windows) == 0:
             raise FflmError("no training data")
-        if train_windows.order != model.config.order:
+        if train_windows.order != model.config.span:
             raise FflmError("the training windows' order differs from the model's")
         self.model, self.windows, self.valid, self.config = model, train_windows, valid_windows, config
         self.precision = model.set_precision(config.precision)  # 'auto' as this CPU resolves it

@@ -88,6 +88,35 @@ def test_embedding_pair():
     assert (dE[untouched] == 0).all()
 
 
+def test_fofe_pair():
+    V, m, B, L = 7, 3, 5, 6
+    E = RNG.standard_normal((V, m))
+    x = RNG.integers(2, V, size=(B, L)).astype(np.int32)
+    x[0, :3] = Vocabulary.BOS_ID  # a sentence start: the bag stops at the nearest <s>, which it includes
+    x[1, 4] = Vocabulary.BOS_ID
+    x[2, 1] = x[2, 5] = 4  # a word twice in one history
+    weights = np.array([0.7 ** np.arange(L), 0.3 ** np.arange(L)])
+    weights[1, 5] = 0.0  # a factor whose bag is shorter than the window reads
+    G = RNG.standard_normal((B, 2 * m))
+    out = np.empty((B, 2 * m))
+
+    def loss():
+        K.fofe_forward(E, x, weights, Vocabulary.BOS_ID, out)
+        return float((G * out).sum())
+
+    loss()
+    for b in range(B):  # the definition: z_t = alpha z_{t-1} + E[w_t] from the history's start
+        start = max([i for i in range(L) if x[b, i] == Vocabulary.BOS_ID], default=0)
+        for f, (alpha, length) in enumerate(((0.7, 6), (0.3, 5))):  # the second reads 5 words back
+            z = np.zeros(m)
+            for i in range(max(start, L - length), L):
+                z = alpha * z + E[x[b, i]]
+            assert np.allclose(out[b, f * m : (f + 1) * m], z), (b, f)
+    dE = np.zeros_like(E)
+    K.fofe_backward(G, x, weights, Vocabulary.BOS_ID, dE)
+    assert_close(dE, numeric_grad(loss, E))
+
+
 def test_bias_pair():
     a0 = RNG.standard_normal((6, 4))
     bias = RNG.standard_normal(4)
@@ -302,21 +331,29 @@ CONFIGS = [
 ]
 
 
+FOFE = [
+    ModelConfig(order=3, embed_dim=3, hidden=(4,), fofe=(0.6,), fofe_length=5),  # the bag reads past the window
+    ModelConfig(order=4, embed_dim=2, hidden=(3,), fofe=(0.8, 0.3), fofe_length=2, direct=True),  # a shorter one
+    ModelConfig(order=3, embed_dim=4, hidden=(4,), fofe=(0.5,), fofe_length=4, tied=True, cross_sentence=True),
+    ModelConfig(order=2, embed_dim=3, hidden=(), fofe=(0.7,), fofe_length=3),
+]
+
+
 TIED = [
     ModelConfig(order=3, embed_dim=4, hidden=(4,), activation="tanh", tied=True),
     ModelConfig(order=2, embed_dim=3, hidden=(), tied=True),  # logistic regression, U = Eᵀ
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS + TIED,
-                         ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}-t{int(c.tied)}")
+@pytest.mark.parametrize("config", CONFIGS + TIED + FOFE,
+                         ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}-t{int(c.tied)}-f{len(c.fofe)}")
 def test_whole_model_gradient(config):
     vocab = Vocabulary(["a", "b", "c", "d"])
     model = FFNNLM(vocab, config, dtype=np.float64, seed=3)
     for p in model.params.values():  # random biases too, so no gradient is trivially zero
         p[...] += RNG.standard_normal(p.shape) * 0.3
     B = 6
-    x = RNG.integers(0, len(vocab), size=(B, config.order - 1)).astype(np.int32)
+    x = RNG.integers(0, len(vocab), size=(B, config.span - 1)).astype(np.int32)
     x[0, :2] = 4  # repeated word in one context
     x[1, 0] = 4  # and across rows
     y = np.array([3, 4, 2, 5, 6, 2], dtype=np.int32)

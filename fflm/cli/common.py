@@ -165,6 +165,16 @@ def _parse_cutoffs(text):
         raise FflmError(f"--cutoffs takes ids separated by commas (e.g. 2000,10000), not {text!r}") from None
 
 
+def _parse_fofe(text):
+    """'0.7' or '0.5,0.9' -> (0.7,) / (0.5, 0.9); None or '' -> () (no FOFE)."""
+    if not text:
+        return ()
+    try:
+        return tuple(float(a) for a in text.replace(" ", "").split(",") if a)
+    except ValueError:
+        raise FflmError(f"--fofe takes forgetting factors separated by commas (e.g. 0.7 or 0.5,0.9), not {text!r}") from None
+
+
 def _process_started():
     """time.time() when this process started (from /proc; None elsewhere)."""
     try:

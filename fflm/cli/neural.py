@@ -21,6 +21,7 @@ from .common import (
     _json_safe,
     _load_model,
     _parse_cutoffs,
+    _parse_fofe,
     _parse_hidden,
     _process_started,
     _progress,
@@ -54,6 +55,12 @@ from .common import (
               help="Adaptive: tail cluster i projects the output layer's input to width / DIV**i units.")
 @click.option("--cross-sentence", is_flag=True,
               help="Contexts run on from the previous sentence instead of <s> padding (same scored tokens).")
+@click.option("--fofe", default=None, metavar="ALPHA[,ALPHA]",
+              help="History beyond the window: one weighted bag of the previous words' embeddings per "
+                   "forgetting factor, the k-th word back weighted ALPHA**k (FOFE, Zhang et al. 2015), fed "
+                   "to the first layer beside the window; over the sentence, or across with --cross-sentence.")
+@click.option("--fofe-length", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--fofe: the words a bag reads back (0: until ALPHA**L < 0.001).")
 @click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
 @click.option("--max-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Stop after this many mini-batch steps in all (0: no limit), the last epoch cut short.")
@@ -107,7 +114,7 @@ from .common import (
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.pass_context
 def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, tail_div,
-          cross_sentence, epochs, max_steps, shuffle, shuffle_block, shuffle_pool,
+          cross_sentence, fofe, fofe_length, epochs, max_steps, shuffle, shuffle_block, shuffle_pool,
           batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
           noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
           encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, precision, json_log, quiet):
@@ -162,12 +169,13 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         checkpoint = checkpoint or _checkpoint_path(output)
         if preset:  # the preset's values wherever the command line gave none
             names = ("order", "cross_sentence", "embed_dim", "hidden", "tied", "dropout", "embed_dropout",
-                     "activation", "lr", "batch_size", "epochs", "weight_decay", "max_halvings", "softmax")
+                     "activation", "lr", "batch_size", "epochs", "weight_decay", "max_halvings", "softmax",
+                     "fofe", "fofe_length")
             assert set(PRESETS[preset]) <= set(names), "a preset sets an option this list does not apply"
             given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
             p = {**ctx.params, **{k: v for k, v in PRESETS[preset].items() if k not in given}}
             (order, cross_sentence, embed_dim, hidden, tied, dropout, embed_dropout, activation, lr, batch_size,
-             epochs, weight_decay, max_halvings, softmax) = (p[k] for k in names)
+             epochs, weight_decay, max_halvings, softmax, fofe, fofe_length) = (p[k] for k in names)
     _check_output(output)
     _check_output(checkpoint)
     if json_log:
@@ -185,7 +193,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         folder.check_text(text)
     if resume:
         def windows_for(model):
-            o, cross = model.config.order, model.config.cross_sentence
+            o, cross = model.config.span, model.config.cross_sentence
             if prepared:
                 train_windows = folder.windows(o, cross, model.vocab)
             else:
@@ -199,7 +207,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
     else:
         config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
                              direct=direct, cross_sentence=cross_sentence, tied=tied, softmax=softmax,
-                             cutoffs=_parse_cutoffs(cutoffs), tail_div=tail_div)
+                             cutoffs=_parse_cutoffs(cutoffs), tail_div=tail_div, fofe=_parse_fofe(fofe),
+                             fofe_length=fofe_length)
         config.check()
         tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                        lr_decay=lr_decay, max_halvings=max_halvings,
@@ -216,13 +225,13 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                      if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
         if prepared and not cut_given:  # the cut recorded at prepare
             min_count, max_vocab = None, None
-        vocab, windows, _ = training_data(corpus, text, min_count, max_vocab, order, cross_sentence)
+        vocab, windows, _ = training_data(corpus, text, min_count, max_vocab, config.span, cross_sentence)
         config = config.resolve(vocab.counts)
         config.check_vocab(len(vocab))
         words = len(windows) - windows.num_sentences
         if words < order - 1:
             raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
-        valid_windows = HeldOut(valid, text).windows(vocab, order, cross_sentence) if valid else None
+        valid_windows = HeldOut(valid, text).windows(vocab, config.span, cross_sentence) if valid else None
         need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0,
                                optimizer=optimizer)
         index = order_memory(len(windows), shuffle, shuffle_block, shuffle_pool)  # each epoch's order of the pairs
@@ -381,9 +390,9 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
     held = HeldOut(text, config)
     windows = held.windows(model.vocab, width)  # the baseline's contexts; every model scores its targets
     ev.check_coverage_counts(*ev.coverage(windows), text)
-    own = {"fflm": (model, held.windows(model.vocab, n, model.config.cross_sentence))}  # its own contexts
+    own = {"fflm": (model, held.windows(model.vocab, model.config.span, model.config.cross_sentence))}  # its own contexts
     for name, _, other in others:
-        own[name] = (other, held.windows(model.vocab, other.config.order, other.config.cross_sentence))
+        own[name] = (other, held.windows(model.vocab, other.config.span, other.config.cross_sentence))
     neural = list(own)
     lm = None
     if baseline != "none":
@@ -408,7 +417,7 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
             baseline_sentences = _training_sentences(source, config)
         _warn_if_seen(tune_on, tune_text.sentences(), meta, source if lm is not None else None,
                       baseline_sentences if lm is not None else None, config)
-        tuned = {name: ev.score_neural(m, tune_text.windows(model.vocab, m.config.order, m.config.cross_sentence))
+        tuned = {name: ev.score_neural(m, tune_text.windows(model.vocab, m.config.span, m.config.cross_sentence))
                  for name, (m, _) in own.items()}
         if lm is not None:
             tuned[lm.name] = ev.score_ngram(lm, tune_text.windows(model.vocab, width))
@@ -519,7 +528,8 @@ def info(model_path, as_json):
     click.echo(f"{model_path}: fflm model format {meta['version']}, {meta.get('dtype')}")
     click.echo(f"architecture: n={c.order}, embedding {c.embed_dim}, hidden {list(c.hidden) or 'none'}, "
                f"{c.activation}{', direct connections' if c.direct else ''}{', tied embeddings' if c.tied else ''}"
-               f"{', cross-sentence contexts' if c.cross_sentence else ''}; {summary['parameters']:,} parameters")
+               f"{', cross-sentence contexts' if c.cross_sentence else ''}"
+               f"{_fofe_words(c)}; {summary['parameters']:,} parameters")
     click.echo(_output_layer_line(c, V))
     click.echo(f"precision: weights float32; --precision auto here: {describe_precision(summary['precision_auto'])}")
     click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
@@ -570,7 +580,7 @@ def score(model_path, text, per_token, summary_only, threads, precision):
         model, _, config = _load_model(model_path, precision)
         vocab, order = model.vocab, model.config.order
         held = HeldOut(text, config)
-        windows = held.windows(vocab, order, model.config.cross_sentence)
+        windows = held.windows(vocab, model.config.span, model.config.cross_sentence)
 
         def scored(index):
             return ev.score_neural(model, windows, index=index)
@@ -632,6 +642,12 @@ def _split_sentences(tokens):
         else:
             current.append(t)
     return out
+
+
+def _fofe_words(c):
+    if not c.fofe:
+        return ""
+    return f", FOFE bags alpha={','.join(f'{a:g}' for a in c.fofe)} over {c.fofe_length} words"
 
 
 def _output_layer_line(config, V, chosen=False):
