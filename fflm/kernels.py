@@ -283,6 +283,66 @@ def activation_backward(dh, h, kind):
                 dh[b, j] *= v * (1.0 - v)
 
 
+# --- layer normalisation (Ba et al., 2016): each row to mean 0 and variance 1, then a gain and a bias
+# The forward keeps each row's mean and 1/std, so the backward (written out as in llm.c) needs
+# no second pass over the statistics: with n = (x - mean) * rstd and dn = dout * gain,
+#   dx = rstd * (dn - mean(dn) - n * mean(dn * n)),  dgain = sum_b dout * n,  dbias = sum_b dout.
+LN_EPS = 1e-5
+
+
+@njit(cache=True, parallel=True)
+def layernorm_forward(x, gain, bias, out, mean, rstd):
+    """out = (x - mean) * rstd * gain + bias row by row (B, C); keeps mean (B,) and rstd (B,)."""
+    C = x.shape[1]
+    for b in prange(x.shape[0]):
+        row = x[b]
+        mu = 0.0
+        for j in range(C):
+            mu += row[j]
+        mu /= C
+        var = 0.0
+        for j in range(C):
+            d = row[j] - mu
+            var += d * d
+        r = 1.0 / math.sqrt(var / C + LN_EPS)
+        mean[b], rstd[b] = mu, r
+        for j in range(C):
+            out[b, j] = (row[j] - mu) * r * gain[j] + bias[j]
+
+
+@njit(cache=True, parallel=True)
+def layernorm_backward(dout, x, mean, rstd, gain, dx):
+    """dx = dL/dx given dout = dL/dout (every row apart); dgain and dbias are layernorm_params_grad's."""
+    C = x.shape[1]
+    for b in prange(x.shape[0]):
+        mu, r = mean[b], rstd[b]
+        s1 = 0.0  # mean of dn
+        s2 = 0.0  # mean of dn * n
+        for j in range(C):
+            dn = dout[b, j] * gain[j]
+            s1 += dn
+            s2 += dn * (x[b, j] - mu) * r
+        s1 /= C
+        s2 /= C
+        for j in range(C):
+            n = (x[b, j] - mu) * r
+            dx[b, j] = r * (dout[b, j] * gain[j] - s1 - n * s2)
+
+
+@njit(cache=True)
+def layernorm_params_grad(dout, x, mean, rstd, dgain, dbias):
+    """dgain = sum_b dout * n, dbias = sum_b dout (overwritten)."""
+    C = x.shape[1]
+    for j in range(C):
+        dgain[j] = 0.0
+        dbias[j] = 0.0
+    for b in range(x.shape[0]):
+        mu, r = mean[b], rstd[b]
+        for j in range(C):
+            dgain[j] += dout[b, j] * (x[b, j] - mu) * r
+            dbias[j] += dout[b, j]
+
+
 # --- inverted dropout: training only; evaluation simply skips it ---------------------------------
 @njit(cache=True, parallel=True)
 def dropout_forward(a, mask, p):

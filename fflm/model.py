@@ -63,6 +63,8 @@ class ModelConfig:
     tail_div: int = 4  # adaptive: tail cluster i projects to (output width) / tail_div**i units
     fofe: tuple = ()  # forgetting factors: one weighted bag of the history's embeddings each (kernels.fofe_forward)
     fofe_length: int = 0  # the words each bag reads back at most; 0 = where alpha^L < FOFE_CUT
+    layer_norm: bool = False  # normalise what every layer but the first reads (the output layer's input too)
+    residual: bool = False  # a hidden layer as wide as the one before adds its input: h_l = h_{l-1} + g(...)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -91,6 +93,12 @@ class ModelConfig:
             raise FflmError(f"unknown activation {self.activation!r} (choose from {', '.join(K.ACTIVATIONS)})")
         if self.direct and not self.hidden:
             raise FflmError("direct connections need a hidden layer (without one the model is already direct)")
+        if (self.layer_norm or self.residual) and not self.hidden:
+            raise FflmError("--layer-norm and --residual need a hidden layer")
+        if (self.layer_norm or self.residual) and self.direct:
+            raise FflmError("--layer-norm and --residual do not combine with --direct")
+        if self.residual and not any(self.skips):
+            raise FflmError(f"--residual needs two consecutive hidden layers of the same size, not {list(self.hidden)}")
         if self.tied:
             width = self.hidden[-1] if self.hidden else self.context_width
             if self.direct or width != self.embed_dim:
@@ -130,6 +138,11 @@ class ModelConfig:
         return width + (self.context_width if self.direct else 0)
 
     @property
+    def skips(self):
+        """For each hidden layer, whether it adds its input to its output (a residual connection)."""
+        return [self.residual and l > 0 and h == self.hidden[l - 1] for l, h in enumerate(self.hidden)]
+
+    @property
     def window_width(self):
         """The concatenated window's width, (n-1) m."""
         return (self.order - 1) * self.embed_dim
@@ -162,6 +175,10 @@ class ModelConfig:
             weights.append((f"W{l}", (width, h)))
             biases.append((f"b{l}", (h,)))
             width = h
+        if self.layer_norm:  # gains and biases of the normalisations before layers 2.. and the output layer
+            for l, h in enumerate(self.hidden[:-1], 2):
+                biases += [(f"ln{l}_gain", (h,)), (f"ln{l}_bias", (h,))]
+            biases += [("lnf_gain", (width,)), ("lnf_bias", (width,))]
         if self.softmax == "adaptive":
             out_weights, out_biases = output_shapes(self, V)
             return [("E", (V, self.embed_dim))] + weights + out_weights + biases + out_biases
@@ -187,7 +204,7 @@ class ModelConfig:
         """The config a model file describes; ValueError unless every field has the right type."""
         kinds = {"order": int, "embed_dim": int, "hidden": list, "activation": str, "direct": bool,
                  "cross_sentence": bool, "tied": bool, "softmax": str, "cutoffs": list, "tail_div": int,
-                 "fofe": list, "fofe_length": int}
+                 "fofe": list, "fofe_length": int, "layer_norm": bool, "residual": bool}
         if not isinstance(d, dict):
             raise ValueError("the configuration is not a mapping")
         for k, kind in kinds.items():
@@ -219,6 +236,8 @@ def memory_estimate(config, V, batch_size, dtype=np.float32, noise_samples=0, op
     batch = batch_size * (2 * config.context_width + 2 * sum(config.hidden) + S) * item
     if config.direct:
         batch += 2 * batch_size * (config.hidden[-1] + config.context_width) * item
+    if config.layer_norm or config.residual:  # normalised copies and residual sums, with their gradients
+        batch += 4 * batch_size * sum(config.hidden) * item
     moments = {"sgd": 0, "adagrad": 1, "adam": 2}[optimizer]
     return (4 + 2 * moments) * params + batch + 1024 * S * item
 
@@ -235,8 +254,17 @@ class Workspace:
         self.y = np.empty(B, dtype=np.int32)
         self.e = np.empty((B, cfg.context_width), dtype=dt)
         self.de = np.empty((B, cfg.context_width), dtype=dt)
-        self.h = [np.empty((B, h), dtype=dt) for h in cfg.hidden]
+        self.h = [np.empty((B, h), dtype=dt) for h in cfg.hidden]  # g(a): what g' is computed from
         self.dh = [np.empty((B, h), dtype=dt) for h in cfg.hidden]
+        # residual layers: the sum h_{l-1} + g(a) (the layer's output), and a copy of its gradient
+        self.r = [np.empty((B, h), dtype=dt) if s else None for h, s in zip(cfg.hidden, cfg.skips)]
+        self.dskip = [np.empty((B, h), dtype=dt) if s else None for h, s in zip(cfg.hidden, cfg.skips)]
+        # layer norm: what layer l (l >= 1) and the output layer read, with each row's mean and 1/std
+        reads = list(cfg.hidden) if cfg.layer_norm else []
+        self.u = [np.empty((B, h), dtype=dt) for h in reads]  # u[l-1] is what layer l reads, u[-1] the output layer
+        self.du = [np.empty((B, h), dtype=dt) for h in reads]
+        self.mean = [np.empty(B, dtype=dt) for _ in reads]
+        self.rstd = [np.empty(B, dtype=dt) for _ in reads]
         if cfg.direct:  # the output layer reads [h_L, e] as one matrix, so one GEMM does U and W_d
             width = cfg.hidden[-1] + cfg.context_width
             self.out_in = np.empty((B, width), dtype=dt)
@@ -267,11 +295,17 @@ class Workspace:
             self.mask_e, self.mask_h, self.hd = None, [], []
 
     def layer_input(self, l, B):
-        """What hidden layer l (0 = the first) reads: the embeddings, or layer l-1's output,
-        after dropout when it is on."""
+        """What hidden layer l (0 = the first; len(hidden) = the output layer) is given: the
+        embeddings, or layer l-1's output, after dropout when it is on (before layer norm)."""
         if l == 0:
             return self.e[:B]
-        return self.hd[l - 1][:B] if self.hd else self.h[l - 1][:B]
+        if self.hd:
+            return self.hd[l - 1][:B]
+        return self.r[l - 1][:B] if self.r[l - 1] is not None else self.h[l - 1][:B]
+
+    def linear_input(self, l, B):
+        """What layer l's matrix multiplies: its input, normalised when layer norm is on (l >= 1)."""
+        return self.u[l - 1][:B] if self.u and l > 0 else self.layer_input(l, B)
 
     def drop(self, a, mask, p):
         if p > 0:
@@ -330,11 +364,15 @@ class FFNNLM(LanguageModel):
             self.params[name] = self.dense[offset : offset + size].reshape(shape)
             self.grads[name] = self.grad[offset : offset + size].reshape(shape)
             offset += size
-        self.n_weights = sum(math.prod(s) for n, s in dense if not n.startswith(("b", "c")))
+        self.n_weights = sum(math.prod(s) for n, s in dense if len(s) == 2)  # matrices first, then the vectors
         self.W = [self.params[f"W{l}"] for l in range(1, len(config.hidden) + 1)]
         self.b = [self.params[f"b{l}"] for l in range(1, len(config.hidden) + 1)]
         self.dW = [self.grads[f"W{l}"] for l in range(1, len(config.hidden) + 1)]
         self.db = [self.grads[f"b{l}"] for l in range(1, len(config.hidden) + 1)]
+        # layer norm's gains and biases: ln[l - 1] before layer l (l >= 1), ln[-1] before the output layer
+        names = [f"ln{l}" for l in range(2, len(config.hidden) + 1)] + ["lnf"] if config.layer_norm else []
+        self.ln = [(self.params[f"{n}_gain"], self.params[f"{n}_bias"]) for n in names]
+        self.dln = [(self.grads[f"{n}_gain"], self.grads[f"{n}_bias"]) for n in names]
         # U and W_d are consecutive in `dense`, so [U; W_d] is one (H + c*m, V) matrix
         out_rows = config.output_width
         self.output = None  # the full softmax's output layer is U_all, c
@@ -372,7 +410,7 @@ class FFNNLM(LanguageModel):
                 bound = 1.0 / math.sqrt(p.shape[0])
                 p[...] = rng.uniform(-bound, bound, p.shape)
             else:
-                p[...] = 0.0
+                p[...] = 1.0 if name.endswith("_gain") else 0.0  # layer norm starts as the identity
         counts = np.asarray(counts, dtype=np.float64)
         log_unigram = np.log((counts + 1.0) / (counts.sum() + len(counts)))
         if self.output is not None:
@@ -456,14 +494,20 @@ class FFNNLM(LanguageModel):
         inp = e
         for l in range(len(self.W)):
             a = ws.h[l][:B]
-            self._dot(inp, self.W[l], a, weight=True, role=f"W{l}")  # (B, in) @ (in, H) -> (B, H)
+            self._dot(self._normalised(inp, l, ws), self.W[l], a, weight=True, role=f"W{l}")  # (B, in) @ (in, H)
             K.bias_forward(a, self.b[l])
             K.activation_forward(a, self.kind)
-            inp = a
-            if ws.hd:  # dropout: the next layer reads a masked copy; a stays for g'(a)
+            out = a
+            if ws.r[l] is not None:  # residual: the layer adds its input; a stays for g'(a)
+                out = ws.r[l][:B]
+                np.add(inp, a, out=out)
+            inp = out
+            if ws.hd:  # dropout: the next layer reads a masked copy
                 inp = ws.hd[l][:B]
-                inp[...] = a
+                inp[...] = out
                 ws.drop(inp, ws.mask_h[l], ws.p_hidden)
+        if self.ln:
+            inp = self._normalised(inp, len(self.W), ws)
         if self.config.direct:
             out_in = ws.out_in[:B]
             H = inp.shape[1]
@@ -471,6 +515,22 @@ class FFNNLM(LanguageModel):
             out_in[:, H:] = e
             inp = out_in
         return inp
+
+    def _normalised(self, inp, l, ws):
+        """What layer l's matrix reads: inp, or its layer norm (layers after the first, the output layer)."""
+        if not self.ln or l == 0:
+            return inp
+        B = len(inp)
+        u = ws.u[l - 1][:B]
+        K.layernorm_forward(inp, *self.ln[l - 1], u, ws.mean[l - 1][:B], ws.rstd[l - 1][:B])
+        return u
+
+    def _normalised_backward(self, du, l, ws, dx):
+        """dx = dL/d(layer l's input) from du = dL/d(its layer norm), with the gain's and bias's gradients."""
+        B = len(du)
+        x, mean, rstd = ws.layer_input(l, B), ws.mean[l - 1][:B], ws.rstd[l - 1][:B]
+        K.layernorm_backward(du, x, mean, rstd, self.ln[l - 1][0], dx)
+        K.layernorm_params_grad(du, x, mean, rstd, *self.dln[l - 1])
 
     def forward(self, x, ws):
         """Logits for contexts x (B, n-1) into ws.z[:B]; keeps what the backward needs."""
@@ -497,14 +557,17 @@ class FFNNLM(LanguageModel):
         self.hidden_backward(x, ws)
 
     def _out_in(self, ws, B):
-        """The output layer's input: [h_L, e] with direct connections, else h_L (or e)."""
+        """The output layer's input: [h_L, e] with direct connections, else h_L (or e), normalised
+        with layer norm."""
         if self.config.direct:
             return ws.out_in[:B]
-        return ws.layer_input(len(ws.h), B)
+        return ws.linear_input(len(ws.h), B)
 
     def _d_out_in(self, ws, B):
         if self.config.direct:
             return ws.d_out_in[:B]
+        if self.ln:
+            return ws.du[-1][:B]
         return ws.dh[-1][:B] if ws.dh else ws.de[:B]
 
     def hidden_backward(self, x, ws):
@@ -515,15 +578,27 @@ class FFNNLM(LanguageModel):
             if self.config.direct:
                 d_out = ws.d_out_in[:B]
                 ws.dh[-1][:B] = d_out[:, : hidden[-1].shape[1]]
+            if self.ln:
+                self._normalised_backward(ws.du[-1][:B], len(hidden), ws, ws.dh[-1][:B])
             for l in range(len(hidden) - 1, -1, -1):
                 dh = ws.dh[l][:B]
                 if ws.hd:
                     K.dropout_backward(dh, ws.mask_h[l][:B])
+                skip = ws.dskip[l][:B] if ws.dskip[l] is not None else None
+                if skip is not None:  # the residual path: the input's gradient includes the output's
+                    skip[...] = dh
                 K.activation_backward(dh, hidden[l], self.kind)  # dL/da = dL/dh * g'(a)
-                self._dot(ws.layer_input(l, B), dh, self.dW[l], a_t=True, role=f"dW{l}")
+                self._dot(ws.linear_input(l, B), dh, self.dW[l], a_t=True, role=f"dW{l}")
                 np.dot(ws.ones[:B], dh, out=self.db[l])
                 d_below = ws.dh[l - 1][:B] if l > 0 else ws.de[:B]
-                self._dot(dh, self.W[l], d_below, b_t=True, weight=True, role=f"dx{l}")
+                if self.ln and l > 0:
+                    du = ws.du[l - 1][:B]
+                    self._dot(dh, self.W[l], du, b_t=True, weight=True, role=f"dx{l}")
+                    self._normalised_backward(du, l, ws, d_below)
+                else:
+                    self._dot(dh, self.W[l], d_below, b_t=True, weight=True, role=f"dx{l}")
+                if skip is not None:
+                    d_below += skip
             if self.config.direct:
                 ws.de[:B] += d_out[:, hidden[-1].shape[1] :]
         if ws.mask_e is not None:

@@ -31,6 +31,7 @@ from .windows import SHUFFLES, BlockOrder
 
 LOSSES = ("softmax", "nce", "neg")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
+SCHEDULES = ("halving", "linear", "cosine")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | adagrad | adam
     warmup_steps: int = 0  # the learning rate rises linearly from 0 over this many first steps
     lr_decay: float = 1.0  # and is multiplied by this after every epoch (besides the halving)
+    schedule: str = "halving"  # halving (on validation stalls) | linear | cosine: from lr to 0 over the run's steps
     loss: str = "softmax"  # softmax (exact cross-entropy) | nce | neg (sampled, cheaper)
     noise_samples: int = 100  # k, noise words per batch for nce / neg
     noise_power: float = 0.75  # noise distribution: unigram counts ** power
@@ -82,6 +84,8 @@ class TrainConfig:
             raise FflmError(f"--warmup-steps cannot be negative, not {self.warmup_steps}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise FflmError(f"--lr-decay is a factor in (0, 1], not {self.lr_decay}")
+        if self.schedule not in SCHEDULES:
+            raise FflmError(f"unknown --schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
         if self.optimizer not in OPTIMIZERS:
             raise FflmError(f"unknown --optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
         if self.optimizer != "sgd" and self.loss != "softmax":
@@ -110,10 +114,11 @@ class Schedule:
     [(False, 1.0), (False, 1.0), (False, 0.5), (False, 0.25), (False, 0.125), (True, 0.125)]
     """
 
-    def __init__(self, lr, min_improvement, max_halvings, decay=1.0, warmup_steps=0):
+    def __init__(self, lr, min_improvement, max_halvings, decay=1.0, warmup_steps=0, kind="halving", total_steps=0):
         self.lr = lr
         self.decay = decay
         self.warmup_steps = warmup_steps
+        self.kind, self.total_steps = kind, total_steps
         self.min_improvement = min_improvement
         self.max_halvings = max_halvings
         self.best = math.inf
@@ -124,10 +129,22 @@ class Schedule:
 
         >>> Schedule(lr=1.0, min_improvement=0.01, max_halvings=5, warmup_steps=4).step_lr(1)
         0.5
+
+        The linear and cosine schedules fall from lr after the warm-up to 0 at total_steps (the
+        modern recipe), whatever validation says:
+
+        >>> s = Schedule(1.0, 0.01, 5, warmup_steps=2, kind="linear", total_steps=10)
+        >>> [round(s.step_lr(k), 3) for k in (0, 1, 2, 6, 9)]
+        [0.5, 1.0, 1.0, 0.5, 0.125]
+        >>> round(Schedule(1.0, 0.01, 5, kind="cosine", total_steps=10).step_lr(5), 3)
+        0.5
         """
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        return self.lr
+        if self.kind == "halving":
+            return self.lr
+        p = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.lr * ((1.0 - p) if self.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * p)))
 
     def end_epoch(self):
         """The steady decay, applied after every epoch."""
@@ -149,6 +166,8 @@ class Schedule:
         """
         enough = valid_ppl < self.best * (1 - self.min_improvement)
         self.best = min(self.best, valid_ppl)
+        if self.kind != "halving":  # the rate follows the steps alone; the cap ends the run
+            return False
         late = epochs_left is not None and epochs_left <= self.max_halvings
         if not enough or self.halvings > 0 or late:
             if self.halvings == self.max_halvings:
@@ -368,8 +387,10 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.sgd = SGD(model, config.batch_size, make_noise(model, config), (config.embed_dropout, config.dropout),
                        config.seed, config.optimizer)
+        steps = config.epochs * -(-len(train_windows) // config.batch_size)
         self.schedule = Schedule(config.lr, config.min_improvement, config.max_halvings, config.lr_decay,
-                                 config.warmup_steps)
+                                 config.warmup_steps, config.schedule,
+                                 min(steps, config.max_steps) if config.max_steps else steps)
         self.steps, self.epoch, self.batch = 0, 1, 0  # steps done; the epoch in progress; its batches done
         self.order = None  # this epoch's shuffled pair numbers
         self.first_step_at = None  # time.time() when this run's first step began
@@ -505,7 +526,8 @@ class Trainer:
             "train_ppl": exp_or_inf(self.total / seen) if config.loss == "softmax" and self.seen else None,
             "train_loss": self.total / seen,
             "valid_ppl": valid_ppl,
-            "lr": self.schedule.lr,
+            # the rate of the epoch's last step (the steady rate for the halving schedule)
+            "lr": self.schedule.step_lr(self.steps - 1) if config.schedule != "halving" else self.schedule.lr,
             "seconds": round(self.seconds + time.perf_counter() - start, 3),
             "tokens_per_s": round(self.seen / self.seconds, 1) if self.seconds > 0 else None,
         }

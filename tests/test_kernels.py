@@ -117,6 +117,29 @@ def test_fofe_pair():
     assert_close(dE, numeric_grad(loss, E))
 
 
+def test_layernorm_pair():
+    B, C = 5, 7
+    x = RNG.standard_normal((B, C)) * 3 + 1
+    gain, bias = RNG.standard_normal(C), RNG.standard_normal(C)
+    G = RNG.standard_normal((B, C))
+    out, mean, rstd = np.empty((B, C)), np.empty(B), np.empty(B)
+
+    def loss():
+        K.layernorm_forward(x, gain, bias, out, mean, rstd)
+        return float((G * out).sum())
+
+    loss()
+    n = (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + K.LN_EPS)
+    assert np.allclose(out, n * gain + bias)
+    assert np.allclose(mean, x.mean(axis=1)) and np.allclose(rstd, 1 / np.sqrt(x.var(axis=1) + K.LN_EPS))
+    dx, dgain, dbias = np.empty_like(x), np.empty(C), np.empty(C)
+    K.layernorm_backward(G, x, mean, rstd, gain, dx)
+    K.layernorm_params_grad(G, x, mean, rstd, dgain, dbias)
+    assert_close(dx, numeric_grad(loss, x))
+    assert_close(dgain, numeric_grad(loss, gain))
+    assert_close(dbias, numeric_grad(loss, bias))
+
+
 def test_bias_pair():
     a0 = RNG.standard_normal((6, 4))
     bias = RNG.standard_normal(4)
@@ -338,6 +361,14 @@ FOFE = [
     ModelConfig(order=2, embed_dim=3, hidden=(), fofe=(0.7,), fofe_length=3),
 ]
 
+DEEP = [
+    ModelConfig(order=3, embed_dim=3, hidden=(4,), layer_norm=True),  # the output layer's input normalised
+    ModelConfig(order=3, embed_dim=2, hidden=(5, 5, 5), residual=True, activation="relu"),
+    ModelConfig(order=3, embed_dim=3, hidden=(5, 5, 3), layer_norm=True, residual=True),  # a last layer without a skip
+    ModelConfig(order=3, embed_dim=4, hidden=(4, 4), layer_norm=True, residual=True, tied=True, fofe=(0.5,),
+                fofe_length=3),
+]
+
 
 TIED = [
     ModelConfig(order=3, embed_dim=4, hidden=(4,), activation="tanh", tied=True),
@@ -345,8 +376,9 @@ TIED = [
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS + TIED + FOFE,
-                         ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}-t{int(c.tied)}-f{len(c.fofe)}")
+@pytest.mark.parametrize("config", CONFIGS + TIED + FOFE + DEEP,
+                         ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}-t{int(c.tied)}-f{len(c.fofe)}"
+                                     f"-n{int(c.layer_norm)}-r{int(c.residual)}")
 def test_whole_model_gradient(config):
     vocab = Vocabulary(["a", "b", "c", "d"])
     model = FFNNLM(vocab, config, dtype=np.float64, seed=3)
@@ -437,7 +469,8 @@ def test_dropout_pair():
     assert_close(d, numeric_grad(loss, a0))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}")
+@pytest.mark.parametrize("config", CONFIGS + DEEP[1:],
+                         ids=lambda c: f"h{list(c.hidden)}-{c.activation}-d{int(c.direct)}-n{int(c.layer_norm)}")
 def test_whole_model_gradient_with_dropout(config):
     """Dropout on the embeddings and every hidden layer; masks held fixed (same draws) while
     the central differences are taken."""
@@ -446,7 +479,7 @@ def test_whole_model_gradient_with_dropout(config):
     for p in model.params.values():
         p[...] += RNG.standard_normal(p.shape) * 0.3
     B = 6
-    x = RNG.integers(0, len(vocab), size=(B, config.order - 1)).astype(np.int32)
+    x = RNG.integers(0, len(vocab), size=(B, config.span - 1)).astype(np.int32)
     y = np.array([3, 4, 2, 5, 6, 2], dtype=np.int32)
     ws = Workspace(model, B, dropout=(0.3, 0.5), seed=9)
 
@@ -538,10 +571,13 @@ ADAPTIVE = [
     ModelConfig(order=3, embed_dim=3, hidden=(4,), direct=True, softmax="adaptive", cutoffs=(4, 7)),
     ModelConfig(order=3, embed_dim=4, hidden=(4,), tied=True, softmax="adaptive", cutoffs=(5, 8)),
     ModelConfig(order=2, embed_dim=3, hidden=(), softmax="adaptive", cutoffs=(5,)),  # two-level logistic regression
+    ModelConfig(order=3, embed_dim=3, hidden=(4, 4), layer_norm=True, residual=True, fofe=(0.6,), fofe_length=4,
+                softmax="adaptive", cutoffs=(5, 8)),
 ]
 
 
-@pytest.mark.parametrize("config", ADAPTIVE, ids=lambda c: f"h{list(c.hidden)}-d{int(c.direct)}-t{int(c.tied)}")
+@pytest.mark.parametrize("config", ADAPTIVE,
+                         ids=lambda c: f"h{list(c.hidden)}-d{int(c.direct)}-t{int(c.tied)}-n{int(c.layer_norm)}")
 @pytest.mark.parametrize("dropout", [(0.0, 0.0), (0.3, 0.4)], ids=["plain", "dropout"])
 def test_whole_model_gradient_with_the_adaptive_softmax(config, dropout):
     """Every parameter of a model with a head and tail clusters, against central differences of
@@ -551,7 +587,7 @@ def test_whole_model_gradient_with_the_adaptive_softmax(config, dropout):
     for p in model.params.values():
         p[...] += RNG.standard_normal(p.shape) * 0.3
     B = 7
-    x = RNG.integers(0, len(vocab), size=(B, config.order - 1)).astype(np.int32)
+    x = RNG.integers(0, len(vocab), size=(B, config.span - 1)).astype(np.int32)
     y = np.array([3, 5, 2, 6, 0, 5, 4], dtype=np.int32)  # nothing in the last cluster (ids >= 8)
     ws = Workspace(model, B, dropout=dropout, seed=9)
 

@@ -220,7 +220,10 @@ def test_float64_model_trains(data):
 
 @pytest.mark.parametrize("bad", [dict(order=1), dict(embed_dim=0), dict(hidden=(0,)), dict(activation="gelu"),
                                  dict(hidden=(), direct=True), dict(embed_dim=8, hidden=(16,), tied=True),
-                                 dict(embed_dim=8, hidden=(8,), direct=True, tied=True)])
+                                 dict(embed_dim=8, hidden=(8,), direct=True, tied=True),
+                                 dict(fofe=(1.0,)), dict(fofe=(0.0,)), dict(fofe=(0.5,) * 5),
+                                 dict(fofe=(0.5,), fofe_length=1000), dict(hidden=(8, 4), residual=True),
+                                 dict(hidden=(), layer_norm=True), dict(hidden=(8,), layer_norm=True, direct=True)])
 def test_impossible_configs(bad):
     with pytest.raises(FflmError):
         ModelConfig(**bad).check()
@@ -230,7 +233,8 @@ def test_impossible_configs(bad):
                                  dict(clip=-1.0), dict(threads=-1), dict(loss="hinge"), dict(noise_samples=0),
                                  dict(noise_power=-1.0), dict(dropout=1.0), dict(embed_dropout=-0.1),
                                  dict(optimizer="rmsprop"), dict(optimizer="adam", loss="nce"),
-                                 dict(warmup_steps=-1), dict(lr_decay=0.0), dict(lr_decay=1.5)])
+                                 dict(warmup_steps=-1), dict(lr_decay=0.0), dict(lr_decay=1.5),
+                                 dict(schedule="step")])
 def test_impossible_training_settings(bad):
     with pytest.raises(FflmError):
         TrainConfig(**bad).check()
@@ -341,3 +345,74 @@ def test_tied_embeddings_train_save_and_load(tmp_path, data):
     assert evaluate_ppl(loaded, vw) == pytest.approx(evaluate_ppl(model, vw), rel=1e-9)
     with pytest.raises(FflmError, match="softmax only"):
         SGD(model, 8, make_noise(model, TrainConfig(loss="nce")))
+
+
+# --- issue 16: history beyond the window, deeper networks, a schedule to zero -----------------------
+MODERN = [ModelConfig(order=3, embed_dim=8, hidden=(16,), fofe=(0.7,)),
+          ModelConfig(order=3, embed_dim=8, hidden=(16,), fofe=(0.5, 0.9), fofe_length=12, cross_sentence=True),
+          ModelConfig(order=3, embed_dim=8, hidden=(16, 16, 16), layer_norm=True, residual=True, fofe=(0.6,))]
+
+
+@pytest.mark.parametrize("config", MODERN, ids=["fofe", "dual-cross", "deep"])
+def test_modern_models_train_save_load_and_sum_to_one(tmp_path, data, synth_sentences, config):
+    vocab = data[0]
+    W = lambda s: Windows.from_sentences(s, vocab, config.span, config.cross_sentence)  # noqa: E731
+    tw, vw = W(synth_sentences["train"][:1500]), W(synth_sentences["valid"][:300])
+    model = FFNNLM(vocab, config, seed=1)
+    untrained = evaluate_ppl(model, vw)
+    history = train(model, tw, vw, TrainConfig(epochs=2, batch_size=32, lr=0.5))
+    assert history[-1]["valid_ppl"] < 0.8 * untrained
+    model.save(tmp_path / "m.npz")
+    back, _ = FFNNLM.load(tmp_path / "m.npz")
+    assert back.config == config
+    x, y = vw.pairs()
+    assert x.shape[1] == config.span - 1 >= config.order - 1
+    assert np.array_equal(back.nll(x, y), model.nll(x, y))
+    p = model.probs(x[:40])
+    assert np.allclose(p.sum(axis=1), 1.0) and (p[:, vocab.BOS_ID] == 0).all()
+    # the sentence API reads the same history: logprob with the whole sentence as context
+    words = synth_sentences["valid"][0]
+    scores = [s for _, s in model.token_scores(words)]
+    assert scores[-2] == pytest.approx(model.logprob(words[-1], words[:-1]), abs=1e-6)
+
+
+def test_fofe_sees_beyond_the_window_and_stops_at_the_sentence_start(data):
+    vocab = data[0]
+    config = ModelConfig(order=2, embed_dim=4, hidden=(8,), fofe=(0.8,), fofe_length=6)
+    model = FFNNLM(vocab, config, seed=3)
+    w = list(vocab.words[3:9])
+    # the window (one word) is the same; the words before it differ: only the FOFE model can tell
+    assert model.logprob(w[0], [w[1], w[2]]) != model.logprob(w[0], [w[3], w[2]])
+    plain = FFNNLM(vocab, ModelConfig(order=2, embed_dim=4, hidden=(8,)), seed=3)
+    assert plain.logprob(w[0], [w[1], w[2]]) == plain.logprob(w[0], [w[3], w[2]])
+    # sentence by sentence, what came before <s> is invisible, however long the bag
+    x = np.array([[vocab.id(w[4]), 1, 1, 1, 1, vocab.id(w[2])],
+                  [vocab.id(w[5]), 1, 1, 1, 1, vocab.id(w[2])]], dtype=np.int32)
+    y = np.array([vocab.id(w[0])] * 2, dtype=np.int32)
+    a, b = model.nll(x, y)
+    assert a == b
+
+
+def test_layer_norm_and_residual_train_eight_layers(data):
+    """Eight tanh layers: plain, the deep net barely moves in two epochs; with residual
+    connections and layer norm it trains (what --residual --layer-norm are for)."""
+    vocab, tw, vw = data
+    deep = dict(order=3, embed_dim=8, hidden=(32,) * 8)
+    ppl = {}
+    for name, extra in (("plain", {}), ("resnorm", dict(layer_norm=True, residual=True))):
+        model = FFNNLM(vocab, ModelConfig(**deep, **extra), seed=1)
+        history = train(model, tw, vw, TrainConfig(epochs=2, batch_size=32, lr=0.1))
+        ppl[name] = history[-1]["valid_ppl"]
+    assert ppl["resnorm"] < ppl["plain"], ppl
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_decay_schedule_reaches_zero_at_the_last_step(data, kind):
+    vocab, tw, vw = data
+    steps = 3 * -(-len(tw) // 32)
+    model, history = fit(vocab, tw, vw, epochs=3, schedule=kind, warmup_steps=20, optimizer="adam")
+    lrs = [r["lr"] for r in history]
+    assert lrs[0] > lrs[1] > lrs[2] and lrs[2] <= 0.5 / (steps - 20) + 1e-12  # the last step's rate: lr / steps or less
+    assert history[-1]["valid_ppl"] < history[0]["valid_ppl"]
+    a, _ = fit(vocab, tw, vw, epochs=3, schedule=kind, warmup_steps=20, optimizer="adam")
+    assert np.array_equal(a.dense, model.dense)  # deterministic

@@ -321,7 +321,11 @@ def test_one_share_makes_two_parts(tmp_path):
 TRAIN = ["--epochs", "2", "--embed-dim", "16", "--hidden", "32", "--order", "4", "--seed", "3", "-q", "--threads", "1"]
 
 
-def test_cli_prepare_then_train_eval_score_ngram_equal_the_text_path(tmp_path, run_cli):
+MODERN = ["--fofe", "0.7", "--fofe-length", "9", "--hidden", "32,32", "--layer-norm", "--residual", "--cross-sentence"]
+
+
+@pytest.mark.parametrize("extra", [[], MODERN], ids=["bengio", "fofe-deep"])
+def test_cli_prepare_then_train_eval_score_ngram_equal_the_text_path(tmp_path, run_cli, extra):
     train, valid = SYNTH / "train.txt", SYNTH / "valid.txt"
     code, out, err = run_cli("prepare", train, "-o", tmp_path / "p", "--valid", valid, "--min-count", "2",
                              "--workers", "2", "--json", "-q")
@@ -329,11 +333,12 @@ def test_cli_prepare_then_train_eval_score_ngram_equal_the_text_path(tmp_path, r
     meta = json.loads(out)
     assert meta["part"] == "train" and meta["tokens"] == len(Windows.from_sentences(
         read_sentences(train), Vocabulary.build(read_sentences(train)), 2))
-    code, _, err = run_cli("train", train, "--valid", valid, "-o", tmp_path / "a.npz", "--min-count", "2", *TRAIN)
+    code, _, err = run_cli("train", train, "--valid", valid, "-o", tmp_path / "a.npz", "--min-count", "2", *TRAIN,
+                           *extra)
     assert code == 0, err
     # the recorded cut (--min-count 2) applies without being given again
     code, _, err = run_cli("train", tmp_path / "p" / "train", "--valid", tmp_path / "p" / "valid",
-                           "-o", tmp_path / "b.npz", *TRAIN)
+                           "-o", tmp_path / "b.npz", *TRAIN, *extra)
     assert code == 0, err
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     for k in a.files:

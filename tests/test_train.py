@@ -31,12 +31,16 @@ CONFIGS = {
     "nce": dict(loss="nce", noise_samples=20),
     "adaptive+adam": dict(optimizer="adam", lr=0.003, dropout=0.1),
     "adaptive-tied+sgd": dict(dropout=0.2, weight_decay=1e-4),
+    "fofe-deep+adam-linear": dict(optimizer="adam", lr=0.003, schedule="linear", warmup_steps=10, dropout=0.1),
 }
 # the adaptive softmax (fflm/output.py), untied and tied, for the runs named after it
 MODELS = {
     "adaptive+adam": ModelConfig(order=3, embed_dim=8, hidden=(16,), softmax="adaptive", cutoffs=(30, 80)),
     "adaptive-tied+sgd": ModelConfig(order=3, embed_dim=8, hidden=(8,), softmax="adaptive", cutoffs=(30, 80),
                                      tied=True),
+    # a bag two words long, so the model's span is the data's order 3
+    "fofe-deep+adam-linear": ModelConfig(order=3, embed_dim=8, hidden=(16, 16), fofe=(0.7,), fofe_length=2,
+                                         layer_norm=True, residual=True),
 }
 
 

@@ -59,6 +59,10 @@ from .common import (
               help="History beyond the window: one weighted bag of the previous words' embeddings per "
                    "forgetting factor, the k-th word back weighted ALPHA**k (FOFE, Zhang et al. 2015), fed "
                    "to the first layer beside the window; over the sentence, or across with --cross-sentence.")
+@click.option("--layer-norm", is_flag=True,
+              help="Layer normalisation of what every layer but the first reads, the output layer included.")
+@click.option("--residual", is_flag=True,
+              help="A hidden layer as wide as the one before adds its input to its output (deep networks train).")
 @click.option("--fofe-length", type=click.IntRange(min=0), default=0, show_default=True,
               help="--fofe: the words a bag reads back (0: until ALPHA**L < 0.001).")
 @click.option("--epochs", type=int, default=12, show_default=True, help="At most this many passes over the corpus.")
@@ -77,6 +81,9 @@ from .common import (
               help="Raise the learning rate linearly from 0 over this many first steps.")
 @click.option("--lr-decay", type=float, default=1.0, show_default=True,
               help="Multiply the learning rate by this after every epoch (besides the halving).")
+@click.option("--schedule", type=click.Choice(["halving", "linear", "cosine"]), default="halving", show_default=True,
+              help="The learning rate: halved once validation stalls (Mikolov's), or falling linearly / as a "
+                   "cosine from --lr to 0 over all the run's steps (after --warmup-steps).")
 @click.option("--max-halvings", type=int, default=4, show_default=True,
               help="Stop after this many halvings; halving starts this many epochs before --epochs at the latest.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 penalty on weights and embeddings.")
@@ -114,8 +121,8 @@ from .common import (
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.pass_context
 def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, tail_div,
-          cross_sentence, fofe, fofe_length, epochs, max_steps, shuffle, shuffle_block, shuffle_pool,
-          batch_size, lr, warmup_steps, lr_decay, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
+          cross_sentence, fofe, layer_norm, residual, fofe_length, epochs, max_steps, shuffle, shuffle_block, shuffle_pool,
+          batch_size, lr, warmup_steps, lr_decay, schedule, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
           noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
           encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, precision, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
@@ -170,12 +177,13 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         if preset:  # the preset's values wherever the command line gave none
             names = ("order", "cross_sentence", "embed_dim", "hidden", "tied", "dropout", "embed_dropout",
                      "activation", "lr", "batch_size", "epochs", "weight_decay", "max_halvings", "softmax",
-                     "fofe", "fofe_length")
+                     "fofe", "fofe_length", "layer_norm", "residual", "optimizer", "warmup_steps", "schedule")
             assert set(PRESETS[preset]) <= set(names), "a preset sets an option this list does not apply"
             given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
             p = {**ctx.params, **{k: v for k, v in PRESETS[preset].items() if k not in given}}
             (order, cross_sentence, embed_dim, hidden, tied, dropout, embed_dropout, activation, lr, batch_size,
-             epochs, weight_decay, max_halvings, softmax, fofe, fofe_length) = (p[k] for k in names)
+             epochs, weight_decay, max_halvings, softmax, fofe, fofe_length, layer_norm, residual, optimizer,
+             warmup_steps, schedule) = (p[k] for k in names)
     _check_output(output)
     _check_output(checkpoint)
     if json_log:
@@ -208,9 +216,10 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         config = ModelConfig(order=order, embed_dim=embed_dim, hidden=_parse_hidden(hidden), activation=activation,
                              direct=direct, cross_sentence=cross_sentence, tied=tied, softmax=softmax,
                              cutoffs=_parse_cutoffs(cutoffs), tail_div=tail_div, fofe=_parse_fofe(fofe),
-                             fofe_length=fofe_length)
+                             fofe_length=fofe_length, layer_norm=layer_norm, residual=residual)
         config.check()
         tconfig = training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                                       schedule=schedule,
                                        lr_decay=lr_decay, max_halvings=max_halvings,
                                        weight_decay=weight_decay, optimizer=optimizer, dropout=dropout,
                                        embed_dropout=embed_dropout, loss=loss, noise_samples=noise_samples,
@@ -529,7 +538,7 @@ def info(model_path, as_json):
     click.echo(f"architecture: n={c.order}, embedding {c.embed_dim}, hidden {list(c.hidden) or 'none'}, "
                f"{c.activation}{', direct connections' if c.direct else ''}{', tied embeddings' if c.tied else ''}"
                f"{', cross-sentence contexts' if c.cross_sentence else ''}"
-               f"{_fofe_words(c)}; {summary['parameters']:,} parameters")
+               f"{_fofe_words(c)}{_deep_words(c)}; {summary['parameters']:,} parameters")
     click.echo(_output_layer_line(c, V))
     click.echo(f"precision: weights float32; --precision auto here: {describe_precision(summary['precision_auto'])}")
     click.echo(f"vocabulary: {V} words (min count {model.vocab.min_count}, max {model.vocab.max_size})")
@@ -648,6 +657,10 @@ def _fofe_words(c):
     if not c.fofe:
         return ""
     return f", FOFE bags alpha={','.join(f'{a:g}' for a in c.fofe)} over {c.fofe_length} words"
+
+
+def _deep_words(c):
+    return (", layer norm" if c.layer_norm else "") + (", residual" if c.residual else "")
 
 
 def _output_layer_line(config, V, chosen=False):
