@@ -41,7 +41,7 @@ MAX_FOFE_LENGTH = 512
 def default_fofe_length(alpha, cut=FOFE_CUT):
     """The fewest words L with alpha^L < cut: what a FOFE bag reads back by default.
 
-    >>> default_fofe_length(0.7), fofe_length(0.9)
+    >>> default_fofe_length(0.7), default_fofe_length(0.9)
     (20, 66)
     """
     return min(MAX_FOFE_LENGTH, max(1, math.ceil(math.log(cut) / math.log(alpha))))
