@@ -1,8 +1,9 @@
 """The recipes behind BENCHMARKS.md's best figures, by corpus: `fflm train --preset NAME` sets
 these flags (a flag given on the command line wins). Since issue 16 they add the dual FOFE
 (the history beyond the window) and SGD at 2.0 falling linearly to 0 over a fixed number of
-epochs, where the first presets (BENCHMARKS.md) held 0.5 and halved it once validation stalled. `--softmax auto` keeps the full softmax
-they were measured with on Brown and PTB and takes the adaptive one on larger vocabularies.
+epochs, where the first presets (BENCHMARKS.md) held 0.5 and halved it once validation
+stalled. `--softmax auto` keeps the full softmax they were measured with on Brown and PTB and
+takes the adaptive one on larger vocabularies.
 Keys are `fflm train`'s option names. No imports here, so that `fflm --help` can show them
 without loading numpy."""
 
