@@ -172,6 +172,10 @@ def test_a_preset_sets_its_flags_and_flags_given_win(tmp_path, run_cli, small_co
     assert meta["config"]["embed_dim"] == 8 and meta["config"]["hidden"] == [16, 8]  # given: they win
     assert meta["training"]["config"]["dropout"] == p["dropout"]
     assert meta["training"]["config"]["embed_dropout"] == p["embed_dropout"]
+    # issue 16's additions: the FOFE factors, the rate and its schedule; --epochs given wins
+    assert meta["config"]["fofe"] == [float(a) for a in p["fofe"].split(",")]
+    assert meta["training"]["config"]["lr"] == p["lr"] and meta["training"]["config"]["schedule"] == p["schedule"]
+    assert meta["training"]["config"]["epochs"] == 1 != p["epochs"]
     code, out, _ = run_cli("train", "--help")
     assert f"--preset brown = {preset_flags('brown')}" in out and f"--preset ptb = {preset_flags('ptb')}" in out
 
