@@ -648,6 +648,14 @@ def sgd_update(p, g, lr, weight_decay):
         p[i] -= lr * (g[i] + weight_decay * p[i])
 
 
+@njit(cache=True, parallel=True)
+def add_scaled(out, x, a):
+    """out += a * x over flat arrays: one replica's share of an averaged gradient or model
+    (fflm/distributed.py), without the temporary that numpy's `out += a * x` makes."""
+    for i in prange(out.shape[0]):
+        out[i] += a * x[i]
+
+
 @njit(cache=True)
 def sgd_update_rows(E, dE, rows, count, lr, weight_decay):
     """The same step for the embedding rows in `rows[:count]` only, which are then zeroed in dE.

@@ -274,44 +274,84 @@ class SGD:
 
     def step(self, index, windows, lr, weight_decay, clip):
         """One mini-batch: gather, forward, backward, update. Returns the batch's mean loss."""
-        m, ws = self.model, self.ws
+        ws = self.ws
         B = len(index)
         x, y = ws.x[:B], ws.y[:B]
         windows.gather(index, x, y)
+        loss = self.compute(x, y)
+        self.apply(lr, weight_decay, clip)
+        return loss
+
+    # The step in two halves, so that a data-parallel trainer (fflm/distributed.py) can average
+    # the gradients of several replicas between them.
+    def compute(self, x, y):
+        """Forward and backward on the batch (x, y): the gradient is left in the model's grad and
+        dE (rows[:count]) and, for a sampled objective, the sample's columns. Returns the mean loss."""
+        m, ws = self.model, self.ws
         if self.noise is not None:
-            return self._sampled_step(x, y, lr, weight_decay, clip)
+            loss, self.S = m.sampled_loss_and_grad(x, y, self.noise.draw(), self.noise.log_kq, ws)
+            self.rows, self.count = ws.rows, K.touched_rows(x, ws.mark, ws.rows)
+            return loss
         loss = m.loss_and_grad(x, y, ws)
         if m.config.tied:  # every row of E is an output weight: all of them move
-            rows, count = m.all_rows, len(m.all_rows)
+            self.rows, self.count = m.all_rows, len(m.all_rows)
         else:
-            rows, count = ws.rows, K.touched_rows(x, ws.mark, ws.rows)
+            self.rows, self.count = ws.rows, K.touched_rows(x, ws.mark, ws.rows)
+        return loss
+
+    def apply(self, lr, weight_decay, clip):
+        """The update from the gradient `compute` left (or one put in its place)."""
+        m, rows, count = self.model, self.rows, self.count
+        if self.noise is not None:
+            return self._sampled_apply(lr, weight_decay, clip)
         if clip > 0:
             norm = math.sqrt(float(np.dot(m.grad, m.grad)) + K.sum_squares_rows(m.dE, rows, count))
             if norm > clip:
                 m.grad *= clip / norm
                 K.scale_rows(m.dE, rows, count, clip / norm)
         self.optimizer.update(m, rows, count, lr, weight_decay)
-        return loss
 
-    def _sampled_step(self, x, y, lr, weight_decay, clip):
-        m, ws = self.model, self.ws
-        loss, S = m.sampled_loss_and_grad(x, y, self.noise.draw(), self.noise.log_kq, ws)
-        count = K.touched_rows(x, ws.mark, ws.rows)
+    def sampled_parts(self):
+        """The sampled step's gradient: (hidden weights, hidden biases, dU (H, S), dc (S,)) views."""
+        m, ws, S = self.model, self.ws, self.S
         H = m.U_all.shape[0]
-        dUs, dcs = ws.dUs[: H * S].reshape(H, S), ws.dcs[:S]
-        hidden_w, hidden_b = slice(0, m.U_start), slice(m.n_weights, m.c_start)
+        return (m.grad[: m.U_start], m.grad[m.n_weights : m.c_start], ws.dUs[: H * S].reshape(H, S), ws.dcs[:S])
+
+    def _sampled_apply(self, lr, weight_decay, clip):
+        m, ws, rows, count = self.model, self.ws, self.rows, self.count
+        gw, gb, dUs, dcs = parts = self.sampled_parts()
         if clip > 0:
-            parts = (m.grad[hidden_w], m.grad[hidden_b], dUs.ravel(), dcs)
-            norm = math.sqrt(sum(float(np.dot(g, g)) for g in parts) + K.sum_squares_rows(m.dE, ws.rows, count))
+            norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in parts)
+                             + K.sum_squares_rows(m.dE, rows, count))
             if norm > clip:
                 for g in parts:
                     g *= clip / norm
-                K.scale_rows(m.dE, ws.rows, count, clip / norm)
-        K.sgd_update(m.dense[hidden_w], m.grad[hidden_w], lr, weight_decay)
-        K.sgd_update(m.dense[hidden_b], m.grad[hidden_b], lr, 0.0)
-        K.sgd_update_columns(m.U_all, m.c, dUs, dcs, ws.cols, S, lr, weight_decay)
-        K.sgd_update_rows(m.E, m.dE, ws.rows, count, lr, weight_decay)
-        return loss
+                K.scale_rows(m.dE, rows, count, clip / norm)
+        K.sgd_update(m.dense[: m.U_start], gw, lr, weight_decay)
+        K.sgd_update(m.dense[m.n_weights : m.c_start], gb, lr, 0.0)
+        K.sgd_update_columns(m.U_all, m.c, dUs, dcs, ws.cols, self.S, lr, weight_decay)
+        K.sgd_update_rows(m.E, m.dE, rows, count, lr, weight_decay)
+
+    # A step that runs elsewhere (fflm/distributed.py) brings the state back before the Trainer
+    # reads it and sends it out after the Trainer changed it; here the state is already home.
+    def pull(self):
+        pass
+
+    def push(self):
+        pass
+
+    def worker_streams(self):
+        """The random streams of other workers (fflm/distributed.py); none here."""
+        return []
+
+    def streams(self):
+        """The random streams the step draws from, by name (noise and dropout masks, if used)."""
+        streams = {}
+        if self.noise is not None:
+            streams["noise"] = self.noise.rng
+        if getattr(self.ws, "rng", None) is not None:
+            streams["dropout"] = self.ws.rng
+        return streams
 
 
 def make_noise(model, config):
@@ -396,6 +436,7 @@ class Trainer:
         self.first_step_at = None  # time.time() when this run's first step began
         self.total, self.seen, self.seconds = 0.0, 0, 0.0  # this epoch's loss sum, pairs, time so far
         self.history, self.rollbacks, self.done = [], 0, False
+        self.worker_rng = []  # a distributed run's workers' random streams, from a checkpoint
         self.best = None  # (E, dense): the weights with the best validation perplexity so far
         self.good, self.good_step = self._state_arrays(), 0  # the last state known to be sane, and when
         # a mean loss of twice the uniform model's (ln V; plus ln(k+1) for a sampled objective) means
@@ -406,6 +447,7 @@ class Trainer:
     # --- the state ----------------------------------------------------------------------------
     def _state_arrays(self):
         """Copies of everything a rollback restores: weights and optimizer moments."""
+        self.sgd.pull()
         opt = self.sgd.optimizer
         return [a.copy() for a in (self.model.E, self.model.dense, *opt.dense_state, *opt.E_state)] + [opt.t]
 
@@ -414,8 +456,10 @@ class Trainer:
         *arrays, opt.t = arrays
         for dst, src in zip((self.model.E, self.model.dense, *opt.dense_state, *opt.E_state), arrays):
             dst[...] = src
+        self.sgd.push()
 
     def _finite(self):
+        self.sgd.pull()
         return bool(np.isfinite(self.model.dense).all() and np.isfinite(self.model.E).all())
 
     def _rollback(self, why, on_event):
@@ -516,6 +560,7 @@ class Trainer:
     def _end_epoch(self, on_event):
         config, model = self.config, self.model
         start = time.perf_counter()
+        self.sgd.pull()  # a distributed step's replicas hand back the weights they trained
         if not self._finite():
             self._rollback("the weights became NaN or infinite", on_event)
         valid_ppl = evaluate_ppl(model, self.valid)
@@ -546,6 +591,7 @@ class Trainer:
                 model.E[...], model.dense[...] = self.best
             stop = self.schedule.update(valid_ppl, config.epochs - self.epoch)
         self.schedule.end_epoch()
+        self.sgd.push()  # the best weights, where validation went back to them
         self.good, self.good_step = self._state_arrays(), self.steps  # finite: checked or rolled back above
         self.order, self.batch = None, 0
         self.epoch += 1
@@ -554,12 +600,7 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------------
     def _streams(self):
         """The run's random streams by name: shuffling, and noise and dropout masks if used."""
-        streams = {"shuffle": self.rng}
-        if self.sgd.noise is not None:
-            streams["noise"] = self.sgd.noise.rng
-        if getattr(self.sgd.ws, "rng", None) is not None:
-            streams["dropout"] = self.sgd.ws.rng
-        return streams
+        return {"shuffle": self.rng, **self.sgd.streams()}
 
     def save_checkpoint(self, path, meta=None):
         """Write the whole state to `path` (an .npz without pickle), atomically."""
@@ -567,6 +608,7 @@ class Trainer:
 
         from .fileio import atomic_write
 
+        self.sgd.pull()
         opt = self.sgd.optimizer
         arrays = {"E": self.model.E, "dense": self.model.dense}
         for i, a in enumerate(opt.dense_state):
@@ -594,6 +636,7 @@ class Trainer:
             "optimizer_t": opt.t, "good_t": good_t,
             "schedule": {"lr": self.schedule.lr, "best": self.schedule.best, "halvings": self.schedule.halvings},
             "rng": {name: r.bit_generator.state for name, r in self._streams().items()},
+            "worker_rng": self.sgd.worker_streams(),
             "meta": meta or {},
         }
         arrays["state"] = np.array(json.dumps(state, ensure_ascii=False))
@@ -672,6 +715,7 @@ class Trainer:
             s = state["schedule"]
             trainer.schedule.lr, trainer.schedule.best, trainer.schedule.halvings = (
                 float(s["lr"]), float(s["best"]), int(s["halvings"]))
+            trainer.worker_rng = list(state.get("worker_rng", []))
             rngs = trainer._streams()
             if set(state["rng"]) != set(rngs):
                 raise FflmError(f"{path}: the checkpoint's random streams do not match its configuration")

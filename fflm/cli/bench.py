@@ -112,6 +112,45 @@ def bench_recipe(corpus, data_dir, threads, seeds, as_json, extra):
 
 
 
+@bench.command("ray")
+@click.argument("corpus", metavar="CORPUS", type=click.Choice(sorted(PRESETS)), default="brown")
+@click.option("--config", "config_name", type=click.Choice(["small", "base", "preset"]), default="preset",
+              show_default=True, help="The model: the corpus's preset, or the speed benchmark's small / base.")
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Stop each run after this many steps (0: the epochs), for per-step figures alone.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="The one process's threads; each worker gets threads / workers.")
+@click.option("--sync-every", default="1,8", show_default=True, metavar="K,K",
+              help="The --sync-every values to run on Ray.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def bench_ray(corpus, config_name, data_dir, epochs, max_steps, workers, threads, sync_every, as_json, extra):
+    """The same training in one process and on Ray workers, same model and global batch: tokens/s,
+    validation perplexity, and per step compute, averaging and bytes (options after -- go to
+    fflm train).
+
+    \b
+    Example (the figures of BENCHMARKS.md's "More than one machine"):
+      fflm bench ray brown --sync-every 1,8,32 --json
+    """
+    from ..bench import recipe_paths
+    from ..benchray import format_ray_bench, run_ray_bench
+
+    try:
+        ks = tuple(int(k) for k in sync_every.split(","))
+    except ValueError:
+        raise FflmError(f"--sync-every takes whole numbers separated by commas, not {sync_every!r}") from None
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    for path in recipe_paths(data_dir, corpus):
+        if not os.path.isfile(path):
+            raise FflmError(f"{path}: not found; pass --data or set FFLM_DATA")
+    result = run_ray_bench(data_dir, corpus, config_name, epochs, workers, threads, ks, max_steps, extra=extra)
+    _echo_json(result) if as_json else click.echo(format_ray_bench(result))
+
+
 @bench.command("corpus")
 @click.option("--tokens", "sizes", default="1000000,10000000,100000000", show_default=True,
               help="Training tokens of each synthetic corpus (valid and test get a tenth each).")
