@@ -151,6 +151,47 @@ def bench_ray(corpus, config_name, data_dir, epochs, max_steps, workers, threads
     _echo_json(result) if as_json else click.echo(format_ray_bench(result))
 
 
+@bench.command("scaling")
+@click.argument("measured", metavar="RAY_JSON")
+@click.option("--network", type=click.Choice(["allgather", "ring"]), default="allgather", show_default=True,
+              help="How contributions travel: fflm's all-gather through the object store, or a ring all-reduce.")
+@click.option("--nodes", default="1,2,4,8,16,32,64", show_default=True, metavar="N,N")
+@click.option("--cores", default="2,16", show_default=True, metavar="C,C", help="Cores a node.")
+@click.option("--gbps", default="10,100", show_default=True, metavar="G,G", help="Network speeds in Gb/s.")
+@click.option("--plot", "plot_path", default=None, help="Write the predicted speed-up against nodes here (PNG, SVG, PDF).")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+def bench_scaling(measured, network, nodes, cores, gbps, plot_path, as_json):
+    """Predict tokens/s on N nodes from the figures of `fflm bench ray --json` (fflm/scaling.py
+    says how: the measured step, averaging, bytes and overhead, and the network).
+
+    \b
+    Example:
+      fflm bench ray brown --json > ray.json && fflm bench scaling ray.json --plot scaling.png
+    """
+    import json
+
+    from ..scaling import format_scaling, half_efficiency, plot_scaling, predict, stops_paying
+
+    try:
+        with open(measured, encoding="utf-8") as f:
+            result = json.load(f)
+        parse = lambda text, kind: tuple(kind(x) for x in text.split(","))  # noqa: E731
+        rows = predict(result, parse(nodes, int), parse(cores, int), parse(gbps, float), network)
+    except OSError as e:
+        raise FflmError(f"{measured}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise FflmError(f"{measured}: not the JSON of `fflm bench ray` ({type(e).__name__}: {e})") from None
+    if plot_path:
+        plot_scaling(rows, plot_path, f"fflm train --ray, predicted ({network})")
+    if as_json:
+        key = lambda k: f"K={k[0]} cores={k[1]} gbps={k[2]:g}"  # noqa: E731
+        _echo_json({"network": network, "rows": rows,
+                    "most_nodes_worth_having": {key(k): v for k, v in stops_paying(rows).items()},
+                    "half_efficiency_at": {key(k): v for k, v in half_efficiency(rows).items()}})
+    else:
+        click.echo(format_scaling(rows))
+
+
 @bench.command("corpus")
 @click.option("--tokens", "sizes", default="1000000,10000000,100000000", show_default=True,
               help="Training tokens of each synthetic corpus (valid and test get a tenth each).")
