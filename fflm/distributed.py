@@ -39,11 +39,9 @@ class WorkerLost(FflmError):
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise FflmError("--ray needs Ray: pip install 'fflm[ray]'") from None
-    return ray
+    from .cluster import ray_module
+
+    return ray_module()
 
 
 def worker_seed(seed, rank):
@@ -228,21 +226,6 @@ class Replica:
         self.begin_window()
 
 
-def _check_reachable(address, timeout=5.0):
-    """A one-line error now for a host:port nothing answers on (Ray would keep retrying)."""
-    import socket
-
-    if address == "auto" or address.startswith("ray://"):
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
-    except ValueError:
-        raise FflmError(f"--ray {address}: not an address (host:port, or auto)") from None
-    except OSError as e:
-        raise FflmError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
-
-
 def _weighted_sum(out, terms):
     """out = sum of w * x over terms, in their order; one term of weight 1 is copied exactly."""
     (w0, x0), rest = terms[0], terms[1:]
@@ -289,22 +272,9 @@ class RaySGD:
         self.local, self.model, self.optimizer = local, local.model, local.optimizer
         self.noise, self.ws = local.noise, local.ws
         self.config, self.n, self.K = config, workers, sync_every
-        self.started_ray = False
-        if not ray.is_initialized():
-            import logging
+        from .cluster import connect
 
-            options = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-            if address in (None, "local"):
-                options["num_cpus"] = max(workers * threads, os.cpu_count() or 1)
-            else:
-                _check_reachable(address)  # ray.init would retry for minutes
-                options["address"] = address
-            options.update(ray_init or {})
-            try:
-                ray.init(**options)
-            except (ConnectionError, ValueError, RuntimeError) as e:
-                raise FflmError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
-            self.started_ray = True
+        self.started_ray = connect(address, max(workers * threads, os.cpu_count() or 1), ray_init)
         need = workers * threads
         have = int(ray.cluster_resources().get("CPU", 0))
         if need > have:

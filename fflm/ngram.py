@@ -92,6 +92,75 @@ def _count(ids, V, order):
     return tables
 
 
+def _count_shard(job):
+    """One shard's n-grams, orders 1..order, in _count's layout but numbered within the shard
+    (keys: index of the (k-1)-gram prefix in the shard's table * V + word): (keys, raw) per order."""
+    ids, V, order = job
+    ids64 = np.asarray(ids).astype(np.int64)
+    pos = _position_in_sentence(ids64)
+    is_target = ids64 != Vocabulary.BOS_ID
+    out = [(None, np.bincount(ids64[is_target], minlength=V))]
+    ending = ids64
+    for k in range(2, order + 1):
+        p = np.flatnonzero(is_target & (pos >= k - 1))
+        keys, inverse, raw = np.unique(ending[p - 1] * V + ids64[p], return_inverse=True, return_counts=True)
+        out.append((keys, raw))
+        ending = np.full(len(ids64), -1, dtype=np.int64)
+        ending[p] = inverse.reshape(-1)
+    return out
+
+
+def _count_sharded(ids, V, order, shards, address=None):
+    """_count's tables, counted in `shards` pieces of whole sentences as Ray tasks and merged
+    order by order (a shard's k-gram keys renumbered through the merged (k-1)-gram table):
+    equal, array for array, to _count(ids, V, order). The merge and what follows run here."""
+    from .cluster import map_ordered
+
+    starts = np.flatnonzero((ids == Vocabulary.BOS_ID) & (np.concatenate(([Vocabulary.EOS_ID], ids[:-1]))
+                                                          != Vocabulary.BOS_ID))
+    cuts = sorted({0, len(ids)} | {int(starts[np.searchsorted(starts, len(ids) * i // shards)])
+                                   for i in range(1, shards) if np.searchsorted(starts, len(ids) * i // shards)
+                                   < len(starts)})
+    jobs = [(ids[a:b], V, order) for a, b in zip(cuts, cuts[1:])]
+    parts = [counted for _, counted in map_ordered(_count_shard, jobs, len(jobs), address)]
+    tables = [{"keys": np.arange(V, dtype=np.int64), "raw": sum(p[0][1] for p in parts),
+               "bos": np.arange(V) == Vocabulary.BOS_ID}]
+    renumber = [np.arange(V, dtype=np.int64)] * len(parts)  # each shard's (k-1)-gram index -> the merged one
+    for k in range(2, order + 1):
+        local = [p[k - 1] for p in parts]
+        merged = np.concatenate([r[keys // V] * V + keys % V for r, (keys, _) in zip(renumber, local)])
+        if len(merged) == 0:
+            longest = int(_position_in_sentence(ids).max())
+            raise FflmError(
+                f"order {order} is larger than any sentence allows (the longest has {longest - 1} words "
+                f"plus </s>, so n-grams stop at order {longest + 1 if longest else 1})"
+            )
+        keys, inverse = np.unique(merged, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        raw = np.bincount(inverse, weights=np.concatenate([r for _, r in local]), minlength=len(keys))
+        bounds = np.cumsum([0] + [len(keys_) for keys_, _ in local])
+        renumber = [inverse[a:b] for a, b in zip(bounds, bounds[1:])]
+        prefix = keys // V
+        below = tables[-1]
+        # the suffix (k-1)-gram: the prefix's own suffix followed by the last word
+        suffix = keys % V if k == 2 else _find(below["keys"], below["suffix"][prefix] * V + keys % V)
+        tables.append({"keys": keys, "raw": raw.astype(np.int64), "prefix": prefix, "suffix": suffix,
+                       "bos": below["bos"][prefix]})
+    return tables
+
+
+def _count_ray(ids, V, order, address, shards=0):
+    from .cluster import connect, ray_module
+
+    started = connect(address)
+    try:
+        shards = shards or 2 * int(ray_module().cluster_resources().get("CPU", 1))
+        return _count_sharded(ids, V, order, shards)
+    finally:
+        if started:
+            ray_module().shutdown()
+
+
 def _kenlm_last_ngrams(ids, V, tables):
     """Per lower order, the index of the n-gram KenLM's lmplz meets last (or -1).
 
@@ -226,7 +295,8 @@ class NGramLM(LanguageModel):
     # --- estimation ----------------------------------------------------------------------
     @classmethod
     def estimate(
-        cls, windows, vocab, order, smoothing="kn", k=1.0, discount_fallback=FALLBACK_DISCOUNTS, kenlm_compat=True
+        cls, windows, vocab, order, smoothing="kn", k=1.0, discount_fallback=FALLBACK_DISCOUNTS, kenlm_compat=True,
+        ray=None, shards=0,
     ):
         """Estimate from a Windows stream (only its sentence structure and ids are used).
 
@@ -236,6 +306,8 @@ class NGramLM(LanguageModel):
         kenlm_compat: count-of-counts exactly as KenLM's lmplz takes them (see
         _kenlm_last_ngrams); False gives the textbook statistic. The two differ by one
         n-gram per order, a change of about 1e-3 in the discounts.
+        ray: count in `shards` pieces (default: two per CPU of the cluster) as Ray tasks ("local",
+        or a cluster's address); the same model, entry for entry.
         """
         if not 1 <= order <= MAX_ORDER:
             raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
@@ -246,7 +318,10 @@ class NGramLM(LanguageModel):
         V = len(vocab)
         if len(windows) == 0:
             raise FflmError("cannot estimate an n-gram model from an empty corpus")
-        tables = _count(windows.ids, V, order)
+        if ray:
+            tables = _count_ray(windows.ids, V, order, ray, shards)
+        else:
+            tables = _count(windows.ids, V, order)
         if smoothing == "kn":
             last = _kenlm_last_ngrams(windows.ids, V, tables) if kenlm_compat else [-1] * order
             return cls._kneser_ney(vocab, order, tables, discount_fallback, last)

@@ -211,7 +211,8 @@ def _renumbering(words, vocab):
 
 
 def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_BYTES, force=False, progress=None,
-            valid=(), test=(), valid_share=0.0, test_share=0.0, seed=1, min_count=1, max_size=None, segment=0):
+            valid=(), test=(), valid_share=0.0, test_share=0.0, seed=1, min_count=1, max_size=None, segment=0,
+            ray=None):
     """Tokenise `sources` (text files, plain or .gz/.bz2/.xz, or nltk:NAME; one after another
     make one corpus) into the prepared `folder` (see the module docstring), with `workers`
     processes; returns what prepared.json says (of train/, when there is held-out text).
@@ -220,7 +221,9 @@ def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_B
     one part, seeded). `min_count`/`max_size` are recorded as the vocabulary cut training uses
     by default; the ids keep every word, so any other cut can be taken later. `segment` N > 0
     cuts every line into sentences of at most N tokens (text8 and other one-line corpora).
-    The folder appears whole or not at all; an existing one is replaced only with `force`."""
+    The folder appears whole or not at all; an existing one is replaced only with `force`.
+    `ray`: tokenise the chunks as Ray tasks instead ("local", or a cluster's address): the same
+    folder, byte for byte."""
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     valid, test = _as_list(valid), _as_list(test)
     if not sources:
@@ -251,9 +254,14 @@ def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_B
         tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(os.path.abspath(folder)) + ".")
     except OSError as e:
         raise FflmError(f"{folder}: cannot write: {e.strerror}") from None
+    started = False
     try:
+        if ray:
+            from .cluster import connect
+
+            started = connect(ray)
         meta = _prepare_into(tmp, sources, valid, test, valid_share, test_share, seed, min_count, max_size,
-                             segment, config, workers, chunk_bytes, progress)
+                             segment, config, "ray" if ray else workers, chunk_bytes, progress)
         os.chmod(tmp, 0o777 & ~_umask())
         if os.path.exists(folder):  # replace: move the old one aside first, then drop it
             old = tempfile.mkdtemp(dir=parent, prefix=".old.")
@@ -268,6 +276,11 @@ def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_B
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if started:
+            import ray as ray_
+
+            ray_.shutdown()
     return meta
 
 
@@ -289,7 +302,7 @@ def _read_into(merger, source, config, workers, chunk_bytes, bar):
         merger.add((blob, np.bincount(local, minlength=len(index)), local, lengths), False, True)
         return {"path": source_name(source), "sha256": fingerprint(source)}
     compressed = _opener(source) is not open
-    if os.path.getsize(source) * (4 if compressed else 1) < PARALLEL_CHUNKS * chunk_bytes:
+    if workers != "ray" and os.path.getsize(source) * (4 if compressed else 1) < PARALLEL_CHUNKS * chunk_bytes:
         workers = 1  # starting the pool would cost more than it saves (the result is the same)
     sha = None if compressed else hashlib.sha256()
     jobs = ((data, os.fspath(source), line, config.to_dict(), line == 1 and not inside, inside, ends)
@@ -429,8 +442,16 @@ def _write_json(path, obj):
 
 
 def _map_ordered(jobs, workers):
-    """(job, _tokenize(job)) in order, over `workers` processes, with at most two chunks per
-    worker in flight (Pool.imap would read the whole file ahead into its queue)."""
+    """(job, _tokenize(job)) in order, over `workers` processes (or "ray": Ray tasks on the
+    cluster `prepare` joined), with at most two chunks per worker in flight (Pool.imap would
+    read the whole file ahead into its queue)."""
+    if workers == "ray":
+        import ray
+
+        from .cluster import map_ordered
+
+        yield from map_ordered(_tokenize, jobs, 2 * int(ray.cluster_resources().get("CPU", 1)), arg=lambda j: j[:5])
+        return
     if workers <= 1:
         for job in jobs:
             yield job, _tokenize(job[:5])

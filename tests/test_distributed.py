@@ -229,3 +229,44 @@ def test_the_cli_refuses_more_workers_than_the_cluster_has(run_cli, tmp_path):
                            "--ray", "--workers", "3", "--threads", "1", "-q")
     assert code == 1 and err.count("\n") == 1 and "3 workers of 1 thread(s) need 3 CPUs" in err
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_prepare_on_ray_writes_the_same_folder_byte_for_byte(tmp_path):
+    from conftest import SYNTH
+    from fflm.prepared import prepare
+
+    for name, ray_address in (("plain", None), ("ray", "local")):  # "local": the module's Ray, already up
+        prepare([SYNTH / "train.txt", SYNTH / "valid.txt"], tmp_path / name, chunk_bytes=997, ray=ray_address,
+                valid_share=0.1, seed=4)
+    files = sorted(p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").rglob("*") if p.is_file())
+    assert len(files) == 6  # train/ and valid/, each with its ids, vocabulary and manifest
+    for f in files:
+        assert (tmp_path / "ray" / f).read_bytes() == (tmp_path / "plain" / f).read_bytes(), f
+    assert ray.is_initialized()  # a Ray it did not start is left running
+
+
+@pytest.mark.parametrize("shards", [1, 3, 16])
+def test_counting_in_shards_on_ray_gives_the_same_tables(shards):
+    from conftest import shared_path
+    from fflm import read_sentences
+    from fflm.ngram import _count, _count_sharded
+
+    sentences = read_sentences(shared_path("brown", "valid.txt"))
+    vocab = Vocabulary.build(sentences)
+    ids = Windows.from_sentences(sentences, vocab, 5).ids
+    whole, sharded = _count(ids, len(vocab), 5), _count_sharded(ids, len(vocab), 5, shards)
+    assert len(whole) == len(sharded) == 5
+    for a, b in zip(whole, sharded):
+        assert set(a) == set(b)
+        for name in a:
+            assert np.array_equal(a[name], b[name]), name
+
+
+def test_ngram_train_on_ray_writes_the_same_arpa(run_cli, tmp_path):
+    from conftest import shared_path
+
+    train = shared_path("brown", "train.txt")
+    code, _, _ = run_cli("ngram", "train", train, "-o", tmp_path / "a.arpa", "--order", "4", "-q")
+    code_ray, _, _ = run_cli("ngram", "train", train, "-o", tmp_path / "r.arpa", "--order", "4", "--ray", "-q")
+    assert code == code_ray == 0
+    assert (tmp_path / "a.arpa").read_bytes() == (tmp_path / "r.arpa").read_bytes()

@@ -81,6 +81,15 @@ def test_training_on_a_cluster_of_two_nodes(tmp_path, two_nodes):
     refused = fflm(*train_args(tmp_path / "d.npz"), "--ray", two_nodes, "--workers", "3", "-q")
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "the Ray cluster has 2" in refused.stderr
     assert not (tmp_path / "d.npz").exists()
+    # the data steps on the same cluster: the same folder, the same ARPA file
+    for ray_args, name in (((), "plain"), (("--ray", two_nodes), "ray")):
+        prep = fflm("prepare", SYNTH / "train.txt", "-o", tmp_path / f"p-{name}", "-q", *ray_args)
+        arpa = fflm("ngram", "train", SYNTH / "train.txt", "-o", tmp_path / f"{name}.arpa", "--order", "4", "-q",
+                    *ray_args)
+        assert prep.returncode == 0 and arpa.returncode == 0, prep.stderr + arpa.stderr
+    for f in ("ids.bin", "vocab.json", "prepared.json"):
+        assert (tmp_path / "p-ray" / f).read_bytes() == (tmp_path / "p-plain" / f).read_bytes()
+    assert (tmp_path / "ray.arpa").read_bytes() == (tmp_path / "plain.arpa").read_bytes()
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path):

@@ -157,11 +157,14 @@ def data_split(corpus, output, valid, test, seed, tokenizer, lowercase, encoding
 @text_options
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes tokenising in parallel (0: one per core); the result is the same for any number.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Tokenise the chunks as Ray tasks: --ray alone on a local Ray, --ray ADDRESS on a cluster "
+                   "(pip install 'fflm[ray]'); the same folder, byte for byte.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it is a prepared corpus already.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def prepare_(corpus, output, valid_files, test_files, valid_share, test_share, seed, min_count, max_vocab, segment,
-             tokenizer, lowercase, encoding_errors, workers, force, as_json, quiet):
+             tokenizer, lowercase, encoding_errors, workers, ray_address, force, as_json, quiet):
     """Tokenise CORPUS (files, plain or .gz/.bz2/.xz, or nltk:NAME; several make one corpus)
     once into OUTPUT: memory-mapped token ids, the vocabulary and a manifest.
 
@@ -183,7 +186,7 @@ def prepare_(corpus, output, valid_files, test_files, valid_share, test_share, s
     meta = prepare(list(corpus), output, config=text, workers=workers or (os.cpu_count() or 1), force=force,
                    progress=_progress(quiet), valid=list(valid_files), test=list(test_files),
                    valid_share=valid_share, test_share=test_share, seed=seed, min_count=min_count,
-                   max_size=max_vocab, segment=segment)
+                   max_size=max_vocab, segment=segment, ray=ray_address)
     seconds = time.perf_counter() - start
     held_out = bool(valid_files or test_files or valid_share or test_share)
     if as_json:

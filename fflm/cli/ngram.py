@@ -48,10 +48,13 @@ def ngram():
 )
 @click.option("--no-fallback", is_flag=True, help="Make unestimable discounts an error instead.")
 @click.option("--exact-discounts", is_flag=True, help="Textbook count-of-counts instead of KenLM's (differs ~1e-3).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Count in shards of whole sentences as Ray tasks (--ray alone: a local Ray; --ray ADDRESS: a "
+                   "cluster), merged here: the same model, entry for entry (pip install 'fflm[ray]').")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 def ngram_train(corpus, output, order, smoothing, add_k, min_count, max_vocab, tokenizer, lowercase,
-                encoding_errors, discount_fallback, no_fallback, exact_discounts, as_json, quiet):
+                encoding_errors, discount_fallback, no_fallback, exact_discounts, ray_address, as_json, quiet):
     """Estimate an n-gram model from CORPUS (one sentence per line) and write it as ARPA.
 
     \b
@@ -73,6 +76,7 @@ def ngram_train(corpus, output, order, smoothing, add_k, min_count, max_vocab, t
         lm = NGramLM.estimate(
             windows, vocab, order, smoothing=smoothing, k=add_k,
             discount_fallback=None if no_fallback else discount_fallback, kenlm_compat=not exact_discounts,
+            ray=ray_address,
         )
         lm.meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
         steps.update()
