@@ -144,35 +144,42 @@ class Replica:
         t2 = time.perf_counter()
         self.stats["compute_s"] += t2 - t1
         if out is not None:
-            self.stats["bytes_out"] += _nbytes(out)
+            self.stats["bytes_out"] += _nbytes(out)  # what Ray copies into the object store
         return loss, out
 
     # --- gradient averaging ----------------------------------------------------------------------
     def _gradient(self, weight):
-        """This worker's gradient, to publish (copies: the buffers are reused). An empty share
-        publishes its weight 0 and nothing else."""
+        """This worker's gradient, to publish: views of its buffers (Ray copies a method's results
+        into the object store as it returns, before the next call can touch them). The rows E's
+        gradient has: None for all of them (a tied output layer). An empty share publishes its
+        weight 0 and nothing else."""
         sgd, m = self.sgd, self.model
-        rows = np.array(sgd.rows[: sgd.count])
-        dE = m.dE[rows]
+        every = sgd.count == len(m.E)
+        rows = None if every else np.array(sgd.rows[: sgd.count])
+        dE = m.dE if every else m.dE[rows]
         if weight == 0:
-            return ("none", 0.0, None, None, np.empty(0, np.int64), None, None, rows, dE)
+            return ("none", 0.0, None, None, np.empty(0, np.int64), None, None, np.empty(0, np.int64), dE[:0])
         if sgd.noise is None:
-            return ("full", weight, m.grad.copy(), None, None, None, None, rows, dE)
+            return ("full", weight, m.grad, None, None, None, None, rows, dE)
         gw, gb, dUs, dcs = sgd.sampled_parts()
-        return ("sampled", weight, gw.copy(), gb.copy(), np.array(sgd.ws.cols[: sgd.S]), dUs.copy(), dcs.copy(),
-                rows, dE)
+        return ("sampled", weight, gw, gb, sgd.ws.cols[: sgd.S], dUs, dcs, rows, dE)
 
     def _merge_gradients(self, parts):
         """The weighted sum of every worker's gradient, in rank order, into this replica's buffers
         (the same arithmetic on every worker, so the replicas stay equal)."""
         sgd, m = self.sgd, self.model
-        rows = np.unique(np.concatenate([p[-2] for p in parts]))
-        m.dE[rows] = 0.0
-        for p in parts:
-            if len(p[-2]):
-                m.dE[p[-2]] += m.dtype.type(p[1]) * p[-1]
-        sgd.rows, sgd.count = rows, len(rows)
         live = [p for p in parts if p[0] != "none"]
+        if all(p[-2] is None for p in live):  # every row: one dense sum
+            _weighted_sum(m.dE.reshape(-1), [(p[1], p[-1].reshape(-1)) for p in live])
+            sgd.rows, sgd.count = np.arange(len(m.E), dtype=np.int64), len(m.E)
+        else:
+            rows = [np.arange(len(m.E), dtype=np.int64) if p[-2] is None else p[-2] for p in parts]
+            union = np.unique(np.concatenate(rows))
+            m.dE[union] = 0.0
+            for p, r in zip(parts, rows):
+                if len(r):
+                    m.dE[r] += m.dtype.type(p[1]) * p[-1]
+            sgd.rows, sgd.count = union, len(union)
         if live[0][0] == "full":
             _weighted_sum(m.grad, [(p[1], p[2]) for p in live])
             return
@@ -180,13 +187,13 @@ class Replica:
         _weighted_sum(m.grad[m.n_weights : m.c_start], [(p[1], p[3]) for p in live])
         cols = np.unique(np.concatenate([p[4] for p in live]))
         S, H = len(cols), m.U_all.shape[0]
-        sgd.ws.cols[:S], sgd.S = cols, S
         dUs, dcs = sgd.ws.dUs[: H * S].reshape(H, S), sgd.ws.dcs[:S]
         dUs[...], dcs[...] = 0.0, 0.0
         for p in live:
             at = np.searchsorted(cols, p[4])
             dUs[:, at] += m.dtype.type(p[1]) * p[5]
             dcs[at] += m.dtype.type(p[1]) * p[6]
+        sgd.ws.cols[:S], sgd.S = cols, S  # after the parts were read: this worker's own may view ws.cols
 
     # --- model averaging (local SGD) -------------------------------------------------------------
     def _mark_moved(self):
@@ -195,16 +202,19 @@ class Replica:
             self.moved[np.asarray(sgd.rows[: sgd.count])] = 1
 
     def _model(self):
-        """This replica's weights to average: the dense part whole, E's rows that moved."""
+        """This replica's weights to average (views, as `_gradient`'s): the dense part whole, E's
+        rows that moved (None: all of them, as a tied output layer moves every step)."""
         m, opt = self.model, self.sgd.optimizer
+        if m.config.tied or self.moved.all():
+            return ("model", m.dense, opt.dense_state, None, m.E, opt.E_state)
         rows = np.flatnonzero(self.moved).astype(np.int64)
-        return ("model", m.dense.copy(), [a.copy() for a in opt.dense_state], rows, m.E[rows],
-                [a[rows] for a in opt.E_state])
+        return ("model", m.dense, opt.dense_state, rows, m.E[rows], [a[rows] for a in opt.E_state])
 
     def begin_window(self):
-        """Remember E (and its optimizer rows) as the average left them."""
+        """Remember E (and its optimizer rows) as the average left them: what a row's change is
+        measured from (not needed where every row moves every step)."""
         opt = self.sgd.optimizer
-        self.synced = [self.model.E.copy()] + [a.copy() for a in opt.E_state]
+        self.synced = None if self.model.config.tied else [self.model.E.copy()] + [a.copy() for a in opt.E_state]
         self.moved[...] = 0
 
     def _average(self, parts):
@@ -213,16 +223,24 @@ class Replica:
         _mean(m.dense, [p[1] for p in parts], n)
         for i, a in enumerate(opt.dense_state):
             _mean(a, [p[2][i] for p in parts], n)
+        targets = (m.E, *opt.E_state)
+        if all(p[3] is None for p in parts):  # every row moved: the plain mean
+            for k, target in enumerate(targets):
+                _mean(target.reshape(-1), [(p[4] if k == 0 else p[5][k - 1]).reshape(-1) for p in parts], n)
+            self.begin_window()
+            return
         # a row no worker moved is equal everywhere already; a moved one is the synced value
         # plus the mean of every worker's change (zero for the workers that left it)
-        rows = np.unique(np.concatenate([p[3] for p in parts]))
-        for k, (target, synced) in enumerate(zip((m.E, *opt.E_state), self.synced)):
-            delta = np.zeros((len(rows), target.shape[1]), dtype=np.float64)
-            for p in parts:
-                at = np.searchsorted(rows, p[3])
+        V = len(m.E)
+        rows = [np.arange(V, dtype=np.int64) if p[3] is None else p[3] for p in parts]
+        union = np.unique(np.concatenate(rows))
+        for k, (target, synced) in enumerate(zip(targets, self.synced)):
+            delta = np.zeros((len(union), target.shape[1]), dtype=target.dtype)
+            for p, r in zip(parts, rows):
                 values = p[4] if k == 0 else p[5][k - 1]
-                delta[at] += values - synced[p[3]]
-            target[rows] = synced[rows] + delta / n
+                delta[np.searchsorted(union, r)] += values - synced[r]
+            delta *= target.dtype.type(1.0 / n)
+            target[union] = synced[union] + delta
         self.begin_window()
 
 

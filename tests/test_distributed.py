@@ -3,6 +3,7 @@ bit, N workers follow the global batch, local SGD averages models, checkpoints r
 killed worker stops the run with its last checkpoint intact. A local Ray of two CPUs serves the
 module (tests/test_ray_cluster.py starts a cluster of two nodes)."""
 
+import copy
 import hashlib
 import math
 import os
@@ -18,6 +19,7 @@ from fflm.model import FFNNLM, ModelConfig
 from fflm.train import Interrupted, TrainConfig, Trainer, set_threads
 
 SMALL = ModelConfig(order=3, embed_dim=8, hidden=(16,))
+TIED = ModelConfig(order=3, embed_dim=8, hidden=(8,), tied=True)
 ADAPTIVE_TIED = ModelConfig(order=3, embed_dim=8, hidden=(8,), softmax="adaptive", cutoffs=(30, 80), tied=True)
 FOFE_DEEP = ModelConfig(order=3, embed_dim=8, hidden=(16, 16), fofe=(0.7,), fofe_length=2, layer_norm=True,
                         residual=True)
@@ -90,9 +92,10 @@ def test_two_workers_follow_the_one_process_run_of_the_global_batch(data, name):
     assert two.history[0]["train_loss"] == pytest.approx(alone.history[0]["train_loss"], rel=1e-5)
 
 
-def test_local_sgd_averages_the_replicas_into_one_model_that_learns(data):
-    sync = run(make(data, SMALL, {}, epochs=2))
-    t = make(data, SMALL, {}, epochs=2)
+@pytest.mark.parametrize("model_config", [SMALL, TIED], ids=["untied", "tied"])
+def test_local_sgd_averages_the_replicas_into_one_model_that_learns(data, model_config):
+    sync = run(make(data, model_config, {}, epochs=2))
+    t = make(data, model_config, {}, epochs=2)
     sgd = distribute(t, 2, sync_every=4)
     try:
         t.run()
@@ -122,9 +125,10 @@ def replicas(data, n=2, sync_every=4, options=None, model_config=SMALL):
     return model, out
 
 
-def test_model_averaging_is_the_mean_of_the_replicas(data):
+@pytest.mark.parametrize("model_config", [SMALL, TIED], ids=["rows-that-moved", "tied-all-rows"])
+def test_model_averaging_is_the_mean_of_the_replicas(data, model_config):
     _, tw, _ = data
-    model, reps = replicas(data)
+    model, reps = replicas(data, model_config=model_config)
     rng = np.random.default_rng(0)
     for rep in reps:  # two different local steps each
         for _ in range(2):
@@ -132,12 +136,16 @@ def test_model_averaging_is_the_mean_of_the_replicas(data):
             rep.step({"x": x, "y": y, "weight": 0.5, "lr": 0.5, "weight_decay": 0.0, "clip": 0.0})
     E = [rep.model.E.copy() for rep in reps]
     dense = [rep.model.dense.copy() for rep in reps]
-    parts = [rep.step({"publish": True})[1] for rep in reps]
+    # what the object store would hold: copies (a replica publishes views of its own arrays)
+    parts = [copy.deepcopy(rep.step({"publish": True})[1]) for rep in reps]
     for rep in reps:
         rep.step({}, *parts)
     mean_E, mean_dense = (E[0] + E[1]) / 2, (dense[0] + dense[1]) / 2
     moved = (E[0] != model.E).any(axis=1) | (E[1] != model.E).any(axis=1)
-    assert 0 < moved.sum() < len(moved)  # some rows moved, others not: both cases are checked
+    if model_config.tied:  # the output layer moves every row
+        assert moved.all()
+    else:  # some rows moved, others not: both cases are checked
+        assert 0 < moved.sum() < len(moved)
     for rep in reps:
         np.testing.assert_allclose(rep.model.dense, mean_dense, rtol=0, atol=1e-6)
         np.testing.assert_allclose(rep.model.E, mean_E, rtol=0, atol=1e-6)
