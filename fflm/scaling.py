@@ -149,5 +149,5 @@ def format_scaling(rows):
         groups.setdefault((r["sync_every"], r["cores"], r["gbps"]), []).append(r)
     for (K, c, g), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["nodes"])
-        lines.append(f"{K:<3} {c:>5}  {g:>4}  " + "  ".join(f"{r['tokens_per_s']:>9,}" for r in rs))
+        lines.append(f"{K:<3} {c:>5}  {g:>4g}  " + "  ".join(f"{r['tokens_per_s']:>9,}" for r in rs))
     return "\n".join(lines) + "\n(tokens/s; each node one worker on all its cores)"
