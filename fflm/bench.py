@@ -82,6 +82,8 @@ def ngram_build(train_path, order, arpa_path):
 
 
 def ngram_score(arpa_path, test_path):
+    import numpy as np
+
     from fflm import NGramLM, Windows, read_sentences
     from fflm.evaluate import perplexity
 
@@ -93,9 +95,27 @@ def ngram_score(arpa_path, test_path):
     t2 = time.perf_counter()
     logp, _ = lm.logprob_windows(contexts, targets)
     t3 = time.perf_counter()
+    # the binary model of the same ARPA file (fflm ngram build-binary), opened by memory map
+    import tempfile
+
+    from fflm.ngram import load_binary, save_binary
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.bin")
+        save_binary(lm, path)
+        t4 = time.perf_counter()
+        binary = load_binary(path)
+        t5 = time.perf_counter()
+        logp_binary, _ = binary.logprob_windows(contexts, targets)
+        t6 = time.perf_counter()
+        same = bool(np.array_equal(logp, logp_binary))
+        del binary
     return {
         "load_arpa_seconds": t1 - t0,
         "score_tokens_per_s": len(targets) / (t3 - t2),
+        "load_binary_seconds": t5 - t4,
+        "binary_score_tokens_per_s": len(targets) / (t6 - t5),
+        "binary_equals_arpa": same,
         "ppl": perplexity(logp),
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -183,7 +203,8 @@ def format_ngram(result):
         lines.append(
             f"KN{order}: build {b['build_seconds']:.2f} s (estimate {b['estimate_seconds']:.2f} s), "
             f"write ARPA {b['write_arpa_seconds']:.2f} s, peak {b['peak_rss_mb']:.0f} MB; "
-            f"load ARPA {s['load_arpa_seconds']:.2f} s, score {s['score_tokens_per_s']:,.0f} tokens/s, ppl {s['ppl']:.3f}"
+            f"load ARPA {s['load_arpa_seconds']:.2f} s, score {s['score_tokens_per_s']:,.0f} tokens/s, ppl {s['ppl']:.3f}; "
+            f"binary: load {s['load_binary_seconds']:.4f} s, score {s['binary_score_tokens_per_s']:,.0f} tokens/s"
         )
         k = row.get("kenlm", {})
         if "score_tokens_per_s" in k:

@@ -1,6 +1,7 @@
 """The n-gram baseline: an independent reference, normalisation, KenLM agreement, ARPA files."""
 
 import gzip
+import json
 import math
 import warnings
 from collections import Counter, defaultdict
@@ -329,3 +330,62 @@ def test_ptb_kn5_matches_kenlm_and_mikolov():
     scores = score_ngram(lm, Windows.from_sentences(test, vocab, 5))
     assert len(scores.log10) == 82430
     assert abs(perplexity(scores.log10) / 141.186 - 1) < 0.005
+
+
+# --- the binary model (fflm ngram build-binary) --------------------------------------------------
+@pytest.fixture(scope="module")
+def brown_kn4(tmp_path_factory):
+    """Brown's KN4 as ARPA, and the binary model built from it."""
+    from fflm.ngram import save_binary
+
+    folder = tmp_path_factory.mktemp("bin")
+    sentences = read_sentences(shared_path("brown", "train.txt"))
+    NGramLM.train(sentences, order=4).save_arpa(folder / "kn4.arpa")
+    save_binary(NGramLM.load_arpa(folder / "kn4.arpa"), folder / "kn4.bin")
+    return folder
+
+
+def test_the_binary_model_holds_the_arpa_files_model_to_the_bit(brown_kn4):
+    from fflm.ngram import load_model
+
+    arpa, binary = NGramLM.load_arpa(brown_kn4 / "kn4.arpa"), load_model(brown_kn4 / "kn4.bin")
+    assert isinstance(binary.keys[3], np.memmap)  # mapped, not read
+    assert binary.vocab.words == arpa.vocab.words and binary.discounts == arpa.discounts
+    for k in range(4):
+        for a, b in ((arpa.keys, binary.keys), (arpa.log10p, binary.log10p), (arpa.bow, binary.bow)):
+            assert np.array_equal(a[k], b[k], equal_nan=True)
+    test = read_sentences(shared_path("brown", "test.txt"))[:500]
+    assert binary.perplexity(test) == arpa.perplexity(test)
+
+
+def test_ngram_eval_and_score_read_the_binary_model_as_the_arpa_file(brown_kn4, run_cli):
+    test = shared_path("brown", "valid.txt")
+    outs = {}
+    for name in ("kn4.arpa", "kn4.bin"):
+        code, report, _ = run_cli("ngram", "eval", brown_kn4 / name, test, "--json", "-q")
+        code2, scored, _ = run_cli("score", brown_kn4 / name, test, "--summary-only")
+        assert code == code2 == 0
+        outs[name] = (json.loads(report), scored)
+    assert outs["kn4.arpa"] == outs["kn4.bin"]
+
+
+def test_build_binary_from_the_command_line_and_damaged_files(brown_kn4, run_cli, tmp_path):
+    out = tmp_path / "m.bin"
+    code, text, _ = run_cli("ngram", "build-binary", brown_kn4 / "kn4.arpa", "-o", out)
+    assert code == 0 and "4-gram model" in text
+    data = out.read_bytes()
+    assert data == (brown_kn4 / "kn4.bin").read_bytes()  # the same bytes from the command
+    cases = {
+        "cut.bin": (data[: len(data) // 2], "truncated"),
+        "head.bin": (data[:40], "truncated"),
+        "garbage.bin": (b"FFLMNGRM" + (20).to_bytes(8, "little") + b"{not json at all....", "damaged"),
+        "new.bin": (data.replace(b'"version": 1', b'"version": 9', 1), "version 9"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        code, _, err = run_cli("ngram", "eval", tmp_path / name, shared_path("brown", "valid.txt"), "-q")
+        assert code == 1 and err.count("\n") == 1 and message in err, (name, err)
+    # a bad ARPA file leaves an existing output as it was
+    (tmp_path / "bad.arpa").write_text("not an arpa file\n")
+    code, _, err = run_cli("ngram", "build-binary", tmp_path / "bad.arpa", "-o", out)
+    assert code == 1 and out.read_bytes() == data

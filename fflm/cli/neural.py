@@ -603,7 +603,8 @@ def info(model_path, as_json):
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
 @precision_option
 def score(model_path, text, per_token, summary_only, threads, precision):
-    """Score TEXT with MODEL (an fflm .npz or an ARPA file) in the layout of KenLM's `query`.
+    """Score TEXT with MODEL (an fflm .npz, an ARPA file or a binary n-gram model) in the layout of
+    KenLM's `query`.
 
     \b
     Per sentence `Total: <log10 p> OOV: <count>`; with --per-token each token as
@@ -636,9 +637,9 @@ def score(model_path, text, per_token, summary_only, threads, precision):
         def scored(index):
             return ev.score_neural(model, windows, index=index)
     else:
-        from ..ngram import NGramLM
+        from ..ngram import load_model
 
-        lm = NGramLM.load_arpa(model_path)
+        lm = load_model(model_path)
         config = TextConfig.from_dict(lm.meta.get("text", {})) if lm.meta else TextConfig()
         vocab, order = lm.vocab, lm.order
         held = HeldOut(text, config)
