@@ -117,6 +117,37 @@ def test_train_eval_generate_info(tmp_path, run_cli, small_corpus):
     assert meta["training"]["sha256"] and meta["text"]["tokenizer"] == "whitespace"
 
 
+def test_eval_takes_an_ngram_model_file_as_its_baseline(tmp_path, run_cli, small_corpus):
+    model = tmp_path / "m.npz"
+    assert _train(run_cli, small_corpus, model)[0] == 0
+    arpa, binary = tmp_path / "kn3.arpa", tmp_path / "kn3.bin"
+    assert run_cli("ngram", "train", small_corpus / "train.txt", "-o", arpa, "--order", "3", "-q")[0] == 0
+    assert run_cli("ngram", "build-binary", arpa, "-o", binary, "-q")[0] == 0
+    reports = {}
+    for baseline in ("kn", arpa, binary):
+        code, out, err = run_cli("eval", model, SYNTH / "test.txt", "--baseline", baseline, "--tune-on",
+                                 small_corpus / "valid.txt", "--json")
+        assert code == 0 and "vocabulary" not in err, err  # the same words: no warning
+        reports[str(baseline)] = {m["name"]: m for m in json.loads(out)["models"]}
+    built, from_arpa, from_binary = reports.values()
+    assert from_arpa == from_binary  # the binary file is the ARPA file's model
+    assert from_arpa["fflm"] == built["fflm"]
+    # the ARPA file keeps 7 digits of each log10 p: the same model, to that precision
+    assert from_arpa["kn3"]["ppl"] == pytest.approx(built["kn3"]["ppl"], rel=1e-5)
+    assert from_arpa["interpolated"]["ppl"] == pytest.approx(built["interpolated"]["ppl"], rel=1e-5)
+    # a baseline over other words is scored on the same tokens, with a warning
+    other = tmp_path / "kn3-mc2.arpa"
+    assert run_cli("ngram", "train", small_corpus / "train.txt", "-o", other, "--order", "3", "--min-count", "2",
+                   "-q")[0] == 0
+    code, out, err = run_cli("eval", model, SYNTH / "test.txt", "--baseline", other, "--json")
+    assert code == 0 and "vocabulary" in err and "not strictly comparable" in err
+    assert json.loads(out)["tokens"] == json.loads(run_cli("eval", model, SYNTH / "test.txt", "--json")[1])["tokens"]
+    code, _, err = run_cli("eval", model, SYNTH / "test.txt", "--baseline", "kn4")
+    assert code == 1 and "kn, add-k, none or an n-gram model file" in err
+    code, _, err = run_cli("eval", model, SYNTH / "test.txt", "--baseline", binary, "--baseline-order", "2")
+    assert code == 1 and "taken as it is" in err
+
+
 def test_train_with_a_sampled_loss_logs_its_loss_not_a_perplexity(tmp_path, run_cli, small_corpus):
     model, log = tmp_path / "m.npz", tmp_path / "log.jsonl"
     code, _, err = _train(run_cli, small_corpus, model, "--loss", "nce", "--noise-samples", "10", "--json-log", log)

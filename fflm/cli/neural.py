@@ -383,8 +383,9 @@ def _ray_flags(run_info):
 @cli.command("eval")
 @click.argument("model_path", metavar="MODEL")
 @click.argument("text")
-@click.option("--baseline", type=click.Choice(["kn", "add-k", "none"]), default="kn", show_default=True,
-              help="The n-gram model beside the neural one, built on the model's training corpus.")
+@click.option("--baseline", default="kn", show_default=True, metavar="kn|add-k|none|MODEL",
+              help="The n-gram model beside the neural one: kn or add-k built on the model's training corpus, "
+                   "or an n-gram MODEL file (ARPA, or binary from ngram build-binary) taken as it is.")
 @click.option("--baseline-order", type=click.IntRange(1, 10), default=None, help="Its order (default: the model's n).")
 @click.option("--baseline-train", default=None, help="Build the baseline on this corpus instead.")
 @click.option("--k", "add_k", type=float, default=1.0, show_default=True, help="k for --baseline add-k.")
@@ -436,6 +437,21 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
                             f"({config.to_dict()}); only models reading text the same way can be mixed")
         others.append((f"fflm{i}", path, other))
     n = model.config.order
+    from ..ngram import load_model
+
+    external = None  # an n-gram model file given as --baseline
+    if baseline not in ("kn", "add-k", "none"):
+        if not os.path.isfile(baseline):
+            raise FflmError(f"--baseline takes kn, add-k, none or an n-gram model file; {baseline} is none of them")
+        if baseline_order or baseline_train:
+            raise FflmError("--baseline-order and --baseline-train build a baseline; a --baseline file is taken as it is")
+        external = load_model(baseline)
+        baseline_order = external.order
+        if external.vocab.words != model.vocab.words:
+            warnings.warn(f"{baseline}'s vocabulary ({len(external.vocab)} words) differs from {model_path}'s "
+                          f"({len(model.vocab)}): the baseline scores its own OOVs as <unk>, so the perplexities "
+                          "are not strictly comparable (\"excluding OOVs\" leaves out the neural model's)",
+                          FflmWarning)
     N = baseline_order or n
     width = max([n, N] + [o.config.order for _, _, o in others])
     held = HeldOut(text, config)
@@ -446,7 +462,9 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         own[name] = (other, held.windows(model.vocab, other.config.span, other.config.cross_sentence))
     neural = list(own)
     lm = None
-    if baseline != "none":
+    if external is not None:
+        lm, source, baseline_sentences = external, None, None
+    elif baseline != "none":
         source = baseline_train or meta.get("training", {}).get("corpus")
         if not source or not (is_nltk(source) or os.path.exists(source)):
             raise FflmError(f"the training corpus {source!r} recorded in the model is not here; "
@@ -464,17 +482,19 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         if len(parts) < 2:
             raise FflmError("--tune-on needs something to interpolate with: a baseline (not --baseline none) or --mix")
         tune_text = HeldOut(tune_on, config)
-        if lm is not None and baseline_sentences is None:
+        if lm is not None and external is None and baseline_sentences is None:
             baseline_sentences = _training_sentences(source, config)
         _warn_if_seen(tune_on, tune_text.sentences(), meta, source if lm is not None else None,
                       baseline_sentences if lm is not None else None, config)
         tuned = {name: ev.score_neural(m, tune_text.windows(model.vocab, m.config.span, m.config.cross_sentence))
                  for name, (m, _) in own.items()}
         if lm is not None:
-            tuned[lm.name] = ev.score_ngram(lm, tune_text.windows(model.vocab, width))
+            tuned[lm.name] = ev.score_ngram(lm, tune_text.windows(lm.vocab, width))
             lam = ev.tune_lambda(tuned["fflm"], tuned[lm.name])
         if others:
             weights = dict(zip(parts, ev.tune_weights([tuned[k] for k in parts]).tolist()))
+    if external is not None:  # the same tokens, numbered in the baseline's own vocabulary
+        lm_windows = held.windows(lm.vocab, width)
     # the test text a chunk at a time: every row's sums, and the per-token lines, in bounded memory
     totals = ev.Totals()
     with contextlib.ExitStack() as stack:
@@ -486,8 +506,12 @@ def eval_(model_path, text, baseline, baseline_order, baseline_train, add_k, tun
         for start, stop in ev.chunk_ranges(len(windows)):
             index = np.arange(start, stop)
             scores = {name: (m.config.order, ev.score_neural(m, w, index=index)) for name, (m, w) in own.items()}
-            if lm is not None:
+            if lm is not None and external is None:
                 scores[lm.name] = (N, ev.score_ngram(lm, windows, index))
+            elif lm is not None:  # its own ids for its lookups, the model's for the report (the same tokens)
+                theirs = ev.score_ngram(lm, lm_windows, index)
+                scores[lm.name] = (N, ev.Scores(theirs.log10, windows.pairs(index)[1], theirs.sentences,
+                                                theirs.ngram_length))
             if others:
                 equal = [1.0 / len(neural)] * len(neural)
                 scores["ensemble"] = (max(scores[k][0] for k in neural), ev.mix([scores[k][1] for k in neural], equal))
