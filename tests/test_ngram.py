@@ -389,3 +389,17 @@ def test_build_binary_from_the_command_line_and_damaged_files(brown_kn4, run_cli
     (tmp_path / "bad.arpa").write_text("not an arpa file\n")
     code, _, err = run_cli("ngram", "build-binary", tmp_path / "bad.arpa", "-o", out)
     assert code == 1 and out.read_bytes() == data
+
+
+def test_ngram_train_writes_the_binary_model_straight(run_cli, tmp_path):
+    from conftest import SYNTH
+    from fflm.ngram import load_model
+
+    text = SYNTH / "train.txt"
+    assert run_cli("ngram", "train", text, "-o", tmp_path / "m.bin", "--binary", "--order", "3", "-q")[0] == 0
+    straight = load_model(tmp_path / "m.bin")
+    estimated = NGramLM.train(read_sentences(text), order=3)
+    for k in range(3):  # the estimate itself, not 7 digits of it
+        assert np.array_equal(straight.keys[k], estimated.keys[k])
+        assert np.array_equal(straight.log10p[k], estimated.log10p[k], equal_nan=True)
+        assert np.array_equal(straight.bow[k], estimated.bow[k])

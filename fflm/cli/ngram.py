@@ -25,6 +25,9 @@ def ngram():
 @ngram.command("train", epilog=EPILOG_DATA)
 @click.argument("corpus")
 @click.option("-o", "--output", required=True, help="The ARPA file to write (.gz to compress).")
+@click.option("--binary", is_flag=True,
+              help="Write fflm's binary model (as ngram build-binary does) instead of ARPA, with full-precision "
+                   "probabilities (an ARPA file keeps 7 digits).")
 @click.option("--order", type=click.IntRange(1, 10), default=5, show_default=True, help="n, the n-gram order.")
 @click.option(
     "--smoothing",
@@ -53,7 +56,7 @@ def ngram():
                    "cluster), merged here: the same model, entry for entry (pip install 'fflm[ray]').")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
-def ngram_train(corpus, output, order, smoothing, add_k, min_count, max_vocab, tokenizer, lowercase,
+def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_vocab, tokenizer, lowercase,
                 encoding_errors, discount_fallback, no_fallback, exact_discounts, ray_address, as_json, quiet):
     """Estimate an n-gram model from CORPUS (one sentence per line) and write it as ARPA.
 
@@ -81,7 +84,12 @@ def ngram_train(corpus, output, order, smoothing, add_k, min_count, max_vocab, t
         lm.meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
         steps.update()
         steps.set_postfix_str("writing")
-        lm.save_arpa(output)
+        if binary:
+            from ..ngram import save_binary
+
+            save_binary(lm, output)
+        else:
+            lm.save_arpa(output)
         steps.update()
     seconds = time.perf_counter() - start
     summary = {
