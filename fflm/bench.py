@@ -92,6 +92,7 @@ def ngram_score(arpa_path, test_path):
     t1 = time.perf_counter()
     windows = Windows.from_sentences(read_sentences(test_path), lm.vocab, lm.order)
     contexts, targets = windows.pairs()
+    lm.logprob_windows(contexts[:2], targets[:2])  # the lookup kernel's first call loads it (once a process)
     t2 = time.perf_counter()
     logp, _ = lm.logprob_windows(contexts, targets)
     t3 = time.perf_counter()
@@ -106,6 +107,8 @@ def ngram_score(arpa_path, test_path):
         t4 = time.perf_counter()
         binary = load_binary(path)
         t5 = time.perf_counter()
+        binary.logprob_windows(contexts[:2], targets[:2])
+        t5b = time.perf_counter()
         logp_binary, _ = binary.logprob_windows(contexts, targets)
         t6 = time.perf_counter()
         same = bool(np.array_equal(logp, logp_binary))
@@ -114,7 +117,7 @@ def ngram_score(arpa_path, test_path):
         "load_arpa_seconds": t1 - t0,
         "score_tokens_per_s": len(targets) / (t3 - t2),
         "load_binary_seconds": t5 - t4,
-        "binary_score_tokens_per_s": len(targets) / (t6 - t5),
+        "binary_score_tokens_per_s": len(targets) / (t6 - t5b),
         "binary_equals_arpa": same,
         "ppl": perplexity(logp),
         "peak_rss_mb": _peak_rss_mb(),

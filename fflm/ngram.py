@@ -22,6 +22,7 @@ import re
 import warnings
 
 import numpy as np
+from numba import njit, typed
 
 from .errors import FflmError, FflmWarning
 from .fileio import atomic_write, read_bytes
@@ -231,6 +232,84 @@ def _kn_discounts(adjusted, order_k, fallback):
     return tuple(float(x) for x in fallback)
 
 
+# --- lookups: one pass over the rows, each row's context carried over from the row before ---------
+@njit(cache=True, inline="always")
+def _search(keys, q):
+    """Index of q in the sorted keys, or -1."""
+    lo, hi = 0, keys.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] < q:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo < keys.shape[0] and keys[lo] == q else -1
+
+
+@njit(cache=True)
+def _lookup(keys, log10p, bow, gram, V, bos, logp, length):
+    """log10 p(last column | the others) and the matched n-gram's length, row by row, for
+    `gram` (B, N) with the model's own ids: NGramLM.logprob_windows' arithmetic. tgt[k-1] is
+    the index of the k-gram ending at the target, ctx[k-1] the one ending just before it
+    (-1: none, or it would reach back past the row's last <s>). Consecutive rows of a stream
+    are windows shifted by one, so a row's context is the row before's target: one binary
+    search per order a token instead of N(N-1)/2."""
+    B, N = gram.shape
+    end = np.empty((N, N), dtype=np.int64)
+    ctx = np.full(N, -1, dtype=np.int64)
+    tgt = np.full(N, -1, dtype=np.int64)
+    for b in range(B):
+        shifted = b > 0
+        if shifted:
+            for c in range(N - 1):
+                if gram[b, c] != gram[b - 1, c + 1]:
+                    shifted = False
+                    break
+        if shifted:
+            for k in range(N):
+                ctx[k] = tgt[k]
+        elif N >= 2:  # the context's k-grams column by column, as logprob_windows_plain does
+            last = -1
+            for c in range(N - 1):
+                w = gram[b, c]
+                if w == bos:
+                    last = c
+                end[c, 0] = w
+                for k in range(2, c + 2):
+                    if c - k + 1 < last:
+                        for kk in range(k, c + 2):
+                            end[c, kk - 1] = -1
+                        break
+                    prev = end[c - 1, k - 2]
+                    end[c, k - 1] = _search(keys[k - 1], prev * V + w) if prev >= 0 else -1
+            for k in range(N - 1):
+                ctx[k] = end[N - 2, k]
+        last = -1
+        for c in range(N):
+            if gram[b, c] == bos:
+                last = c
+        w = gram[b, N - 1]
+        tgt[0] = w
+        for k in range(2, N + 1):
+            if N - k < last:
+                for kk in range(k, N + 1):
+                    tgt[kk - 1] = -1
+                break
+            prev = ctx[k - 2]
+            tgt[k - 1] = _search(keys[k - 1], prev * V + w) if prev >= 0 else -1
+        got, L = np.nan, 0
+        for k in range(N, 0, -1):  # the longest n-gram with a probability
+            i = tgt[k - 1]
+            if i >= 0 and not np.isnan(log10p[k - 1][i]):
+                got, L = log10p[k - 1][i], k
+                break
+        for l in range(max(L, 1), N):  # the back-offs of the longer contexts
+            i = ctx[l - 1]
+            if i >= 0:
+                got += bow[l - 1][i]
+        logp[b], length[b] = got, L
+
+
 class NGramLM(LanguageModel):
     """A back-off n-gram model in ARPA form: log10 probabilities and back-off weights per n-gram.
 
@@ -263,6 +342,7 @@ class NGramLM(LanguageModel):
         self.discounts = discounts  # per order (D1, D2, D3+) for Kneser-Ney
         self.k = k
         self.meta = meta or {}  # free-form facts kept in the ARPA header (text settings, corpus)
+        self._tables = None  # the arrays as the lookup kernel takes them, made on first use
 
     def _windows(self, sentences):
         return Windows.from_sentences(sentences, self.vocab, self.order)
@@ -400,12 +480,8 @@ class NGramLM(LanguageModel):
         return cls(vocab, order, keys, logprob, bow, smoothing, k=k)
 
     # --- scoring -------------------------------------------------------------------------
-    def logprob_windows(self, contexts, targets):
-        """log10 p(target | context) for each row, and the length of the n-gram that matched.
-
-        contexts: (B, c) int ids, the last ones nearest the target; <s> marks a sentence start
-        and anything before the last <s> is ignored. Only the last order-1 columns are used.
-        """
+    def _grams(self, contexts, targets):
+        """(B, N) int64: each row's last N-1 context ids (padded with <s>) and its target."""
         N, V = self.order, len(self.vocab)
         targets = np.asarray(targets, dtype=np.int64)
         contexts = np.asarray(contexts, dtype=np.int64).reshape(len(targets), -1)
@@ -415,6 +491,28 @@ class NGramLM(LanguageModel):
         gram = np.hstack([contexts[:, contexts.shape[1] - (N - 1) :], targets[:, None]])  # (B, N)
         if len(gram) and (gram.min() < 0 or gram.max() >= V):
             raise FflmError("word id out of range for this model's vocabulary")
+        return gram
+
+    def logprob_windows(self, contexts, targets):
+        """log10 p(target | context) for each row, and the length of the n-gram that matched.
+
+        contexts: (B, c) int ids, the last ones nearest the target; <s> marks a sentence start
+        and anything before the last <s> is ignored. Only the last order-1 columns are used.
+        """
+        gram = self._grams(contexts, targets)
+        logp, length = np.empty(len(gram)), np.zeros(len(gram), dtype=np.int64)
+        if self._tables is None:  # typed lists of the arrays (views: a binary model stays mapped)
+            self._tables = tuple(typed.List([np.ascontiguousarray(a, dtype=dt) for a in arrays])
+                                 for arrays, dt in ((self.keys, np.int64), (self.log10p, np.float64),
+                                                    (self.bow, np.float64)))
+        V = len(self.vocab)
+        _lookup(*self._tables, np.ascontiguousarray(gram), V, Vocabulary.BOS_ID, logp, length)
+        return logp, length
+
+    def logprob_windows_plain(self, contexts, targets):
+        """logprob_windows in numpy, column by column (the reference the kernel is tested against)."""
+        N, V = self.order, len(self.vocab)
+        gram = self._grams(contexts, targets)
         col = np.arange(N)
         last_bos = np.maximum.accumulate(np.where(gram == Vocabulary.BOS_ID, col, -1), axis=1)
         # ending[c][k-1]: index in order k of the k-gram ending at column c, or -1

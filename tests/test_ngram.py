@@ -403,3 +403,21 @@ def test_ngram_train_writes_the_binary_model_straight(run_cli, tmp_path):
         assert np.array_equal(straight.keys[k], estimated.keys[k])
         assert np.array_equal(straight.log10p[k], estimated.log10p[k], equal_nan=True)
         assert np.array_equal(straight.bow[k], estimated.bow[k])
+
+
+@pytest.mark.parametrize("order", [1, 2, 5])
+def test_the_lookup_kernel_equals_the_plain_lookup(order):
+    """The Numba pass (a row's context carried from the row before) against numpy's column by
+    column search, on consecutive rows, shuffled rows, and contexts cut by <s>."""
+    train = read_sentences(shared_path("brown", "valid.txt"))
+    lm = NGramLM.train(train, order=order)
+    w = Windows.from_sentences(read_sentences(shared_path("brown", "test.txt"))[:2000], lm.vocab, order + 2)
+    x, y = w.pairs()
+    rng = np.random.default_rng(0)
+    for index in (np.arange(len(y)), rng.permutation(len(y))):
+        fast, fast_len = lm.logprob_windows(x[index], y[index])
+        plain, plain_len = lm.logprob_windows_plain(x[index], y[index])
+        assert np.array_equal(fast, plain) and np.array_equal(fast_len, plain_len)
+        assert (fast_len >= 1).all()
+    if order > 1:  # every length of match occurs, so every branch ran
+        assert set(fast_len.tolist()) == set(range(1, order + 1))
