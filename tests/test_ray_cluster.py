@@ -74,6 +74,7 @@ def test_training_on_a_cluster_of_two_nodes(tmp_path, two_nodes):
     assert done.returncode == 0, done.stderr
     assert "ray: 2 worker(s) of 1 thread(s) on 2 node(s)" in done.stderr  # one worker a node
     model, meta = FFNNLM.load(out)
+    assert meta["training"]["ray"] == {"workers": 2, "sync_every": 1, "threads": 1}
     history = meta["training"]["history"]
     assert len(history) == 2 and history[1]["valid_ppl"] < history[0]["valid_ppl"]
     assert history[0]["ray"]["bytes_out_per_step"] > 0 and history[0]["ray"]["bytes_in_per_step"] > 0

@@ -303,6 +303,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         ray_sgd = distribute(trainer, workers, sync_every, None if ray_address == "local" else ray_address, per)
         run_info["ray"] = {"address": ray_address, "workers": workers, "sync_every": sync_every, "threads": per}
+        meta["training"]["ray"] = {k: v for k, v in run_info["ray"].items() if k != "address"}  # fflm info shows it
         how = "gradients averaged every step" if sync_every == 1 else f"models averaged every {sync_every} steps"
         say(f"ray: {workers} worker(s) of {per} thread(s) on {ray_sgd.nodes} node(s), {how}")
 
