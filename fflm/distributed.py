@@ -311,6 +311,7 @@ class RaySGD:
 
     # --- the Trainer's interface (train.SGD's) ----------------------------------------------------
     def step(self, index, windows, lr, weight_decay, clip):
+        self.dirty = True
         start = time.perf_counter()
         B = len(index)
         x, y = self.ws.x[:B], self.ws.y[:B]
@@ -352,6 +353,8 @@ class RaySGD:
             self.incoming, self.since_sync = [], 0
 
     def pull(self):
+        if not self.dirty:  # nothing ran since the driver's copy was made
+            return
         self.flush()
         E, dense, dense_state, E_state, t, streams = self._get(self.workers[0].state.remote())
         m, opt = self.model, self.optimizer
@@ -361,6 +364,7 @@ class RaySGD:
         opt.t = t
         for name, r in self.local.streams().items():
             r.bit_generator.state = streams[name]
+        self.dirty = False
 
     def push(self, worker_streams=None):
         """The driver's state to every worker (after a rollback, a return to the best weights, a
@@ -377,6 +381,7 @@ class RaySGD:
         self.incoming, self.pending, self.since_sync = [], None, 0
         if self.K > 1:
             self._get([w.begin_window.remote() for w in self.workers])
+        self.dirty = False
 
     def streams(self):
         return self.local.streams()
