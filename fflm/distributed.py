@@ -82,8 +82,7 @@ class Replica:
     # --- the state the driver reads and writes (replicas are equal when it does) ---------------
     def state(self):
         opt = self.sgd.optimizer
-        streams = {name: r.bit_generator.state for name, r in self.sgd.streams().items()}
-        return self.model.E, self.model.dense, opt.dense_state, opt.E_state, opt.t, streams
+        return self.model.E, self.model.dense, opt.dense_state, opt.E_state, opt.t, self.streams()
 
     def streams(self):
         return {name: r.bit_generator.state for name, r in self.sgd.streams().items()}

@@ -278,9 +278,9 @@ def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_B
         raise
     finally:
         if started:
-            import ray as ray_
+            from .cluster import ray_module
 
-            ray_.shutdown()
+            ray_module().shutdown()
     return meta
 
 

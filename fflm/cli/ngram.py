@@ -172,7 +172,7 @@ def ngram_eval(model, text, tokenizer, lowercase, encoding_errors, as_json, per_
 
     from .. import evaluate as ev
     from ..fileio import atomic_write
-    from ..ngram import NGramLM
+    from ..ngram import load_model
     from ..prepared import HeldOut
     from ..text import TextConfig
 
@@ -180,8 +180,6 @@ def ngram_eval(model, text, tokenizer, lowercase, encoding_errors, as_json, per_
         _check_output(per_token)
     bar = _progress(quiet)
     with bar(total=3, desc="evaluating") as steps:
-        from ..ngram import load_model
-
         lm = load_model(model)
         steps.update()
         base = TextConfig.from_dict(lm.meta.get("text", {})) if lm.meta else None
