@@ -5,6 +5,7 @@ name in the destination folder and renamed over the target only once it is whole
 """
 
 import contextlib
+import errno
 import gzip
 import io
 import os
@@ -73,11 +74,18 @@ def atomic_write(path, mode="w", encoding="utf-8"):
     except OSError as e:
         raw.close()
         _remove_quietly(tmp)
-        raise FflmError(f"{path}: cannot write: {e.strerror or e}") from None
+        raise FflmError(f"{path}: cannot write: {why_not_written(e)}") from None
     except BaseException:
         raw.close()
         _remove_quietly(tmp)
         raise
+
+
+def why_not_written(e):
+    """An OSError from a write, in words: a full disk (or a file-size limit) says so."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (e.errno is None and "requested and" in str(e)):
+        return "no space left on the device (a write was cut short)"  # numpy's tofile: "N requested and M written"
+    return e.strerror or str(e)
 
 
 def make_folder(folder):

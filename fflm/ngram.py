@@ -178,18 +178,28 @@ def _kenlm_last_ngrams(ids, V, tables):
     rank[:3] = (0, 1, 2)  # <unk>, <s>, </s>: KenLM's fixed ids
     last_word = int(np.argmax(np.where(ids != Vocabulary.BOS_ID, rank[ids], -1)))
     last_word = int(ids[last_word])
+
+    def candidates(k):
+        t = tables[k - 1]
+        return np.flatnonzero((t["keys"] % V == last_word) & ((k == N) | t["bos"])).tolist()
+
+    return _best_last_ngram(N, V, rank, last_word, candidates, lambda k, i: int(tables[k - 1]["keys"][i]),
+                            lambda k, i: int(tables[k - 1]["suffix"][i]))
+
+
+def _best_last_ngram(N, V, rank, last_word, candidates, key, suffix):
+    """_kenlm_last_ngrams given where the tables are: candidates(k) (order k's entries that end
+    with `last_word`, of the highest order or starting with <s>), key(k, i), suffix(k, i)."""
     # KenLM's highest-order stream also holds the <s>-padded n-grams that start a sentence:
     # here those are the shorter entries that start with <s>.
     best, best_at = None, None
     for k in range(2, N + 1):
-        t = tables[k - 1]
-        cand = np.flatnonzero((t["keys"] % V == last_word) & ((k == N) | t["bos"]))
-        for i in cand.tolist():
+        for i in candidates(k):
             words, j = [], i
             for kk in range(k, 1, -1):
-                key = int(tables[kk - 1]["keys"][j])
-                words.append(int(rank[key % V]))
-                j = key // V
+                kv = key(kk, j)
+                words.append(int(rank[kv % V]))
+                j = kv // V
             words.append(int(rank[j]))
             seq = tuple(words) + (1,) * (N - k)  # reversed: last word first, padded with <s>
             if best is None or seq > best:
@@ -201,7 +211,7 @@ def _kenlm_last_ngrams(ids, V, tables):
             last[k - 1] = i
             if k == 1:
                 break
-            i = int(tables[k - 1]["suffix"][i])
+            i = suffix(k, i)
             k -= 1
     last[N - 1] = -1  # the highest order is counted correctly
     return last
@@ -209,7 +219,11 @@ def _kenlm_last_ngrams(ids, V, tables):
 
 def _kn_discounts(adjusted, order_k, fallback):
     """Modified Kneser-Ney discounts (D1, D2, D3+) from counts of adjusted counts (C&G eq. 26)."""
-    n = [int(np.count_nonzero(adjusted == j)) for j in range(5)]
+    return _kn_discounts_from([int(np.count_nonzero(adjusted == j)) for j in range(5)], order_k, fallback)
+
+
+def _kn_discounts_from(n, order_k, fallback):
+    """The discounts from n[j], the number of n-grams with adjusted count j (j = 0..4)."""
     problem = None
     if 0 in n[1:4]:
         j = n[1:4].index(0) + 1
@@ -568,27 +582,16 @@ class NGramLM(LanguageModel):
         >>> round(NGramLM.load_arpa(path).perplexity(["the cat ran"]), 4) == round(lm.perplexity(["the cat ran"]), 4)
         True
         """
-        header = {"smoothing": self.smoothing, "order": self.order}
-        if self.discounts:
-            header["discounts"] = [[round(d, 6) for d in ds] for ds in self.discounts]
-        if self.k is not None:
-            header["k"] = self.k
-        if self.meta:
-            header["meta"] = self.meta
         strings = self._ngram_strings()
         with atomic_write(path) as f:
-            f.write("# fflm " + json.dumps(header) + "\n\n\\data\\\n")
-            for k in range(1, self.order + 1):
-                f.write(f"ngram {k}={len(self.keys[k - 1])}\n")
+            f.write(_arpa_header(self._header(), self.sizes))
             for k in range(1, self.order + 1):
                 f.write(f"\n\\{k}-grams:\n")
-                lp = np.nan_to_num(self.log10p[k - 1], nan=ARPA_LOG_ZERO, neginf=ARPA_LOG_ZERO).tolist()
-                if k < self.order:
-                    bw = np.nan_to_num(self.bow[k - 1], neginf=ARPA_LOG_ZERO).tolist()
-                    f.write("".join(f"{p:.7g}\t{s}\t{b:.7g}\n" for p, s, b in zip(lp, strings[k - 1], bw)))
-                else:
-                    f.write("".join(f"{p:.7g}\t{s}\n" for p, s in zip(lp, strings[k - 1])))
+                f.write(_arpa_lines(self.log10p[k - 1], strings[k - 1], self.bow[k - 1] if k < self.order else None))
             f.write("\n\\end\\\n")
+
+    def _header(self):
+        return _header(self.smoothing, self.order, self.discounts, self.k, self.meta)
 
     @classmethod
     def load_arpa(cls, path):
@@ -603,6 +606,32 @@ class NGramLM(LanguageModel):
         (1, -0.30103, -0.60206)
         """
         return _read_arpa(path)
+
+
+def _header(smoothing, order, discounts, k, meta):
+    """What an ARPA file's first line tells about the model (fflm's comment)."""
+    header = {"smoothing": smoothing, "order": order}
+    if discounts:
+        header["discounts"] = [[round(d, 6) for d in ds] for ds in discounts]
+    if k is not None:
+        header["k"] = k
+    if meta:
+        header["meta"] = meta
+    return header
+
+
+def _arpa_header(header, sizes):
+    return ("# fflm " + json.dumps(header) + "\n\n\\data\\\n"
+            + "".join(f"ngram {k}={n}\n" for k, n in enumerate(sizes, 1)))
+
+
+def _arpa_lines(log10p, strings, bow=None):
+    """An order's entries as ARPA lines (bow None: the highest order, which has none)."""
+    lp = np.nan_to_num(log10p, nan=ARPA_LOG_ZERO, neginf=ARPA_LOG_ZERO).tolist()
+    if bow is None:
+        return "".join(f"{p:.7g}\t{s}\n" for p, s in zip(lp, strings))
+    bw = np.nan_to_num(bow, neginf=ARPA_LOG_ZERO).tolist()
+    return "".join(f"{p:.7g}\t{s}\t{b:.7g}\n" for p, s, b in zip(lp, strings, bw))
 
 
 _NGRAM_COUNT = re.compile(r"^ngram\s+(\d+)\s*=\s*(\d+)$")
@@ -749,19 +778,26 @@ def save_binary(lm, path):
     vocabulary, and where each array lies), then per order the sorted keys (int64), log10
     probabilities and log10 back-off weights (float64), each at a 64-byte boundary.
     The arrays are the model's own, so every probability is the model's to the last bit."""
+    per_order = [(np.ascontiguousarray(lm.keys[k], dtype="<i8"), np.ascontiguousarray(lm.log10p[k], dtype="<f8"),
+                  np.ascontiguousarray(lm.bow[k], dtype="<f8")) for k in range(lm.order)]
+    write_binary(path, lm.vocab, lm.order, lm.smoothing, lm.discounts, lm.k, lm.meta, per_order)
+
+
+def write_binary(path, vocab, order, smoothing, discounts, k, meta, per_order):
+    """save_binary's file from per order (keys, log10p, bow): numpy arrays (int64, float64), or
+    arrays on disk (ngram_disk.DiskArray), written a block at a time."""
     arrays = []
-    for k in range(1, lm.order + 1):
-        arrays += [(f"keys{k}", np.ascontiguousarray(lm.keys[k - 1], dtype="<i8")),
-                   (f"log10p{k}", np.ascontiguousarray(lm.log10p[k - 1], dtype="<f8")),
-                   (f"bow{k}", np.ascontiguousarray(lm.bow[k - 1], dtype="<f8"))]
-    header = {"format": "fflm-ngram", "version": BINARY_VERSION, "order": lm.order, "smoothing": lm.smoothing,
-              "discounts": [list(d) for d in lm.discounts] if lm.discounts else None, "k": lm.k, "meta": lm.meta,
-              "vocab": lm.vocab.to_dict(), "arrays": []}
+    for n, (keys, log10p, bow) in enumerate(per_order, 1):
+        arrays += [(f"keys{n}", keys), (f"log10p{n}", log10p), (f"bow{n}", bow)]
+    header = {"format": "fflm-ngram", "version": BINARY_VERSION, "order": order, "smoothing": smoothing,
+              "discounts": [list(d) for d in discounts] if discounts else None, "k": k, "meta": meta,
+              "vocab": vocab.to_dict(), "arrays": []}
     # the header's size depends on the offsets it lists: lay them out after a generous guess, then check
     guess = len(json.dumps(header, ensure_ascii=False).encode()) + 100 * len(arrays) + 4096
     offset = -(-(16 + guess) // _ALIGN) * _ALIGN
     for name, a in arrays:
-        header["arrays"].append({"name": name, "dtype": a.dtype.str, "length": len(a), "offset": offset})
+        header["arrays"].append({"name": name, "dtype": a.dtype.newbyteorder("<").str, "length": len(a),
+                                 "offset": offset})
         offset = -(-(offset + a.nbytes) // _ALIGN) * _ALIGN
     header["bytes"] = offset
     blob = json.dumps(header, ensure_ascii=False).encode()
@@ -770,7 +806,11 @@ def save_binary(lm, path):
         f.write(BINARY_MAGIC + len(blob).to_bytes(8, "little") + blob)
         for (name, a), spec in zip(arrays, header["arrays"]):
             f.write(b"\0" * (spec["offset"] - f.tell()))
-            f.write(a.tobytes())
+            if isinstance(a, np.ndarray):
+                f.write(a.tobytes())
+            else:
+                for _, block in a.blocks(1 << 22):
+                    f.write(np.ascontiguousarray(block, dtype=spec["dtype"]).tobytes())
         f.write(b"\0" * (offset - f.tell()))
 
 

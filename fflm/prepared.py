@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 
 from .errors import FflmError
-from .fileio import check_readable
+from .fileio import check_readable, why_not_written
 from .text import TextConfig, decode, fingerprint, is_nltk, read_nltk, source_name
 from .text import read_sentences as read_text_sentences
 from .vocab import Vocabulary
@@ -272,7 +272,7 @@ def prepare(sources, folder, config=TextConfig(), workers=1, chunk_bytes=CHUNK_B
             os.replace(tmp, folder)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FflmError(f"{folder}: cannot write: {e.strerror or e}") from None
+        raise FflmError(f"{folder}: cannot write: {why_not_written(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

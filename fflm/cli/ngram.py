@@ -54,10 +54,16 @@ def ngram():
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Count in shards of whole sentences as Ray tasks (--ray alone: a local Ray; --ray ADDRESS: a "
                    "cluster), merged here: the same model, entry for entry (pip install 'fflm[ray]').")
+@click.option("--memory", "-S", "memory", default=None, metavar="SIZE",
+              help="Estimate within SIZE of memory (4G, 200M, 80%), sorted runs spilled to --temp-dir, as KenLM's "
+                   "lmplz -S: the same model, entry for entry, at any budget (kn only).")
+@click.option("--temp-dir", "-T", "temp_dir", type=click.Path(file_okay=False), default=None,
+              help="Where --memory spills its sorted runs (and text is prepared).  [default: $TMPDIR or /tmp]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_vocab, tokenizer, lowercase,
-                encoding_errors, discount_fallback, no_fallback, exact_discounts, ray_address, as_json, quiet):
+                encoding_errors, discount_fallback, no_fallback, exact_discounts, ray_address, memory, temp_dir,
+                as_json, quiet):
     """Estimate an n-gram model from CORPUS (one sentence per line) and write it as ARPA.
 
     \b
@@ -71,6 +77,10 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
     config = _corpus_text(corpus, tokenizer, lowercase, encoding_errors)
     bar = _progress(quiet)
     start = time.perf_counter()
+    if memory is not None or temp_dir is not None:
+        return _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_vocab, config,
+                              None if no_fallback else discount_fallback, exact_discounts, ray_address,
+                              memory, temp_dir, as_json, quiet)
     with bar(total=4, desc="n-gram model") as steps:
         steps.set_postfix_str("reading")
         vocab, windows, _ = training_data(corpus, config, min_count, max_vocab, order, in_memory=True)
@@ -115,6 +125,39 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
                 "discounts: "
                 + " · ".join(f"{k}: " + " ".join(f"{d:.6g}" for d in ds) for k, ds in enumerate(lm.discounts, 1))
             )
+        click.echo(f"wrote {output} in {seconds:.2f} s")
+
+
+def _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_vocab, config, fallback,
+                   exact_discounts, ray_address, memory, temp_dir, as_json, quiet):
+    from ..errors import FflmError
+    from ..ngram_disk import build, format_size, parse_size
+
+    if smoothing != "kn":
+        raise FflmError(f"--memory estimates Kneser-Ney (as lmplz does); --smoothing {smoothing} counts in memory")
+    if ray_address:
+        raise FflmError("--memory and --ray do not go together yet: give one")
+    budget = parse_size(memory if memory is not None else "1G")
+    start = time.perf_counter()
+    meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
+    summary = build(corpus, output, order, budget, temp_dir, config, min_count, max_vocab, binary, meta,
+                    fallback, not exact_discounts, _progress(quiet))
+    seconds = time.perf_counter() - start
+    name = f"kn{order}"
+    out = {"model": output, "name": name, "order": order, "smoothing": "kn", "vocabulary": summary["vocabulary"],
+           "tokens": summary["tokens"], "sentences": summary["sentences"], "ngrams": summary["ngrams"],
+           "discounts": summary["discounts"], "memory": budget, "runs": summary["runs"],
+           "merge_rounds": summary["merge_rounds"], "seconds": round(seconds, 3)}
+    if as_json:
+        _echo_json(out)
+    elif not quiet:
+        click.echo(f"{name}: {order}-gram kn model of {corpus}, within {format_size(budget)} "
+                   f"({summary['runs']} sorted runs spilled to disk)")
+        click.echo(f"vocabulary: {summary['vocabulary']} words; {summary['tokens']} tokens in "
+                   f"{summary['sentences']} sentences")
+        click.echo("n-grams: " + " ".join(f"{k}={n}" for k, n in enumerate(summary["ngrams"], 1)))
+        click.echo("discounts: " + " · ".join(f"{k}: " + " ".join(f"{d:.6g}" for d in ds)
+                                              for k, ds in enumerate(summary["discounts"], 1)))
         click.echo(f"wrote {output} in {seconds:.2f} s")
 
 

@@ -1,0 +1,664 @@
+"""Kneser-Ney in bounded memory: what KenLM's lmplz does with -S and -T.
+
+The in-memory estimate (ngram.NGramLM.estimate) holds the id stream and every order's tables
+at once. Here the corpus is a stream (a prepared corpus's ids, or text prepared into the
+temporary folder first), and nothing that grows with it stays in memory but one order's
+context arrays; the rest lives in files of the temporary folder, read and written a block
+at a time (never mapped: a mapped file's pages would count in the process's memory).
+
+For each order k = 2..N, over the padded stream in blocks of whole sentences
+(Heafield et al., ACL 2013, "Scalable Modified Kneser-Ney Language Model Estimation", with
+the in-memory numbering: key = index of the (k-1)-gram prefix * V + word):
+  count   each block's k-gram keys, sorted and counted, spilled to disk as a sorted run;
+  merge   the runs merged (in rounds, when there are more than the budget's buffers allow)
+          into the order's sorted keys, raw counts and suffixes; counting the suffixes gives
+          order k-1 its adjusted counts (the distinct words seen to the left);
+  index   each position's k-gram index (the block's keys searched in the merged ones), of
+          which the next order's keys are made.
+Then the discounts from the count-of-counts, one streaming pass per order for the
+probabilities and its contexts' back-off weights, and the ARPA or binary file, order by
+order. Every array equals the in-memory estimate's, bit for bit, so the files are identical.
+"""
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+from numba import njit
+
+from .errors import FflmError
+from .vocab import Vocabulary
+
+BYTES_PER_TOKEN = 128  # what counting a block costs a padded position (ids, keys, the sort's arrays), with room
+MIN_BLOCK = 1 << 12  # the smallest block of tokens worth a run
+RUN = np.dtype([("key", "<i8"), ("raw", "<i8"), ("suffix", "<i8")])
+MERGE_BUFFER = 1 << 10  # the fewest entries of a run a merge holds at a time
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def parse_size(text):
+    """'4G', '200M', '512k', '1.5G' or a plain number of bytes -> bytes; '80%' of this machine's memory.
+
+    >>> parse_size("200M"), parse_size("1.5k"), parse_size("1024")
+    (209715200, 1536, 1024)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kKmMgGtT%]?)[bB]?\s*", str(text))
+    if not m:
+        raise FflmError(f"--memory: cannot read {text!r} as a size (say 4G, 200M or 80%)")
+    value, unit = float(m.group(1)), m.group(2).upper()
+    if unit == "%":
+        if not 0 < value <= 100:
+            raise FflmError(f"--memory: {text} is not a share of memory between 0 and 100%")
+        return int(value / 100 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return int(value * 1024 ** " KMGT".index(unit or " "))
+
+
+def format_size(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+# --- arrays in files, read and written a block at a time ----------------------------------------------
+class DiskArray:
+    """A one-dimensional array in a file: appended to while written, then read by ranges."""
+
+    def __init__(self, path, dtype):
+        self.path, self.dtype, self.length = path, np.dtype(dtype), 0
+        self._f = open(path, "wb")
+
+    def append(self, a):
+        a = np.ascontiguousarray(a, dtype=self.dtype)
+        try:
+            self._f.write(a.data)
+        except OSError as e:
+            raise _disk_error(e, os.path.dirname(self.path)) from None
+        self.length += len(a)
+
+    def close(self):
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError as e:
+                raise _disk_error(e, os.path.dirname(self.path)) from None
+            self._f = None
+        return self
+
+    def __len__(self):
+        return self.length
+
+    @property
+    def nbytes(self):
+        return self.length * self.dtype.itemsize
+
+    def read(self, start=0, stop=None):
+        stop = self.length if stop is None else min(stop, self.length)
+        if stop <= start:
+            return np.empty(0, dtype=self.dtype)
+        return np.fromfile(self.path, dtype=self.dtype, count=stop - start, offset=start * self.dtype.itemsize)
+
+    def blocks(self, size):
+        for start in range(0, self.length, size):
+            yield start, self.read(start, start + size)
+
+    def remove(self):
+        self.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+
+
+def _disk_error(e, folder):
+    if e.errno in FULL_DISK or (e.errno is None and "requested and" in str(e)):
+        return FflmError(f"{folder}: no space left for the n-gram estimate's temporary files ({e.strerror}); "
+                         "free some, or give --temp-dir a folder on a larger disk")
+    return FflmError(f"{folder}: cannot write the n-gram estimate's temporary files: {e.strerror or e}")
+
+
+class _Budget:
+    """The bytes the estimate may hold: arrays that grow with the corpus are held in memory when
+    they fit what is left, otherwise mapped from a file of the temporary folder."""
+
+    def __init__(self, total, folder):
+        self.total, self.left, self.folder, self._n = total, total, folder, 0
+
+    def array(self, n, dtype, fill=None):
+        dtype = np.dtype(dtype)
+        size = n * dtype.itemsize
+        if size <= self.left - MIN_BLOCK * BYTES_PER_TOKEN:
+            self.left -= size
+            a = np.empty(n, dtype=dtype) if fill is None else np.full(n, fill, dtype=dtype)
+            return a
+        self._n += 1
+        path = os.path.join(self.folder, f"mapped{self._n}.bin")
+        try:
+            a = np.memmap(path, dtype=dtype, mode="w+", shape=(max(n, 1),))[:n]
+        except OSError as e:
+            raise _disk_error(e, self.folder) from None
+        if fill is not None:
+            a[:] = fill
+        return a
+
+    def load(self, disk):
+        a = self.array(len(disk), disk.dtype)
+        for start, block in disk.blocks(1 << 22):
+            a[start : start + len(block)] = block
+        return a
+
+    def free(self, *arrays):
+        for a in arrays:
+            if a is not None and not isinstance(a, np.memmap):
+                self.left += a.nbytes
+
+    def block_tokens(self):
+        return max(MIN_BLOCK, self.left // BYTES_PER_TOKEN)
+
+
+def minimum_memory(V, order):
+    """The smallest budget that makes progress: the vocabulary's arrays and one block's work."""
+    return V * 8 * 6 + 2 * MIN_BLOCK * BYTES_PER_TOKEN
+
+
+# --- the stream: blocks of whole sentences, padded with one <s> each ----------------------------------
+def _padded_blocks(ids, lookup, size):
+    """Yield (padded position of the block's start, padded ids as int64) over an unpadded stream
+    (sentences, each ended by </s>), `size` tokens at a time, cut after a sentence's end."""
+    start, padded, n = 0, 0, len(ids)
+    while start < n:
+        stop = min(start + size, n)
+        raw = np.asarray(ids[start:stop])
+        ends = np.flatnonzero(raw == Vocabulary.EOS_ID)
+        while len(ends) == 0:  # a sentence longer than the block: take the block on to its end
+            stop = min(stop + size, n)
+            raw = np.asarray(ids[start:stop])
+            ends = np.flatnonzero(raw == Vocabulary.EOS_ID)
+        stop = start + int(ends[-1]) + 1
+        raw = raw[: int(ends[-1]) + 1]
+        block = lookup[raw].astype(np.int64) if lookup is not None else raw.astype(np.int64)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        block = np.insert(block, starts, Vocabulary.BOS_ID)
+        yield padded, block
+        padded += len(block)
+        start = stop
+
+
+def _position(block):
+    """Each position's distance from its sentence's <s> (a block starts with one)."""
+    where = np.arange(len(block))
+    return where - np.maximum.accumulate(np.where(block == Vocabulary.BOS_ID, where, 0))
+
+
+def _ngram_keys(block, pos, prev, V, k):
+    """The block's k-grams: where they end, their keys and their suffixes' indices."""
+    p = np.flatnonzero((block != Vocabulary.BOS_ID) & (pos >= k - 1))
+    return p, prev[p - 1] * V + block[p], prev[p]
+
+
+@njit(cache=True)
+def _count_into(counts, index):
+    for i in index:
+        counts[i] += 1
+
+
+# --- merging sorted runs -------------------------------------------------------------------------------
+class _RunReader:
+    def __init__(self, disk, size):
+        self.disk, self.size, self.at, self.buffer = disk, size, 0, None
+        self.fill()
+
+    def fill(self):
+        self.buffer = self.disk.read(self.at, self.at + self.size)
+        self.at += len(self.buffer)
+
+    @property
+    def exhausted(self):
+        return self.at >= len(self.disk)
+
+
+def _merge(runs, size):
+    """Yield (keys, raw, suffix) blocks, sorted and distinct, of the runs merged (raw counts summed)."""
+    readers = [_RunReader(r, size) for r in runs]
+    readers = [r for r in readers if len(r.buffer)]
+    while readers:
+        open_ = [r.buffer["key"][-1] for r in readers if not r.exhausted]
+        bound = min(open_) if open_ else np.iinfo(np.int64).max
+        parts = []
+        for r in readers:
+            cut = int(np.searchsorted(r.buffer["key"], bound, side="right"))
+            parts.append(r.buffer[:cut])
+            r.buffer = r.buffer[cut:]
+            if len(r.buffer) == 0 and not r.exhausted:
+                r.fill()
+        readers = [r for r in readers if len(r.buffer)]
+        both = np.concatenate(parts)
+        if len(both) == 0:
+            continue
+        both = both[np.argsort(both["key"], kind="stable")]
+        first = np.flatnonzero(np.concatenate(([True], both["key"][1:] != both["key"][:-1])))
+        yield both["key"][first], np.add.reduceat(both["raw"], first), both["suffix"][first]
+
+
+def _merged_runs(runs, budget, folder, name, fan_in=None):
+    """The runs merged down to at most as many as the budget has buffers for (in rounds)."""
+    fan_in = fan_in or max(2, budget.left // (3 * MERGE_BUFFER * RUN.itemsize))
+    round_ = 0
+    while len(runs) > fan_in:
+        round_ += 1
+        merged = []
+        for g in range(0, len(runs), fan_in):
+            group = runs[g : g + fan_in]
+            out = DiskArray(os.path.join(folder, f"{name}.r{round_}.{g}.run"), RUN)
+            size = max(MERGE_BUFFER, budget.left // (3 * RUN.itemsize * len(group)))
+            for keys, raw, suffix in _merge(group, size):
+                rec = np.empty(len(keys), dtype=RUN)
+                rec["key"], rec["raw"], rec["suffix"] = keys, raw, suffix
+                out.append(rec)
+            merged.append(out.close())
+            for r in group:
+                r.remove()
+        runs = merged
+    return runs, max(MERGE_BUFFER, budget.left // (3 * RUN.itemsize * max(1, len(runs)))), round_
+
+
+# --- the estimate ---------------------------------------------------------------------------------------
+class DiskEstimate:
+    """Interpolated modified Kneser-Ney of an unpadded id stream within `memory` bytes, its
+    temporaries in `temp_dir`. Call run(), then write_arpa / write_binary; close() (or the
+    context manager) removes the temporaries, also on an error or Ctrl-C."""
+
+    def __init__(self, ids, vocab, order, memory, temp_dir=None, lookup=None, discount_fallback=(0.5, 1.0, 1.5),
+                 kenlm_compat=True, progress=None, block_tokens=None, fan_in=None):
+        from .ngram import MAX_ORDER
+
+        if not 1 <= order <= MAX_ORDER:
+            raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
+        self.ids, self.vocab, self.order, self.lookup = ids, vocab, order, lookup
+        self.V = len(vocab)
+        need = minimum_memory(self.V, order)
+        if memory < need:
+            raise FflmError(f"--memory {format_size(memory)} is too small to make progress: a {self.V}-word "
+                            f"vocabulary at order {order} needs at least {format_size(need)}")
+        if len(ids) == 0:
+            raise FflmError("cannot estimate an n-gram model from an empty corpus")
+        if ids[len(ids) - 1] != Vocabulary.EOS_ID:
+            raise FflmError("an unpadded id stream must end with </s>")
+        temp_dir = temp_dir or tempfile.gettempdir()
+        if not os.path.isdir(temp_dir):
+            raise FflmError(f"--temp-dir {temp_dir}: no such folder")
+        try:
+            self.folder = tempfile.mkdtemp(dir=temp_dir, prefix="fflm-ngram.")
+        except OSError as e:
+            raise FflmError(f"--temp-dir {temp_dir}: cannot write there ({e.strerror})") from None
+        self.budget = _Budget(memory, self.folder)
+        self.fallback, self.kenlm_compat = discount_fallback, kenlm_compat
+        self.progress, self.fixed_block, self.fan_in = progress, block_tokens, fan_in
+        self.merge_rounds = 0
+        self.tables = []  # per order: dict of DiskArrays keys, raw, suffix, bos, adjusted, log10p, bow
+        self.discounts = None
+        self.runs_spilled = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        for t in self.tables:
+            for d in t.values():
+                if isinstance(d, DiskArray):
+                    d.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _disk(self, name, dtype):
+        return DiskArray(os.path.join(self.folder, name), dtype)
+
+    def _blocks(self):
+        size = self.fixed_block or self.budget.block_tokens()
+        return _padded_blocks(self.ids, self.lookup, size)
+
+    def _bar(self, desc, total):
+        if self.progress is None:
+            return contextlib.nullcontext(None)
+        return self.progress(total=total, desc=desc, unit="tok", unit_scale=True)
+
+    @property
+    def sizes(self):
+        return [len(t["keys"]) for t in self.tables]
+
+    # -- counting ------------------------------------------------------------------------------------
+    def run(self):
+        V, N = self.V, self.order
+        raw1 = np.zeros(V, dtype=np.int64)
+        first_seen = np.full(V, -1, dtype=np.int64)
+        ending = self._disk("ending1.bin", np.int32 if V < 1 << 31 else np.int64)
+        with self._bar("1-grams", len(self.ids)) as bar:
+            for at, block in self._blocks():
+                raw1 += np.bincount(block[block != Vocabulary.BOS_ID], minlength=V)
+                words, where = np.unique(block, return_index=True)
+                new = first_seen[words] < 0
+                first_seen[words[new]] = at + where[new]
+                ending.append(block)
+                if bar is not None:
+                    bar.update(len(block) - int(np.count_nonzero(block == Vocabulary.BOS_ID)))
+        ending.close()
+        self.tokens = int(raw1.sum())
+        one = {"keys": None, "raw": self._disk("raw1.bin", np.int64),
+               "bos": self._disk("bos1.bin", np.bool_)}
+        one["raw"].append(raw1)
+        one["bos"].append(np.arange(V) == Vocabulary.BOS_ID)
+        keys1 = self._disk("keys1.bin", np.int64)
+        keys1.append(np.arange(V, dtype=np.int64))
+        one["keys"] = keys1.close()
+        for d in one.values():
+            d.close()
+        self.tables.append(one)
+        self._first_seen = first_seen
+        previous = ending
+        for k in range(2, N + 1):
+            previous = self._count_order(k, previous)
+        if previous is not None:
+            previous.remove()
+        # the highest order keeps its raw counts
+        top = self.tables[-1]
+        top["adjusted"] = top["raw"]
+        self._estimate()
+        return self
+
+    def _count_order(self, k, previous):
+        V, budget = self.V, self.budget
+        below = self.tables[-1]
+        runs = []
+        with self._bar(f"{k}-grams", self.tokens) as bar:
+            for at, block in self._blocks():
+                prev = previous.read(at, at + len(block)).astype(np.int64)
+                p, key, suffix = _ngram_keys(block, _position(block), prev, V, k)
+                keys, first, raw = np.unique(key, return_index=True, return_counts=True)
+                rec = np.empty(len(keys), dtype=RUN)
+                rec["key"], rec["raw"], rec["suffix"] = keys, raw, suffix[first]
+                run = self._disk(f"{k}.{len(runs)}.run", RUN)
+                run.append(rec)
+                runs.append(run.close())
+                if bar is not None:
+                    bar.update(len(block) - int(np.count_nonzero(block == Vocabulary.BOS_ID)))
+        self.runs_spilled += len(runs)
+        # merge: the order's tables, and the adjusted counts of the order below
+        bos_below = budget.load(below["bos"])
+        continuation = budget.array(len(below["keys"]), np.int64, fill=0)
+        t = {name: self._disk(f"{name}{k}.bin", dt) for name, dt in
+             (("keys", np.int64), ("raw", np.int64), ("suffix", np.int64), ("bos", np.bool_))}
+        runs, size, rounds = _merged_runs(runs, budget, self.folder, str(k), self.fan_in)
+        self.merge_rounds += rounds
+        for keys, raw, suffix in _merge(runs, size):
+            t["keys"].append(keys)
+            t["raw"].append(raw)
+            t["suffix"].append(suffix)
+            t["bos"].append(bos_below[keys // V])
+            _count_into(continuation, suffix)
+        for r in runs:
+            r.remove()
+        for d in t.values():
+            d.close()
+        if len(t["keys"]) == 0:
+            raise FflmError(f"order {self.order} is larger than any sentence allows (no {k}-grams)")
+        adjusted = self._disk(f"adjusted{k - 1}.bin", np.int64)
+        step = 1 << 22
+        for start in range(0, len(continuation), step):
+            bos = bos_below[start : start + step]
+            a = np.where(bos, below["raw"].read(start, start + step), continuation[start : start + step])
+            if k == 2 and start <= Vocabulary.BOS_ID < start + step:
+                a[Vocabulary.BOS_ID - start] = 0  # <s> is never predicted
+            adjusted.append(a)
+        below["adjusted"] = adjusted.close()
+        budget.free(bos_below, continuation)
+        del bos_below, continuation
+        self.tables.append(t)
+        if k == self.order:
+            previous.remove()
+            return None
+        # index: each position's k-gram, for the next order's keys
+        keys_k = budget.load(t["keys"])
+        ending = self._disk(f"ending{k}.bin", np.int32 if len(keys_k) < 1 << 31 else np.int64)
+        for at, block in self._blocks():
+            prev = previous.read(at, at + len(block)).astype(np.int64)
+            p, key, _ = _ngram_keys(block, _position(block), prev, V, k)
+            distinct, inverse = np.unique(key, return_inverse=True)
+            here = np.full(len(block), -1, dtype=np.int64)
+            here[p] = np.searchsorted(keys_k, distinct)[inverse.reshape(-1)]
+            ending.append(here)
+        budget.free(keys_k)
+        del keys_k
+        previous.remove()
+        return ending.close()
+
+    # -- discounts and probabilities ---------------------------------------------------------------------
+    def _last_ngrams(self):
+        """ngram._kenlm_last_ngrams over the tables on disk (only the candidates are read)."""
+        from .ngram import _best_last_ngram
+
+        V, N = self.V, self.order
+        rank = np.full(V, -1, dtype=np.int64)
+        seen = np.flatnonzero(self._first_seen >= 0)
+        rank[seen[np.argsort(self._first_seen[seen], kind="stable")]] = np.arange(len(seen)) + 3
+        rank[:3] = (0, 1, 2)
+        targets = np.flatnonzero((self._first_seen >= 0) & (np.arange(V) != Vocabulary.BOS_ID))
+        last_word = int(targets[np.argmax(rank[targets])])
+
+        def candidates(k):
+            t = self.tables[k - 1]
+            found = []
+            for start, keys in t["keys"].blocks(1 << 22):
+                hit = keys % V == last_word
+                if k < N:
+                    hit &= t["bos"].read(start, start + len(keys))
+                found.append(np.flatnonzero(hit) + start)
+            return np.concatenate(found).tolist()
+
+        def key(k, i):
+            return int(self.tables[k - 1]["keys"].read(i, i + 1)[0])
+
+        def suffix(k, i):
+            return int(self.tables[k - 1]["suffix"].read(i, i + 1)[0])
+
+        return _best_last_ngram(N, V, rank, last_word, candidates, key, suffix)
+
+    def _estimate(self):
+        from .ngram import _kn_discounts_from
+
+        V, N, budget = self.V, self.order, self.budget
+        last = self._last_ngrams() if self.kenlm_compat else [-1] * N
+        self.discounts = []
+        for k in range(1, N + 1):
+            t = self.tables[k - 1]
+            n = np.zeros(5, dtype=np.int64)  # how many have adjusted count 0..4
+            for _, a in t["adjusted"].blocks(1 << 22):
+                n += np.bincount(np.minimum(a, 5), minlength=6)[:5]
+            if last[k - 1] >= 0:
+                i = last[k - 1]
+                a_i, raw_i = int(t["adjusted"].read(i, i + 1)[0]), int(t["raw"].read(i, i + 1)[0])
+                if a_i < 5:
+                    n[a_i] -= 1
+                if raw_i < 5:
+                    n[raw_i] += 1
+            self.discounts.append(_kn_discounts_from([int(x) for x in n], k, self.fallback))
+        lower = None
+        for k in range(1, N + 1):
+            lower = self._probabilities(k, lower)
+        budget.free(lower)
+        top = self.tables[-1]
+        top["bow"] = self._disk(f"bow{N}.bin", np.float64)
+        for start, keys in top["keys"].blocks(1 << 22):
+            top["bow"].append(np.zeros(len(keys)))
+        top["bow"].close()
+
+    def _context_blocks(self, k, size):
+        """Blocks of order k's (start, keys, adjusted) cut where a context ends, so each context's
+        sums are taken in one block and in the order the in-memory estimate takes them."""
+        t = self.tables[k - 1]
+        if k == 1:  # one context, the vocabulary: one block
+            yield 0, t["keys"].read(), t["adjusted"].read()
+            return
+        carry_keys = np.empty(0, dtype=np.int64)
+        carry_a = np.empty(0, dtype=np.int64)
+        at = 0
+        n = len(t["keys"])
+        for start in range(0, n, size):
+            keys = np.concatenate((carry_keys, t["keys"].read(start, start + size)))
+            a = np.concatenate((carry_a, t["adjusted"].read(start, start + size)))
+            if start + size < n:
+                ctx = keys // self.V
+                cut = int(np.searchsorted(ctx, ctx[-1]))
+                if cut == 0:  # one context fills the block: read on
+                    carry_keys, carry_a = keys, a
+                    continue
+                carry_keys, carry_a = keys[cut:], a[cut:]
+                keys, a = keys[:cut], a[:cut]
+            else:
+                carry_keys, carry_a = carry_keys[:0], carry_a[:0]
+            yield at, keys, a
+            at += len(keys)
+
+    def _probabilities(self, k, lower):
+        V, budget = self.V, self.budget
+        t = self.tables[k - 1]
+        d = np.array((0.0,) + tuple(self.discounts[k - 1]))
+        n_contexts = len(self.tables[k - 2]["keys"]) if k > 1 else 1
+        denominator = budget.array(n_contexts, np.float64, fill=0.0)
+        gamma = budget.array(n_contexts, np.float64, fill=0.0)
+        size = max(MIN_BLOCK, budget.block_tokens() // 2)
+        for _, keys, a in self._context_blocks(k, size):
+            ctx = keys // V if k > 1 else np.zeros(len(keys), dtype=np.int64)
+            lo = int(ctx[0])
+            denominator[lo : int(ctx[-1]) + 1] = np.bincount(ctx - lo, weights=a)
+            gamma[lo : int(ctx[-1]) + 1] = np.bincount(ctx - lo, weights=d[np.minimum(a, 3)])
+        is_context = denominator > 0
+        gamma[is_context] /= denominator[is_context]
+        if k > 1:
+            below = self.tables[k - 2]
+            below["bow"] = self._disk(f"bow{k - 1}.bin", np.float64)
+            step = 1 << 22
+            for start in range(0, n_contexts, step):
+                g, c = gamma[start : start + step], is_context[start : start + step]
+                b = np.zeros(len(g))
+                b[c] = np.log10(g[c])
+                below["bow"].append(b)
+            below["bow"].close()
+        t["log10p"] = self._disk(f"log10p{k}.bin", np.float64)
+        p_here = self._disk(f"p{k}.bin", np.float64) if k < self.order else None
+        uniform = 1.0 / (V - 1)
+        for start, keys, a in self._context_blocks(k, size):
+            ctx = keys // V if k > 1 else np.zeros(len(keys), dtype=np.int64)
+            if k == 1:
+                lower_here = np.full(len(keys), uniform)
+            else:
+                lower_here = lower[t["suffix"].read(start, start + len(keys))]
+            p = (a - d[np.minimum(a, 3)]) / denominator[ctx] + gamma[ctx] * lower_here
+            with np.errstate(divide="ignore"):
+                lp = np.log10(p)
+            if k == 1:
+                lp[Vocabulary.BOS_ID] = -np.inf
+            t["log10p"].append(lp)
+            if p_here is not None:
+                p_here.append(p)
+        t["log10p"].close()
+        budget.free(denominator, gamma, lower)
+        del denominator, gamma, lower
+        if p_here is None:
+            return None
+        p_here.close()
+        lower = budget.load(p_here)
+        p_here.remove()
+        return lower
+
+    # -- output ----------------------------------------------------------------------------------------
+    def words_of(self, k, start, stop):
+        """(rows, k) word ids of order k's entries start..stop (a sorted range: each lower order's
+        prefixes are one contiguous range of its file)."""
+        V = self.V
+        keys = self.tables[k - 1]["keys"].read(start, stop)
+        out = np.empty((len(keys), k), dtype=np.int64)
+        for col in range(k - 1, 0, -1):
+            out[:, col] = keys % V
+            j = keys // V
+            if len(j) == 0:
+                break
+            lo, hi = int(j[0]), int(j[-1]) + 1
+            keys = self.tables[col - 1]["keys"].read(lo, hi)[j - lo]
+        out[:, 0] = keys
+        return out
+
+    def write_arpa(self, path, header):
+        """The ARPA file, order by order, a block at a time: the in-memory save_arpa's bytes."""
+        from .fileio import atomic_write
+        from .ngram import _arpa_header, _arpa_lines
+
+        words = self.vocab.words
+        size = max(MIN_BLOCK, self.budget.block_tokens() // 4)
+        total = sum(self.sizes)
+        with atomic_write(path) as f, self._bar("writing", total) as bar:
+            f.write(_arpa_header(header, self.sizes))
+            for k in range(1, self.order + 1):
+                t = self.tables[k - 1]
+                f.write(f"\n\\{k}-grams:\n")
+                for start in range(0, len(t["keys"]), size):
+                    stop = min(start + size, len(t["keys"]))
+                    rows = self.words_of(k, start, stop).tolist()
+                    strings = [" ".join([words[w] for w in row]) for row in rows]
+                    bw = t["bow"].read(start, stop) if k < self.order else None
+                    f.write(_arpa_lines(t["log10p"].read(start, stop), strings, bw))
+                    if bar is not None:
+                        bar.update(stop - start)
+            f.write("\n\\end\\\n")
+
+    def arrays(self):
+        """Per order (keys, log10p, bow) DiskArrays, as ngram.save_binary takes them."""
+        return [(t["keys"], t["log10p"], t["bow"]) for t in self.tables]
+
+
+def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_count=None, max_vocab=None,
+          binary=False, meta=None, discount_fallback=(0.5, 1.0, 1.5), kenlm_compat=True, progress=None):
+    """`fflm ngram train --memory`: the Kneser-Ney model of `corpus` (a text file, nltk:NAME,
+    or a prepared folder, read in place) written to `output` (ARPA, or binary) within `memory`
+    (bytes, or a size such as "4G"); text is prepared into the temporary folder first.
+    Returns a summary (vocabulary, tokens, sentences, n-gram counts, discounts, runs)."""
+    from .ngram import _header, write_binary
+    from .prepared import PreparedCorpus, is_prepared_any, prepare
+    from .text import is_nltk
+
+    memory = parse_size(memory) if isinstance(memory, str) else int(memory)
+    temp_dir = temp_dir or tempfile.gettempdir()
+    if not os.path.isdir(temp_dir):
+        raise FflmError(f"--temp-dir {temp_dir}: no such folder")
+    staging = None
+    try:
+        if not is_nltk(corpus) and is_prepared_any(corpus):
+            source = PreparedCorpus(corpus)
+            source.check_text(config)
+        else:
+            try:
+                staging = tempfile.mkdtemp(dir=temp_dir, prefix="fflm-prepare.")
+            except OSError as e:
+                raise FflmError(f"--temp-dir {temp_dir}: cannot write there ({e.strerror})") from None
+            from .text import TextConfig
+
+            prepare(corpus, os.path.join(staging, "corpus"), config or TextConfig(), progress=progress)
+            source = PreparedCorpus(os.path.join(staging, "corpus"))
+        vocab = source.vocabulary(min_count, max_vocab)
+        with DiskEstimate(source.ids, vocab, order, memory, temp_dir, lookup=source.lookup(vocab),
+                          discount_fallback=discount_fallback, kenlm_compat=kenlm_compat,
+                          progress=progress) as est:
+            est.run()
+            if binary:
+                write_binary(output, vocab, order, "kn", est.discounts, None, meta or {}, est.arrays())
+            else:
+                est.write_arpa(output, _header("kn", order, est.discounts, None, meta or {}))
+            return {"vocabulary": len(vocab), "tokens": est.tokens, "sentences": source.num_sentences,
+                    "ngrams": est.sizes, "discounts": [list(d) for d in est.discounts], "runs": est.runs_spilled,
+                    "merge_rounds": est.merge_rounds, "memory": memory, "text": source.text}
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
