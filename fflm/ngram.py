@@ -35,6 +35,7 @@ SMOOTHINGS = ("kn", "add-k", "mle")
 MAX_ORDER = 10
 ARPA_LOG_ZERO = -99.0  # how ARPA files spell log10(0)
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # KenLM's --discount_fallback defaults
+ARPA_BLOCK = 1 << 20  # entries an ARPA file is written in at a time
 
 
 def _find(keys, query):
@@ -562,15 +563,16 @@ class NGramLM(LanguageModel):
         return logp
 
     # --- ARPA ----------------------------------------------------------------------------
-    def _ngram_strings(self):
-        words = self.vocab.words
-        strings = [list(words)]
-        V = len(words)
-        for k in range(2, self.order + 1):
-            keys = self.keys[k - 1]
-            prev = strings[-1]
-            strings.append([prev[p] + " " + words[w] for p, w in zip((keys // V).tolist(), (keys % V).tolist())])
-        return strings
+    def ngram_words(self, k, start=0, stop=None):
+        """(rows, k) word ids of order k's entries start..stop, read off the keys."""
+        V = len(self.vocab)
+        keys = np.asarray(self.keys[k - 1][start:stop], dtype=np.int64)
+        out = np.empty((len(keys), k), dtype=np.int64)
+        for col in range(k - 1, 0, -1):
+            out[:, col] = keys % V
+            keys = np.asarray(self.keys[col - 1], dtype=np.int64)[keys // V]
+        out[:, 0] = keys
+        return out
 
     def save_arpa(self, path):
         """Write the model as an ARPA file (gzipped if `path` ends in .gz), atomically.
@@ -582,13 +584,18 @@ class NGramLM(LanguageModel):
         >>> round(NGramLM.load_arpa(path).perplexity(["the cat ran"]), 4) == round(lm.perplexity(["the cat ran"]), 4)
         True
         """
-        strings = self._ngram_strings()
-        with atomic_write(path) as f:
-            f.write(_arpa_header(self._header(), self.sizes))
+        from .arpatext import WordTable, arpa_lines
+
+        words = WordTable(self.vocab.words)
+        with atomic_write(path, "wb") as f:
+            f.write(_arpa_header(self._header(), self.sizes).encode())
             for k in range(1, self.order + 1):
-                f.write(f"\n\\{k}-grams:\n")
-                f.write(_arpa_lines(self.log10p[k - 1], strings[k - 1], self.bow[k - 1] if k < self.order else None))
-            f.write("\n\\end\\\n")
+                f.write(f"\n\\{k}-grams:\n".encode())
+                for start in range(0, len(self.keys[k - 1]), ARPA_BLOCK):
+                    stop = start + ARPA_BLOCK
+                    f.write(arpa_lines(self.log10p[k - 1][start:stop], self.ngram_words(k, start, stop), words,
+                                       self.bow[k - 1][start:stop] if k < self.order else None))
+            f.write(b"\n\\end\\\n")
 
     def _header(self):
         return _header(self.smoothing, self.order, self.discounts, self.k, self.meta)
@@ -623,15 +630,6 @@ def _header(smoothing, order, discounts, k, meta):
 def _arpa_header(header, sizes):
     return ("# fflm " + json.dumps(header) + "\n\n\\data\\\n"
             + "".join(f"ngram {k}={n}\n" for k, n in enumerate(sizes, 1)))
-
-
-def _arpa_lines(log10p, strings, bow=None):
-    """An order's entries as ARPA lines (bow None: the highest order, which has none)."""
-    lp = np.nan_to_num(log10p, nan=ARPA_LOG_ZERO, neginf=ARPA_LOG_ZERO).tolist()
-    if bow is None:
-        return "".join(f"{p:.7g}\t{s}\n" for p, s in zip(lp, strings))
-    bw = np.nan_to_num(bow, neginf=ARPA_LOG_ZERO).tolist()
-    return "".join(f"{p:.7g}\t{s}\t{b:.7g}\n" for p, s, b in zip(lp, strings, bw))
 
 
 _NGRAM_COUNT = re.compile(r"^ngram\s+(\d+)\s*=\s*(\d+)$")

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 import numpy as np
 from numba import njit
@@ -297,6 +298,8 @@ class DiskEstimate:
         self.fallback, self.kenlm_compat = discount_fallback, kenlm_compat
         self.progress, self.fixed_block, self.fan_in = progress, block_tokens, fan_in
         self.merge_rounds = 0
+        self.profile = {}  # seconds per pass, for the benchmark's profile
+        self._clock = time.perf_counter()
         self.tables = []  # per order: dict of DiskArrays keys, raw, suffix, bos, adjusted, log10p, bow
         self.discounts = None
         self.runs_spilled = 0
@@ -313,6 +316,12 @@ class DiskEstimate:
                 if isinstance(d, DiskArray):
                     d.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _lap(self, name):
+        """Charge the time since the last lap to `name`."""
+        now = time.perf_counter()
+        self.profile[name] = round(self.profile.get(name, 0.0) + now - self._clock, 3)
+        self._clock = now
 
     def _disk(self, name, dtype):
         return DiskArray(os.path.join(self.folder, name), dtype)
@@ -358,6 +367,7 @@ class DiskEstimate:
             d.close()
         self.tables.append(one)
         self._first_seen = first_seen
+        self._lap("1-grams")
         previous = ending
         for k in range(2, N + 1):
             previous = self._count_order(k, previous)
@@ -386,6 +396,7 @@ class DiskEstimate:
                 if bar is not None:
                     bar.update(len(block) - int(np.count_nonzero(block == Vocabulary.BOS_ID)))
         self.runs_spilled += len(runs)
+        self._lap(f"count {k}")
         # merge: the order's tables, and the adjusted counts of the order below
         bos_below = budget.load(below["bos"])
         continuation = budget.array(len(below["keys"]), np.int64, fill=0)
@@ -417,6 +428,7 @@ class DiskEstimate:
         budget.free(bos_below, continuation)
         del bos_below, continuation
         self.tables.append(t)
+        self._lap(f"merge {k}")
         if k == self.order:
             previous.remove()
             return None
@@ -433,6 +445,7 @@ class DiskEstimate:
         budget.free(keys_k)
         del keys_k
         previous.remove()
+        self._lap(f"index {k}")
         return ending.close()
 
     # -- discounts and probabilities ---------------------------------------------------------------------
@@ -470,6 +483,7 @@ class DiskEstimate:
         from .ngram import _kn_discounts_from
 
         V, N, budget = self.V, self.order, self.budget
+        self._clock = time.perf_counter()
         last = self._last_ngrams() if self.kenlm_compat else [-1] * N
         self.discounts = []
         for k in range(1, N + 1):
@@ -485,9 +499,11 @@ class DiskEstimate:
                 if raw_i < 5:
                     n[raw_i] += 1
             self.discounts.append(_kn_discounts_from([int(x) for x in n], k, self.fallback))
+        self._lap("discounts")
         lower = None
         for k in range(1, N + 1):
             lower = self._probabilities(k, lower)
+            self._lap(f"probabilities {k}")
         budget.free(lower)
         top = self.tables[-1]
         top["bow"] = self._disk(f"bow{N}.bin", np.float64)
@@ -593,26 +609,26 @@ class DiskEstimate:
 
     def write_arpa(self, path, header):
         """The ARPA file, order by order, a block at a time: the in-memory save_arpa's bytes."""
+        from .arpatext import WordTable, arpa_lines
         from .fileio import atomic_write
-        from .ngram import _arpa_header, _arpa_lines
+        from .ngram import _arpa_header
 
-        words = self.vocab.words
+        words = WordTable(self.vocab.words)
         size = max(MIN_BLOCK, self.budget.block_tokens() // 4)
         total = sum(self.sizes)
-        with atomic_write(path) as f, self._bar("writing", total) as bar:
-            f.write(_arpa_header(header, self.sizes))
+        with atomic_write(path, "wb") as f, self._bar("writing", total) as bar:
+            f.write(_arpa_header(header, self.sizes).encode())
             for k in range(1, self.order + 1):
                 t = self.tables[k - 1]
-                f.write(f"\n\\{k}-grams:\n")
+                f.write(f"\n\\{k}-grams:\n".encode())
                 for start in range(0, len(t["keys"]), size):
                     stop = min(start + size, len(t["keys"]))
-                    rows = self.words_of(k, start, stop).tolist()
-                    strings = [" ".join([words[w] for w in row]) for row in rows]
                     bw = t["bow"].read(start, stop) if k < self.order else None
-                    f.write(_arpa_lines(t["log10p"].read(start, stop), strings, bw))
+                    f.write(arpa_lines(t["log10p"].read(start, stop), self.words_of(k, start, stop), words, bw))
                     if bar is not None:
                         bar.update(stop - start)
-            f.write("\n\\end\\\n")
+            f.write(b"\n\\end\\\n")
+        self._lap("write")
 
     def arrays(self):
         """Per order (keys, log10p, bow) DiskArrays, as ngram.save_binary takes them."""
@@ -633,7 +649,7 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
     temp_dir = temp_dir or tempfile.gettempdir()
     if not os.path.isdir(temp_dir):
         raise FflmError(f"--temp-dir {temp_dir}: no such folder")
-    staging = None
+    staging, started = None, time.perf_counter()
     try:
         if not is_nltk(corpus) and is_prepared_any(corpus):
             source = PreparedCorpus(corpus)
@@ -648,17 +664,21 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
             prepare(corpus, os.path.join(staging, "corpus"), config or TextConfig(), progress=progress)
             source = PreparedCorpus(os.path.join(staging, "corpus"))
         vocab = source.vocabulary(min_count, max_vocab)
+        read = round(time.perf_counter() - started, 3)
         with DiskEstimate(source.ids, vocab, order, memory, temp_dir, lookup=source.lookup(vocab),
                           discount_fallback=discount_fallback, kenlm_compat=kenlm_compat,
                           progress=progress) as est:
             est.run()
             if binary:
+                est._clock = time.perf_counter()
                 write_binary(output, vocab, order, "kn", est.discounts, None, meta or {}, est.arrays())
+                est._lap("write")
             else:
                 est.write_arpa(output, _header("kn", order, est.discounts, None, meta or {}))
             return {"vocabulary": len(vocab), "tokens": est.tokens, "sentences": source.num_sentences,
                     "ngrams": est.sizes, "discounts": [list(d) for d in est.discounts], "runs": est.runs_spilled,
-                    "merge_rounds": est.merge_rounds, "memory": memory, "text": source.text}
+                    "merge_rounds": est.merge_rounds, "memory": memory, "text": source.text,
+                    "profile": {"read": read, **est.profile}}
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

@@ -147,7 +147,7 @@ def _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_voca
     out = {"model": output, "name": name, "order": order, "smoothing": "kn", "vocabulary": summary["vocabulary"],
            "tokens": summary["tokens"], "sentences": summary["sentences"], "ngrams": summary["ngrams"],
            "discounts": summary["discounts"], "memory": budget, "runs": summary["runs"],
-           "merge_rounds": summary["merge_rounds"], "seconds": round(seconds, 3)}
+           "merge_rounds": summary["merge_rounds"], "seconds": round(seconds, 3), "profile": summary["profile"]}
     if as_json:
         _echo_json(out)
     elif not quiet:
