@@ -48,16 +48,23 @@ def _digits(x, pow10):
 
 
 @njit(cache=True)
+def digits(values):
+    """Per value (ok, digits, exponent) as _digits gives them; zeros are ok (written '0' or '-0')."""
+    n = values.shape[0]
+    ok = np.empty(n, dtype=np.bool_)
+    d = np.zeros(n, dtype=np.int64)
+    e = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        if values[i] == 0.0:
+            ok[i] = True
+        else:
+            ok[i], d[i], e[i] = _digits(values[i], _POW10)
+    return ok, d, e
+
+
 def fast_mask(values):
     """True where the fast path formats the value exactly."""
-    out = np.empty(values.shape[0], dtype=np.bool_)
-    for i in range(values.shape[0]):
-        x = values[i]
-        if x == 0.0:
-            out[i] = True
-        else:
-            out[i] = _digits(x, _POW10)[0]
-    return out
+    return digits(np.asarray(values, dtype=np.float64))[0]
 
 
 @njit(cache=True, inline="always")
@@ -67,8 +74,8 @@ def _put(buf, at, c):
 
 
 @njit(cache=True)
-def _write_number(buf, at, x, special, special_at, j):
-    """Write x as '%.7g' at buf[at:]; j >= 0: the pre-formatted special[j]."""
+def _write_number(buf, at, x, d, e, special, special_at, j):
+    """Write x ('%.7g' of it: its digits d and exponent e) at buf[at:]; j >= 0: special[j]."""
     if j >= 0:
         for t in range(special_at[j], special_at[j + 1]):
             at = _put(buf, at, special[t])
@@ -77,37 +84,48 @@ def _write_number(buf, at, x, special, special_at, j):
         if np.signbit(x):
             at = _put(buf, at, 45)  # '-'
         return _put(buf, at, 48)  # '0'
-    ok, d, e = _digits(x, _POW10)
     if x < 0:
         at = _put(buf, at, 45)
-    digs = np.empty(7, dtype=np.uint8)
-    for t in range(6, -1, -1):
-        digs[t] = 48 + d % 10
-        d //= 10
     m = 7
-    while m > 1 and digs[m - 1] == 48:  # trailing zeros go
+    while m > 1 and d % 10 == 0:  # trailing zeros go
+        d //= 10
         m -= 1
+    # the m digits of d, most significant first, go to buf[start:start + m] (with a point, or not)
     if -4 <= e < 7:
-        if e >= 0:
-            for t in range(e + 1):
-                at = _put(buf, at, digs[t] if t < m else 48)
-            if m > e + 1:
-                at = _put(buf, at, 46)  # '.'
-                for t in range(e + 1, m):
-                    at = _put(buf, at, digs[t])
-        else:
+        if e >= m - 1:  # an integer: the digits, then zeros
+            for t in range(m - 1, -1, -1):
+                buf[at + t] = 48 + d % 10
+                d //= 10
+            at += m
+            for _ in range(e + 1 - m):
+                at = _put(buf, at, 48)
+        elif e >= 0:  # digits, point, digits
+            for t in range(m, -1, -1):
+                if t == e + 1:
+                    buf[at + t] = 46
+                else:
+                    buf[at + t] = 48 + d % 10
+                    d //= 10
+            at += m + 1
+        else:  # 0.000ddd
             at = _put(buf, at, 48)
             at = _put(buf, at, 46)
             for _ in range(-e - 1):
                 at = _put(buf, at, 48)
-            for t in range(m):
-                at = _put(buf, at, digs[t])
+            for t in range(m - 1, -1, -1):
+                buf[at + t] = 48 + d % 10
+                d //= 10
+            at += m
     else:
-        at = _put(buf, at, digs[0])
         if m > 1:
-            at = _put(buf, at, 46)
-            for t in range(1, m):
-                at = _put(buf, at, digs[t])
+            for t in range(m, 1, -1):
+                buf[at + t] = 48 + d % 10
+                d //= 10
+            buf[at + 1] = 46
+            buf[at] = 48 + d
+            at += m + 1
+        else:
+            at = _put(buf, at, 48 + d)
         at = _put(buf, at, 101)  # 'e'
         at = _put(buf, at, 45 if e < 0 else 43)
         ae = -e if e < 0 else e
@@ -119,7 +137,8 @@ def _write_number(buf, at, x, special, special_at, j):
 
 
 @njit(cache=True)
-def _lines(log10p, bow, has_bow, rows, word_bytes, word_at, special, special_at, special_lp, special_bow):
+def _lines(log10p, lp_d, lp_e, bow, bow_d, bow_e, has_bow, rows, word_bytes, word_at, special, special_at,
+           special_lp, special_bow):
     n, k = rows.shape
     size = 0
     for i in range(n):
@@ -130,7 +149,7 @@ def _lines(log10p, bow, has_bow, rows, word_bytes, word_at, special, special_at,
     buf = np.empty(size, dtype=np.uint8)
     at = 0
     for i in range(n):
-        at = _write_number(buf, at, log10p[i], special, special_at, special_lp[i])
+        at = _write_number(buf, at, log10p[i], lp_d[i], lp_e[i], special, special_at, special_lp[i])
         at = _put(buf, at, 9)
         for c in range(k):
             if c:
@@ -140,7 +159,7 @@ def _lines(log10p, bow, has_bow, rows, word_bytes, word_at, special, special_at,
                 at = _put(buf, at, word_bytes[t])
         if has_bow:
             at = _put(buf, at, 9)
-            at = _write_number(buf, at, bow[i], special, special_at, special_bow[i])
+            at = _write_number(buf, at, bow[i], bow_d[i], bow_e[i], special, special_at, special_bow[i])
         at = _put(buf, at, 10)
     return buf[:at]
 
@@ -156,7 +175,7 @@ class WordTable:
 
 
 def arpa_lines(log10p, rows, words, bow=None):
-    """An order's ARPA lines as bytes: '%.7g' of log10p, the n-gram (rows: (n, k) word ids
+    """An order's ARPA lines as a uint8 array (write it as it is): '%.7g' of log10p, the n-gram (rows: (n, k) word ids
     into `words`, a WordTable), and '%.7g' of bow unless None. -inf and NaN are written -99,
     as ARPA spells log10(0)."""
     from .ngram import ARPA_LOG_ZERO
@@ -165,15 +184,21 @@ def arpa_lines(log10p, rows, words, bow=None):
     has_bow = bow is not None
     bw = (np.nan_to_num(np.asarray(bow, dtype=np.float64), neginf=ARPA_LOG_ZERO) if has_bow
           else np.zeros(len(lp)))
-    special_parts, index = [], []
+    special_parts, index, parts = [], [], []
     for values in (lp, bw):
+        if has_bow or values is lp:
+            ok, d, e = digits(values)
+        else:  # no back-offs to write
+            ok, d, e = np.ones(len(values), np.bool_), np.zeros(len(values), np.int64), np.zeros(len(values), np.int64)
         j = np.full(len(values), -1, dtype=np.int64)
-        slow = np.flatnonzero(~fast_mask(values)) if (has_bow or values is lp) else np.empty(0, np.int64)
+        slow = np.flatnonzero(~ok)
         j[slow] = np.arange(len(special_parts), len(special_parts) + len(slow))
         special_parts += [f"{x:.7g}".encode() for x in values[slow].tolist()]
         index.append(j)
+        parts.append((d, e))
     special = np.frombuffer(b"".join(special_parts), dtype=np.uint8) if special_parts else np.empty(0, np.uint8)
     special_at = np.zeros(len(special_parts) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in special_parts], out=special_at[1:])
     rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(len(lp), -1)
-    return _lines(lp, bw, has_bow, rows, words.bytes, words.at, special, special_at, index[0], index[1]).tobytes()
+    return _lines(lp, *parts[0], bw, *parts[1], has_bow, rows, words.bytes, words.at, special, special_at,
+                  index[0], index[1])

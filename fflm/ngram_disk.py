@@ -34,6 +34,7 @@ from numba import njit
 from .errors import FflmError
 from .vocab import Vocabulary
 
+BOS = Vocabulary.BOS_ID
 BYTES_PER_TOKEN = 128  # what counting a block costs a padded position (ids, keys, the sort's arrays), with room
 MIN_BLOCK = 1 << 12  # the smallest block of tokens worth a run
 RUN = np.dtype([("key", "<i8"), ("raw", "<i8"), ("suffix", "<i8")])
@@ -160,8 +161,41 @@ class _Budget:
 
 
 def minimum_memory(V, order):
-    """The smallest budget that makes progress: the vocabulary's arrays and one block's work."""
+    """The smallest budget for the estimate's arrays that makes progress: the vocabulary's
+    arrays and one block's work (the process itself comes on top, see resident())."""
     return V * 8 * 6 + 2 * MIN_BLOCK * BYTES_PER_TOKEN
+
+
+def _warm_up():
+    """Load every kernel the estimate calls (compiled, or from Numba's cache) before the process's
+    memory is measured, and have malloc hand big arrays back to the system when they are freed
+    (glibc otherwise raises its threshold and keeps them: the process would outgrow its budget)."""
+    from .arpatext import WordTable, arpa_lines
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed at 1 MB
+    except (OSError, AttributeError):
+        pass
+    block = np.array([BOS, 3, 2], dtype=np.int64)
+    for prev in (block, block.astype(np.int32)):
+        _block_ngrams(block, prev, 4, 2)
+    _scatter(block, 2, np.zeros(2, dtype=np.int64), np.empty(3, dtype=np.int32))
+    _scatter(block, 2, np.zeros(2, dtype=np.int64), np.empty(3, dtype=np.int64))
+    _count_into(np.zeros(4, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    arpa_lines(np.array([-1.5]), np.zeros((1, 1), dtype=np.int64), WordTable(["a"]), np.array([0.0]))
+
+
+def resident():
+    """This process's resident memory in bytes (Python, numpy, Numba's compiler: ~160 MB)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # --- the stream: blocks of whole sentences, padded with one <s> each ----------------------------------
@@ -187,22 +221,65 @@ def _padded_blocks(ids, lookup, size):
         start = stop
 
 
-def _position(block):
-    """Each position's distance from its sentence's <s> (a block starts with one)."""
-    where = np.arange(len(block))
-    return where - np.maximum.accumulate(np.where(block == Vocabulary.BOS_ID, where, 0))
+@njit(cache=True)
+def _block_ngrams(block, prev, V, k):
+    """The block's k-grams in stream order: keys (prefix index * V + word) and suffix indices,
+    from `prev`, the index of the (k-1)-gram ending at each position (a block starts with <s>)."""
+    n = block.shape[0]
+    keys = np.empty(n, dtype=np.int64)
+    suffix = np.empty(n, dtype=np.int64)
+    m, pos = 0, 0
+    for i in range(n):
+        if block[i] == BOS:
+            pos = 0
+            continue
+        pos += 1
+        if pos >= k - 1:
+            keys[m] = prev[i - 1] * V + block[i]
+            suffix[m] = prev[i]
+            m += 1
+    return keys[:m], suffix[:m]
 
 
-def _ngram_keys(block, pos, prev, V, k):
-    """The block's k-grams: where they end, their keys and their suffixes' indices."""
-    p = np.flatnonzero((block != Vocabulary.BOS_ID) & (pos >= k - 1))
-    return p, prev[p - 1] * V + block[p], prev[p]
+@njit(cache=True)
+def _scatter(block, k, values, out):
+    """out[i] = the next of `values` where a k-gram ends at position i, else -1."""
+    m, pos = 0, 0
+    for i in range(block.shape[0]):
+        if block[i] == BOS:
+            pos = 0
+            out[i] = -1
+            continue
+        pos += 1
+        if pos >= k - 1:
+            out[i] = values[m]
+            m += 1
+        else:
+            out[i] = -1
 
 
 @njit(cache=True)
 def _count_into(counts, index):
     for i in index:
         counts[i] += 1
+
+
+def _sorted_run(keys, suffix):
+    """A block's k-grams as a run (distinct keys, sorted, with counts and suffixes) and each
+    k-gram's place in it (int32, in stream order)."""
+    order = np.argsort(keys)
+    ranked = keys[order]
+    new = np.empty(len(ranked), dtype=np.bool_)
+    new[:1] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=new[1:])
+    first = np.flatnonzero(new)
+    run = np.empty(len(first), dtype=RUN)
+    run["key"] = ranked[first]
+    run["raw"] = np.diff(first, append=len(ranked))
+    run["suffix"] = suffix[order[first]]  # any occurrence's: the suffix follows from the n-gram
+    place = np.empty(len(keys), dtype=np.int32)
+    place[order] = np.cumsum(new, dtype=np.int32) - 1
+    return run, place
 
 
 # --- merging sorted runs -------------------------------------------------------------------------------
@@ -220,69 +297,123 @@ class _RunReader:
         return self.at >= len(self.disk)
 
 
-def _merge(runs, size):
-    """Yield (keys, raw, suffix) blocks, sorted and distinct, of the runs merged (raw counts summed)."""
+def _merge(runs, size, places=None):
+    """Yield (keys, raw, suffix) blocks, sorted and distinct, of the runs merged (raw counts
+    summed). places: one DiskArray per run, given where each of its entries lands (int64)."""
     readers = [_RunReader(r, size) for r in runs]
-    readers = [r for r in readers if len(r.buffer)]
-    while readers:
-        open_ = [r.buffer["key"][-1] for r in readers if not r.exhausted]
+    live = [i for i, r in enumerate(readers) if len(r.buffer)]
+    emitted = 0
+    while live:
+        open_ = [readers[i].buffer["key"][-1] for i in live if not readers[i].exhausted]
         bound = min(open_) if open_ else np.iinfo(np.int64).max
         parts = []
-        for r in readers:
+        for i in live:
+            r = readers[i]
             cut = int(np.searchsorted(r.buffer["key"], bound, side="right"))
-            parts.append(r.buffer[:cut])
+            parts.append((i, r.buffer[:cut]))
             r.buffer = r.buffer[cut:]
             if len(r.buffer) == 0 and not r.exhausted:
                 r.fill()
-        readers = [r for r in readers if len(r.buffer)]
-        both = np.concatenate(parts)
-        if len(both) == 0:
+        live = [i for i in live if len(readers[i].buffer)]
+        parts = [(i, part) for i, part in parts if len(part)]
+        if not parts:
             continue
-        both = both[np.argsort(both["key"], kind="stable")]
-        first = np.flatnonzero(np.concatenate(([True], both["key"][1:] != both["key"][:-1])))
-        yield both["key"][first], np.add.reduceat(both["raw"], first), both["suffix"][first]
+        if len(parts) == 1:  # one run's entries: already sorted and distinct
+            i, both = parts[0]
+            if places is not None:
+                places[i].append(np.arange(emitted, emitted + len(both), dtype=np.int64))
+            emitted += len(both)
+            yield both["key"], both["raw"], both["suffix"]
+            continue
+        both = np.concatenate([part for _, part in parts])
+        order = np.argsort(both["key"], kind="stable")
+        ranked = both["key"][order]
+        new = np.empty(len(ranked), dtype=np.bool_)
+        new[:1] = True
+        np.not_equal(ranked[1:], ranked[:-1], out=new[1:])
+        first = np.flatnonzero(new)
+        if places is not None:
+            where = np.empty(len(both), dtype=np.int64)
+            where[order] = np.cumsum(new) - 1 + emitted
+            at = 0
+            for i, part in parts:
+                places[i].append(where[at : at + len(part)])
+                at += len(part)
+        emitted += len(first)
+        yield ranked[first], np.add.reduceat(both["raw"][order], first), both["suffix"][order[first]]
+
+
+def _compose(first, second, out):
+    """out = second[first]: `first` increasing (a run's entries keep their order when merged),
+    so each block of it reads one range of `second`."""
+    for _, block in first.blocks(1 << 22):
+        if len(block):
+            lo, hi = int(block[0]), int(block[-1]) + 1
+            out.append(second.read(lo, hi)[block - lo])
+    return out.close()
 
 
 def _merged_runs(runs, budget, folder, name, fan_in=None):
-    """The runs merged down to at most as many as the budget has buffers for (in rounds)."""
-    fan_in = fan_in or max(2, budget.left // (3 * MERGE_BUFFER * RUN.itemsize))
+    """The runs merged down to at most as many as the budget has buffers for (in rounds), and
+    for each run where its entries are in the runs left: (runs left, buffer entries, rounds,
+    route), route[r] = (index of the run left, DiskArray of places or None: the same places)."""
+    fan_in = fan_in or max(2, budget.left // (6 * MERGE_BUFFER * RUN.itemsize))
+    route = [(r, None) for r in range(len(runs))]
     round_ = 0
     while len(runs) > fan_in:
         round_ += 1
-        merged = []
+        merged, places = [], {}
         for g in range(0, len(runs), fan_in):
             group = runs[g : g + fan_in]
             out = DiskArray(os.path.join(folder, f"{name}.r{round_}.{g}.run"), RUN)
-            size = max(MERGE_BUFFER, budget.left // (3 * RUN.itemsize * len(group)))
-            for keys, raw, suffix in _merge(group, size):
+            here = [DiskArray(os.path.join(folder, f"{name}.r{round_}.{g + j}.places"), np.int64)
+                    for j in range(len(group))]
+            size = max(MERGE_BUFFER, budget.left // (6 * RUN.itemsize * len(group)))
+            for keys, raw, suffix in _merge(group, size, here):
                 rec = np.empty(len(keys), dtype=RUN)
                 rec["key"], rec["raw"], rec["suffix"] = keys, raw, suffix
                 out.append(rec)
             merged.append(out.close())
-            for r in group:
+            for j, r in enumerate(group):
+                places[g + j] = (len(merged) - 1, here[j].close())
                 r.remove()
+        for r, (current, mine) in enumerate(route):
+            target, theirs = places[current]
+            if mine is None:
+                route[r] = (target, theirs)
+            else:
+                composed = DiskArray(mine.path + f".{round_}", np.int64)
+                route[r] = (target, _compose(mine, theirs, composed))
+                mine.remove()
+        for _, theirs in places.values():
+            if all(theirs is not m for _, m in route):
+                theirs.remove()
         runs = merged
-    return runs, max(MERGE_BUFFER, budget.left // (3 * RUN.itemsize * max(1, len(runs)))), round_
+    return runs, max(MERGE_BUFFER, budget.left // (6 * RUN.itemsize * max(1, len(runs)))), round_, route
 
 
 # --- the estimate ---------------------------------------------------------------------------------------
 class DiskEstimate:
-    """Interpolated modified Kneser-Ney of an unpadded id stream within `memory` bytes, its
-    temporaries in `temp_dir`. Call run(), then write_arpa / write_binary; close() (or the
+    """Interpolated modified Kneser-Ney of an unpadded id stream within `memory` bytes (the whole
+    process's, as lmplz's -S; whole_process False: the estimate's own arrays), its temporaries
+    in `temp_dir`. Call run(), then write_arpa / write_binary; close() (or the
     context manager) removes the temporaries, also on an error or Ctrl-C."""
 
     def __init__(self, ids, vocab, order, memory, temp_dir=None, lookup=None, discount_fallback=(0.5, 1.0, 1.5),
-                 kenlm_compat=True, progress=None, block_tokens=None, fan_in=None):
+                 kenlm_compat=True, progress=None, block_tokens=None, fan_in=None, whole_process=True):
         from .ngram import MAX_ORDER
 
         if not 1 <= order <= MAX_ORDER:
             raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
         self.ids, self.vocab, self.order, self.lookup = ids, vocab, order, lookup
         self.V = len(vocab)
-        need = minimum_memory(self.V, order)
-        if memory < need:
-            raise FflmError(f"--memory {format_size(memory)} is too small to make progress: a {self.V}-word "
-                            f"vocabulary at order {order} needs at least {format_size(need)}")
+        _warm_up()
+        need, own = minimum_memory(self.V, order), resident() if whole_process else 0
+        if memory < own + need:
+            raise FflmError(f"--memory {format_size(memory)} is too small to make progress: "
+                            + (f"fflm itself takes {format_size(own)}, and " if own else "")
+                            + f"a {self.V}-word vocabulary at order {order} needs {format_size(need)}"
+                            + (" more" if own else "") + f"; give at least {format_size(own + need)}")
         if len(ids) == 0:
             raise FflmError("cannot estimate an n-gram model from an empty corpus")
         if ids[len(ids) - 1] != Vocabulary.EOS_ID:
@@ -294,7 +425,7 @@ class DiskEstimate:
             self.folder = tempfile.mkdtemp(dir=temp_dir, prefix="fflm-ngram.")
         except OSError as e:
             raise FflmError(f"--temp-dir {temp_dir}: cannot write there ({e.strerror})") from None
-        self.budget = _Budget(memory, self.folder)
+        self.budget = _Budget(memory - own, self.folder)
         self.fallback, self.kenlm_compat = discount_fallback, kenlm_compat
         self.progress, self.fixed_block, self.fan_in = progress, block_tokens, fan_in
         self.merge_rounds = 0
@@ -382,19 +513,21 @@ class DiskEstimate:
     def _count_order(self, k, previous):
         V, budget = self.V, self.budget
         below = self.tables[-1]
-        runs = []
+        runs, places = [], []
+        size = self.fixed_block or budget.block_tokens()  # the index pass cuts the same blocks
         with self._bar(f"{k}-grams", self.tokens) as bar:
-            for at, block in self._blocks():
-                prev = previous.read(at, at + len(block)).astype(np.int64)
-                p, key, suffix = _ngram_keys(block, _position(block), prev, V, k)
-                keys, first, raw = np.unique(key, return_index=True, return_counts=True)
-                rec = np.empty(len(keys), dtype=RUN)
-                rec["key"], rec["raw"], rec["suffix"] = keys, raw, suffix[first]
+            for at, block in _padded_blocks(self.ids, self.lookup, size):
+                keys, suffix = _block_ngrams(block, previous.read(at, at + len(block)), V, k)
+                rec, place = _sorted_run(keys, suffix)
+                del keys, suffix
                 run = self._disk(f"{k}.{len(runs)}.run", RUN)
                 run.append(rec)
                 runs.append(run.close())
+                where = self._disk(f"{k}.{len(places)}.place", np.int32)
+                where.append(place)
+                places.append(where.close())
                 if bar is not None:
-                    bar.update(len(block) - int(np.count_nonzero(block == Vocabulary.BOS_ID)))
+                    bar.update(len(block) - int(np.count_nonzero(block == BOS)))
         self.runs_spilled += len(runs)
         self._lap(f"count {k}")
         # merge: the order's tables, and the adjusted counts of the order below
@@ -402,9 +535,12 @@ class DiskEstimate:
         continuation = budget.array(len(below["keys"]), np.int64, fill=0)
         t = {name: self._disk(f"{name}{k}.bin", dt) for name, dt in
              (("keys", np.int64), ("raw", np.int64), ("suffix", np.int64), ("bos", np.bool_))}
-        runs, size, rounds = _merged_runs(runs, budget, self.folder, str(k), self.fan_in)
+        originals = len(runs)
+        runs, buffer, rounds, route = _merged_runs(runs, budget, self.folder, str(k), self.fan_in)
         self.merge_rounds += rounds
-        for keys, raw, suffix in _merge(runs, size):
+        last = k == self.order
+        final = None if last else [self._disk(f"{k}.final{j}.places", np.int64) for j in range(len(runs))]
+        for keys, raw, suffix in _merge(runs, buffer, final):
             t["keys"].append(keys)
             t["raw"].append(raw)
             t["suffix"].append(suffix)
@@ -421,29 +557,42 @@ class DiskEstimate:
         for start in range(0, len(continuation), step):
             bos = bos_below[start : start + step]
             a = np.where(bos, below["raw"].read(start, start + step), continuation[start : start + step])
-            if k == 2 and start <= Vocabulary.BOS_ID < start + step:
-                a[Vocabulary.BOS_ID - start] = 0  # <s> is never predicted
+            if k == 2 and start <= BOS < start + step:
+                a[BOS - start] = 0  # <s> is never predicted
             adjusted.append(a)
         below["adjusted"] = adjusted.close()
         budget.free(bos_below, continuation)
         del bos_below, continuation
         self.tables.append(t)
         self._lap(f"merge {k}")
-        if k == self.order:
+        if last:
+            for d in places:
+                d.remove()
+            for _, d in route:
+                if d is not None:
+                    d.remove()
             previous.remove()
             return None
-        # index: each position's k-gram, for the next order's keys
-        keys_k = budget.load(t["keys"])
-        ending = self._disk(f"ending{k}.bin", np.int32 if len(keys_k) < 1 << 31 else np.int64)
-        for at, block in self._blocks():
-            prev = previous.read(at, at + len(block)).astype(np.int64)
-            p, key, _ = _ngram_keys(block, _position(block), prev, V, k)
-            distinct, inverse = np.unique(key, return_inverse=True)
-            here = np.full(len(block), -1, dtype=np.int64)
-            here[p] = np.searchsorted(keys_k, distinct)[inverse.reshape(-1)]
+        # index: each position's k-gram (its run's place, then where that run's entry landed)
+        for d in final:
+            d.close()
+        ending = self._disk(f"ending{k}.bin", np.int32 if len(t["keys"]) < 1 << 31 else np.int64)
+        for b, (at, block) in enumerate(_padded_blocks(self.ids, self.lookup, size)):
+            current, mine = route[b]
+            if mine is None:
+                landed = final[current].read()
+            else:  # merged in rounds: through each round's places
+                composed = _compose(mine, final[current], self._disk(f"{k}.{b}.landed", np.int64))
+                landed = composed.read()
+                composed.remove()
+                mine.remove()
+            here = np.empty(len(block), dtype=ending.dtype)
+            _scatter(block, k, landed[places[b].read()], here)
             ending.append(here)
-        budget.free(keys_k)
-        del keys_k
+            places[b].remove()
+        for d in final:
+            d.remove()
+        assert b + 1 == originals
         previous.remove()
         self._lap(f"index {k}")
         return ending.close()
@@ -635,6 +784,47 @@ class DiskEstimate:
         return [(t["keys"], t["log10p"], t["bow"]) for t in self.tables]
 
 
+def _apart(fn, *args, **kw):
+    """fn(*args, **kw) in a forked child, so that the memory it leaves behind (Python's and
+    malloc's arenas) is not this process's; its FflmError is raised here. Where fork is not
+    to be had, here."""
+    import multiprocessing
+    import traceback
+
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:
+        return fn(*args, **kw)
+    receive, send = ctx.Pipe(duplex=False)
+
+    def child():
+        try:
+            fn(*args, **kw)
+            send.send(("ok", None))
+        except FflmError as e:
+            send.send(("error", str(e)))
+        except KeyboardInterrupt:
+            send.send(("interrupted", None))
+        except BaseException:
+            send.send(("crash", traceback.format_exc()))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    send.close()
+    try:
+        status, detail = receive.recv()
+    except EOFError:
+        status, detail = "crash", f"the child process died (exit status {proc.exitcode})"
+    finally:
+        proc.join()
+    if status == "error":
+        raise FflmError(detail)
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    if status == "crash":
+        raise RuntimeError(detail)
+
+
 def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_count=None, max_vocab=None,
           binary=False, meta=None, discount_fallback=(0.5, 1.0, 1.5), kenlm_compat=True, progress=None):
     """`fflm ngram train --memory`: the Kneser-Ney model of `corpus` (a text file, nltk:NAME,
@@ -649,6 +839,10 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
     temp_dir = temp_dir or tempfile.gettempdir()
     if not os.path.isdir(temp_dir):
         raise FflmError(f"--temp-dir {temp_dir}: no such folder")
+    own, need = resident(), minimum_memory(0, order)
+    if memory < own + need:  # the vocabulary's share is checked once it is known
+        raise FflmError(f"--memory {format_size(memory)} is too small to make progress: fflm itself takes "
+                        f"{format_size(own)}; give at least {format_size(own + need)} and more for the vocabulary")
     staging, started = None, time.perf_counter()
     try:
         if not is_nltk(corpus) and is_prepared_any(corpus):
@@ -661,7 +855,7 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
                 raise FflmError(f"--temp-dir {temp_dir}: cannot write there ({e.strerror})") from None
             from .text import TextConfig
 
-            prepare(corpus, os.path.join(staging, "corpus"), config or TextConfig(), progress=progress)
+            _apart(prepare, corpus, os.path.join(staging, "corpus"), config or TextConfig(), progress=progress)
             source = PreparedCorpus(os.path.join(staging, "corpus"))
         vocab = source.vocabulary(min_count, max_vocab)
         read = round(time.perf_counter() - started, 3)
