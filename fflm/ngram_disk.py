@@ -199,10 +199,12 @@ def resident():
 
 
 # --- the stream: blocks of whole sentences, padded with one <s> each ----------------------------------
-def _padded_blocks(ids, lookup, size):
+def _padded_blocks(ids, lookup, size, release=None):
     """Yield (padded position of the block's start, padded ids as int64) over an unpadded stream
-    (sentences, each ended by </s>), `size` tokens at a time, cut after a sentence's end."""
-    start, padded, n = 0, 0, len(ids)
+    (sentences, each ended by </s>), `size` tokens at a time, cut after a sentence's end.
+    release: called every 4M ids read and at the end (a memory map's pages handed back, else
+    they would count as ours)."""
+    start, padded, n, read = 0, 0, len(ids), 0
     while start < n:
         stop = min(start + size, n)
         raw = np.asarray(ids[start:stop])
@@ -218,7 +220,11 @@ def _padded_blocks(ids, lookup, size):
         block = np.insert(block, starts, Vocabulary.BOS_ID)
         yield padded, block
         padded += len(block)
+        read += stop - start
         start = stop
+        if release is not None and (read >= 1 << 22 or start >= n):
+            release()
+            read = 0
 
 
 @njit(cache=True)
@@ -400,12 +406,13 @@ class DiskEstimate:
     context manager) removes the temporaries, also on an error or Ctrl-C."""
 
     def __init__(self, ids, vocab, order, memory, temp_dir=None, lookup=None, discount_fallback=(0.5, 1.0, 1.5),
-                 kenlm_compat=True, progress=None, block_tokens=None, fan_in=None, whole_process=True):
+                 kenlm_compat=True, progress=None, block_tokens=None, fan_in=None, whole_process=True,
+                 release=None):
         from .ngram import MAX_ORDER
 
         if not 1 <= order <= MAX_ORDER:
             raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
-        self.ids, self.vocab, self.order, self.lookup = ids, vocab, order, lookup
+        self.ids, self.vocab, self.order, self.lookup, self.release = ids, vocab, order, lookup, release
         self.V = len(vocab)
         _warm_up()
         need, own = minimum_memory(self.V, order), resident() if whole_process else 0
@@ -459,7 +466,7 @@ class DiskEstimate:
 
     def _blocks(self):
         size = self.fixed_block or self.budget.block_tokens()
-        return _padded_blocks(self.ids, self.lookup, size)
+        return _padded_blocks(self.ids, self.lookup, size, self.release)
 
     def _bar(self, desc, total):
         if self.progress is None:
@@ -516,7 +523,7 @@ class DiskEstimate:
         runs, places = [], []
         size = self.fixed_block or budget.block_tokens()  # the index pass cuts the same blocks
         with self._bar(f"{k}-grams", self.tokens) as bar:
-            for at, block in _padded_blocks(self.ids, self.lookup, size):
+            for at, block in _padded_blocks(self.ids, self.lookup, size, self.release):
                 keys, suffix = _block_ngrams(block, previous.read(at, at + len(block)), V, k)
                 rec, place = _sorted_run(keys, suffix)
                 del keys, suffix
@@ -577,7 +584,7 @@ class DiskEstimate:
         for d in final:
             d.close()
         ending = self._disk(f"ending{k}.bin", np.int32 if len(t["keys"]) < 1 << 31 else np.int64)
-        for b, (at, block) in enumerate(_padded_blocks(self.ids, self.lookup, size)):
+        for b, (at, block) in enumerate(_padded_blocks(self.ids, self.lookup, size, self.release)):
             current, mine = route[b]
             if mine is None:
                 landed = final[current].read()
@@ -631,7 +638,7 @@ class DiskEstimate:
     def _estimate(self):
         from .ngram import _kn_discounts_from
 
-        V, N, budget = self.V, self.order, self.budget
+        N, budget = self.order, self.budget
         self._clock = time.perf_counter()
         last = self._last_ngrams() if self.kenlm_compat else [-1] * N
         self.discounts = []
@@ -861,7 +868,7 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
         read = round(time.perf_counter() - started, 3)
         with DiskEstimate(source.ids, vocab, order, memory, temp_dir, lookup=source.lookup(vocab),
                           discount_fallback=discount_fallback, kenlm_compat=kenlm_compat,
-                          progress=progress) as est:
+                          progress=progress, release=source.release) as est:
             est.run()
             if binary:
                 est._clock = time.perf_counter()

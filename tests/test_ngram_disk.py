@@ -215,3 +215,20 @@ def test_ctrl_c_leaves_no_temporaries(tmp_path):
     assert proc.returncode == 130 and "interrupted" in err, err
     assert os.listdir(temp) == []
     assert not (tmp_path / "kn.arpa").exists()
+
+
+def test_the_build_benchmark_measures_both_tools_the_same_way(tmp_path):
+    from fflm.benchbuild import format_build_bench, run_build_bench
+
+    fake = tmp_path / "lmplz"  # stands in for KenLM's: reads the text, writes a line
+    fake.write_text("#!/bin/sh\ncat > /dev/null\necho '\\data\\'\n")
+    fake.chmod(0o755)
+    result = run_build_bench([str(SYNTH / "train.txt")], order=3, budgets=("250M",), lmplz=str(fake),
+                             work_dir=str(tmp_path / "bench"))
+    runs = result["texts"][0]["runs"]
+    assert [(r["tool"], r["memory"]) for r in runs] == [("fflm", "in memory"), ("fflm", "250M"), ("lmplz", "250M")]
+    assert all(r["seconds"] > 0 and r["peak_mb"] > 1 for r in runs), runs
+    assert runs[1]["peak_mb"] > 50  # fflm's own process was measured, not the benchmark's
+    assert filecmp.cmp(tmp_path / "bench" / "mem.arpa", tmp_path / "bench" / "disk.arpa", shallow=False)
+    assert "x lmplz's time" in format_build_bench(result)
+    assert result["texts"][0]["words"] == sum(len(line.split()) for line in open(SYNTH / "train.txt"))

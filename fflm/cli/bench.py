@@ -61,6 +61,34 @@ def bench_ngram(data_dir, orders, nltk_tokens, as_json):
     _echo_json(result) if as_json else click.echo(format_ngram(result))
 
 
+@bench.command("ngram-build")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--order", type=click.IntRange(1, 10), default=5, show_default=True)
+@click.option("--memory", "budgets", default="200M,2G", show_default=True, metavar="S,S",
+              help="The budgets: fflm's --memory and lmplz's -S.")
+@click.option("--lmplz", default=None, help="KenLM's lmplz (default: on the PATH; without it fflm alone).")
+@click.option("--temp-dir", default=None, help="Both tools' temporary folder.  [default: out/bench/ngram-build]")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True, help="Runs each; the fastest kept.")
+@click.option("--no-in-memory", is_flag=True, help="Skip fflm's in-memory build (large texts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench_ngram_build(texts, order, budgets, lmplz, temp_dir, repeat, no_in_memory, as_json):
+    """Build a Kneser-Ney model of each TEXT with fflm (in memory and --memory) and KenLM's lmplz
+    (-S), each in its own process: wall time and peak memory (the kernel's rusage).
+
+    \b
+    Example (BENCHMARKS.md, "Kneser-Ney at any size"):
+      fflm bench ngram-build brown-ptb.txt --lmplz kenlm/build/bin/lmplz --repeat 3
+    """
+    from ..benchbuild import format_build_bench, run_build_bench
+    from ..fileio import check_readable
+
+    for text in texts:
+        check_readable(text)
+    result = run_build_bench(texts, order, tuple(budgets.split(",")), lmplz, temp_dir, repeat,
+                             in_memory=not no_in_memory)
+    _echo_json(result) if as_json else click.echo(format_build_bench(result))
+
+
 @bench.command("softmax")
 @click.option("--config", "config_name", type=click.Choice(["small", "base", "preset"]), default="base",
               show_default=True, help="The model's sizes (as for bin/bench --config); preset: --preset brown's.")
