@@ -261,8 +261,60 @@ def _search(keys, q):
     return lo if lo < keys.shape[0] and keys[lo] == q else -1
 
 
+# Hashed lookups (KenLM's "probing" idea): a power-of-two table per order whose slots hold the
+# index of a key (-1: empty), found by multiplying the key by 2^64/phi and probing on.
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+HASH_SPACE = 1.5  # slots per key, at least (then up to the next power of two)
+
+
+def hash_size(n):
+    return 1 << max(1, int(np.ceil(np.log2(max(1.0, n * HASH_SPACE)))))
+
+
+@njit(cache=True, inline="always")
+def _slot(q, mask):
+    return np.int64((np.uint64(q) * _HASH_MULT) >> np.uint64(32)) & mask
+
+
+def hash_table(keys, size=None, table=None):
+    """The probing table of `keys` (distinct): hash_size(len(keys)) slots (a power of two), int32
+    while the indices fit, else int64 (or `table`, given filled with -1); built in index order,
+    so always the same table."""
+    if table is None:
+        size = size or hash_size(len(keys))
+        table = np.full(size, -1, dtype=np.int32 if len(keys) < 2**31 else np.int64)
+    _fill_hash(keys, table)
+    return table
+
+
 @njit(cache=True)
-def _lookup(keys, log10p, bow, gram, V, bos, logp, length):
+def _fill_hash(keys, table):
+    mask = table.shape[0] - 1
+    for i in range(keys.shape[0]):
+        s = _slot(keys[i], mask)
+        while table[s] != -1:
+            s = (s + 1) & mask
+        table[s] = i
+
+
+@njit(cache=True, inline="always")
+def _find_key(keys, table, q):
+    """Index of q in the sorted keys, or -1: by the hash table when there is one."""
+    if table.shape[0] == 0:
+        return _search(keys, q)
+    mask = table.shape[0] - 1
+    s = _slot(q, mask)
+    while True:
+        i = table[s]
+        if i < 0:
+            return -1
+        if keys[i] == q:
+            return i
+        s = (s + 1) & mask
+
+
+@njit(cache=True)
+def _lookup(keys, log10p, bow, tables, gram, V, bos, logp, length):
     """log10 p(last column | the others) and the matched n-gram's length, row by row, for
     `gram` (B, N) with the model's own ids: NGramLM.logprob_windows' arithmetic. tgt[k-1] is
     the index of the k-gram ending at the target, ctx[k-1] the one ending just before it
@@ -296,7 +348,7 @@ def _lookup(keys, log10p, bow, gram, V, bos, logp, length):
                             end[c, kk - 1] = -1
                         break
                     prev = end[c - 1, k - 2]
-                    end[c, k - 1] = _search(keys[k - 1], prev * V + w) if prev >= 0 else -1
+                    end[c, k - 1] = _find_key(keys[k - 1], tables[k - 1], prev * V + w) if prev >= 0 else -1
             for k in range(N - 1):
                 ctx[k] = end[N - 2, k]
         last = -1
@@ -311,7 +363,7 @@ def _lookup(keys, log10p, bow, gram, V, bos, logp, length):
                     tgt[kk - 1] = -1
                 break
             prev = ctx[k - 2]
-            tgt[k - 1] = _search(keys[k - 1], prev * V + w) if prev >= 0 else -1
+            tgt[k - 1] = _find_key(keys[k - 1], tables[k - 1], prev * V + w) if prev >= 0 else -1
         got, L = np.nan, 0
         for k in range(N, 0, -1):  # the longest n-gram with a probability
             i = tgt[k - 1]
@@ -358,6 +410,8 @@ class NGramLM(LanguageModel):
         self.k = k
         self.meta = meta or {}  # free-form facts kept in the ARPA header (text settings, corpus)
         self._tables = None  # the arrays as the lookup kernel takes them, made on first use
+        self._hashes = None  # per order the keys' hash table (a binary file's, or made on first use)
+        self.hashed = True
 
     def _windows(self, sentences):
         return Windows.from_sentences(sentences, self.vocab, self.order)
@@ -519,10 +573,25 @@ class NGramLM(LanguageModel):
         if self._tables is None:  # typed lists of the arrays (views: a binary model stays mapped)
             self._tables = tuple(typed.List([np.ascontiguousarray(a, dtype=dt) for a in arrays])
                                  for arrays, dt in ((self.keys, np.int64), (self.log10p, np.float64),
-                                                    (self.bow, np.float64)))
+                                                    (self.bow, np.float64))) + (typed.List(self.hashes()),)
         V = len(self.vocab)
         _lookup(*self._tables, np.ascontiguousarray(gram), V, Vocabulary.BOS_ID, logp, length)
         return logp, length
+
+    def hashes(self):
+        """Per order the hash table of its keys (order 1, whose key is the word: none), made on
+        first use unless the binary file brought them; a model of no hashing (hashed=False):
+        binary searches."""
+        if self._hashes is None:
+            self._hashes = [None] + [hash_table(np.ascontiguousarray(k, dtype=np.int64), hash_size(len(k)))
+                                     if self.hashed else None for k in self.keys[1:]]
+        wide = np.int64 if any(len(k) >= 2**31 for k in self.keys) else np.int32  # one type for all orders
+        out = []
+        for t in self._hashes:
+            view = (np.empty(0, dtype=wide) if t is None else np.asarray(t, dtype=wide)).view()
+            view.flags.writeable = False  # all read-only (a binary file's are): one type for the kernel
+            out.append(view)
+        return out
 
     def logprob_windows_plain(self, contexts, targets):
         """logprob_windows in numpy, column by column (the reference the kernel is tested against)."""
@@ -766,7 +835,7 @@ def _read_arpa(path):
 
 # --- the binary model: sorted arrays that numpy maps, so loading costs nothing ---------------------
 BINARY_MAGIC = b"FFLMNGRM"
-BINARY_VERSION = 1
+BINARY_VERSION = 2  # 2: with each order's hash table (version 1 files still load)
 _ALIGN = 64
 
 
@@ -774,20 +843,24 @@ def save_binary(lm, path):
     """Write `lm` as fflm's binary n-gram model, atomically: an 8-byte magic, the header's
     length (uint64, little-endian), a JSON header (version, order, smoothing, discounts, meta,
     vocabulary, and where each array lies), then per order the sorted keys (int64), log10
-    probabilities and log10 back-off weights (float64), each at a 64-byte boundary.
-    The arrays are the model's own, so every probability is the model's to the last bit."""
+    probabilities and log10 back-off weights (float64), and from order 2 on the keys' hash
+    table (int32, or int64 past 2^31 keys), each at a 64-byte boundary. The arrays are the
+    model's own, so every probability is the model's to the last bit."""
     per_order = [(np.ascontiguousarray(lm.keys[k], dtype="<i8"), np.ascontiguousarray(lm.log10p[k], dtype="<f8"),
                   np.ascontiguousarray(lm.bow[k], dtype="<f8")) for k in range(lm.order)]
-    write_binary(path, lm.vocab, lm.order, lm.smoothing, lm.discounts, lm.k, lm.meta, per_order)
+    write_binary(path, lm.vocab, lm.order, lm.smoothing, lm.discounts, lm.k, lm.meta, per_order, lm.hashes())
 
 
-def write_binary(path, vocab, order, smoothing, discounts, k, meta, per_order):
+def write_binary(path, vocab, order, smoothing, discounts, k, meta, per_order, hashes=None):
     """save_binary's file from per order (keys, log10p, bow): numpy arrays (int64, float64), or
-    arrays on disk (ngram_disk.DiskArray), written a block at a time."""
+    arrays on disk (ngram_disk.DiskArray), written a block at a time; hashes: per order the
+    hash table (order 1's, empty, is not written). Without hashes: a version 1 file."""
     arrays = []
     for n, (keys, log10p, bow) in enumerate(per_order, 1):
         arrays += [(f"keys{n}", keys), (f"log10p{n}", log10p), (f"bow{n}", bow)]
-    header = {"format": "fflm-ngram", "version": BINARY_VERSION, "order": order, "smoothing": smoothing,
+    if hashes is not None:
+        arrays += [(f"hash{n}", hashes[n - 1]) for n in range(2, order + 1)]
+    header = {"format": "fflm-ngram", "version": BINARY_VERSION if hashes is not None else 1, "order": order, "smoothing": smoothing,
               "discounts": [list(d) for d in discounts] if discounts else None, "k": k, "meta": meta,
               "vocab": vocab.to_dict(), "arrays": []}
     # the header's size depends on the offsets it lists: lay them out after a generous guess, then check
@@ -844,7 +917,7 @@ def load_binary(path):
         raise FflmError(f"{path}: cannot read: {e.strerror}") from None
     except (UnicodeDecodeError, ValueError):
         raise FflmError(f"{path}: damaged fflm binary n-gram model (its header does not parse)") from None
-    if header.get("version") != BINARY_VERSION:
+    if header.get("version") not in (1, BINARY_VERSION):
         raise FflmError(f"{path}: binary n-gram model version {header.get('version')}; this fflm reads "
                         f"version {BINARY_VERSION} (rebuild it with fflm ngram build-binary)")
     try:
@@ -860,14 +933,19 @@ def load_binary(path):
         keys = [arrays[f"keys{k}"] for k in range(1, order + 1)]
         log10p = [arrays[f"log10p{k}"] for k in range(1, order + 1)]
         bow = [arrays[f"bow{k}"] for k in range(1, order + 1)]
+        hashes = [None] + [arrays[f"hash{k}"] for k in range(2, order + 1)] if header["version"] >= 2 else None
     except (KeyError, TypeError, ValueError) as e:
         raise FflmError(f"{path}: damaged fflm binary n-gram model ({type(e).__name__}: {e})") from None
     if len(keys[0]) != len(vocab) or any(len(p) != len(q) or len(q) != len(b) for q, p, b in zip(keys, log10p, bow)):
         raise FflmError(f"{path}: damaged fflm binary n-gram model (its arrays do not fit together)")
+    if hashes and any(len(h) <= len(q) or len(h) & (len(h) - 1) for q, h in zip(keys[1:], hashes[1:])):
+        raise FflmError(f"{path}: damaged fflm binary n-gram model (a hash table of the wrong size)")
     discounts = [tuple(d) for d in header["discounts"]] if header.get("discounts") else None
     meta = header.get("meta") if isinstance(header.get("meta"), dict) else {}
-    return NGramLM(vocab, order, keys, log10p, bow, header.get("smoothing", "arpa"), discounts=discounts,
-                   k=header.get("k"), meta=meta)
+    lm = NGramLM(vocab, order, keys, log10p, bow, header.get("smoothing", "arpa"), discounts=discounts,
+                 k=header.get("k"), meta=meta)
+    lm._hashes = hashes  # version 1: made on first use
+    return lm
 
 
 def load_model(path):

@@ -181,6 +181,8 @@ def _warm_up():
     block = np.array([BOS, 3, 2], dtype=np.int64)
     for prev in (block, block.astype(np.int32)):
         _block_ngrams(block, prev, 4, 2)
+    _sorted_run(block, block)
+    _unigrams(block, 0, np.zeros(4, dtype=np.int64), np.full(4, -1, dtype=np.int64))
     _scatter(block, 2, np.zeros(2, dtype=np.int64), np.empty(3, dtype=np.int32))
     _scatter(block, 2, np.zeros(2, dtype=np.int64), np.empty(3, dtype=np.int64))
     _count_into(np.zeros(4, dtype=np.int64), np.zeros(1, dtype=np.int64))
@@ -227,7 +229,7 @@ def _padded_blocks(ids, lookup, size, release=None):
             read = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _block_ngrams(block, prev, V, k):
     """The block's k-grams in stream order: keys (prefix index * V + word) and suffix indices,
     from `prev`, the index of the (k-1)-gram ending at each position (a block starts with <s>)."""
@@ -270,22 +272,82 @@ def _count_into(counts, index):
         counts[i] += 1
 
 
+RADIX = 11  # bits a pass of the radix sort takes (2048 buckets: the counts stay in L1)
+
+
+@njit(cache=True, nogil=True)
+def radix_order(keys):
+    """(order, sorted keys) of non-negative int64 keys: a stable LSD radix sort, RADIX bits a
+    pass, passes whose digit is the same everywhere skipped. Several times numpy's argsort on
+    the 40-odd bits n-gram keys take."""
+    n = keys.shape[0]
+    order = np.arange(n)
+    if n == 0:
+        return order, keys.copy()
+    cur, spare, spare_order = keys.copy(), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    top = cur.max()
+    mask = (1 << RADIX) - 1
+    shift = 0
+    while shift < 63 and (top >> shift) > 0:
+        count = np.zeros(mask + 2, dtype=np.int64)
+        for i in range(n):
+            count[((cur[i] >> shift) & mask) + 1] += 1
+        if count.max() < n:  # else every key has the same digit here: nothing to move
+            for d in range(1, mask + 2):
+                count[d] += count[d - 1]
+            for i in range(n):
+                d = (cur[i] >> shift) & mask
+                j = count[d]
+                count[d] = j + 1
+                spare[j] = cur[i]
+                spare_order[j] = order[i]
+            cur, spare = spare, cur
+            order, spare_order = spare_order, order
+        shift += RADIX
+    return order, cur
+
+
+@njit(cache=True, nogil=True)
+def _run_of(keys, suffix):
+    order, ranked = radix_order(keys)
+    n = ranked.shape[0]
+    m = 0
+    for i in range(n):
+        if i == 0 or ranked[i] != ranked[i - 1]:
+            m += 1
+    run_key = np.empty(m, dtype=np.int64)
+    run_raw = np.zeros(m, dtype=np.int64)
+    run_suffix = np.empty(m, dtype=np.int64)
+    place = np.empty(n, dtype=np.int32)
+    j = -1
+    for i in range(n):
+        if i == 0 or ranked[i] != ranked[i - 1]:
+            j += 1
+            run_key[j] = ranked[i]
+            run_suffix[j] = suffix[order[i]]  # any occurrence's: the suffix follows from the n-gram
+        run_raw[j] += 1
+        place[order[i]] = j
+    return run_key, run_raw, run_suffix, place
+
+
 def _sorted_run(keys, suffix):
     """A block's k-grams as a run (distinct keys, sorted, with counts and suffixes) and each
     k-gram's place in it (int32, in stream order)."""
-    order = np.argsort(keys)
-    ranked = keys[order]
-    new = np.empty(len(ranked), dtype=np.bool_)
-    new[:1] = True
-    np.not_equal(ranked[1:], ranked[:-1], out=new[1:])
-    first = np.flatnonzero(new)
-    run = np.empty(len(first), dtype=RUN)
-    run["key"] = ranked[first]
-    run["raw"] = np.diff(first, append=len(ranked))
-    run["suffix"] = suffix[order[first]]  # any occurrence's: the suffix follows from the n-gram
-    place = np.empty(len(keys), dtype=np.int32)
-    place[order] = np.cumsum(new, dtype=np.int32) - 1
+    key, raw, suf, place = _run_of(keys, suffix)
+    run = np.empty(len(key), dtype=RUN)
+    run["key"], run["raw"], run["suffix"] = key, raw, suf
     return run, place
+
+
+@njit(cache=True, nogil=True)
+def _unigrams(block, at, raw, first_seen):
+    """Raw unigram counts (<s> not counted) and where each word is first seen."""
+    for i in range(block.shape[0]):
+        w = block[i]
+        if first_seen[w] < 0:
+            first_seen[w] = at + i
+        if w != BOS:
+            raw[w] += 1
 
 
 # --- merging sorted runs -------------------------------------------------------------------------------
@@ -332,8 +394,7 @@ def _merge(runs, size, places=None):
             yield both["key"], both["raw"], both["suffix"]
             continue
         both = np.concatenate([part for _, part in parts])
-        order = np.argsort(both["key"], kind="stable")
-        ranked = both["key"][order]
+        order, ranked = radix_order(both["key"])
         new = np.empty(len(ranked), dtype=np.bool_)
         new[:1] = True
         np.not_equal(ranked[1:], ranked[:-1], out=new[1:])
@@ -485,10 +546,7 @@ class DiskEstimate:
         ending = self._disk("ending1.bin", np.int32 if V < 1 << 31 else np.int64)
         with self._bar("1-grams", len(self.ids)) as bar:
             for at, block in self._blocks():
-                raw1 += np.bincount(block[block != Vocabulary.BOS_ID], minlength=V)
-                words, where = np.unique(block, return_index=True)
-                new = first_seen[words] < 0
-                first_seen[words[new]] = at + where[new]
+                _unigrams(block, at, raw1, first_seen)
                 ending.append(block)
                 if bar is not None:
                     bar.update(len(block) - int(np.count_nonzero(block == Vocabulary.BOS_ID)))
@@ -786,6 +844,25 @@ class DiskEstimate:
             f.write(b"\n\\end\\\n")
         self._lap("write")
 
+    def hash_arrays(self):
+        """Per order the hash table of its keys (ngram.hash_table), each made in memory (or a
+        mapped file) and kept on disk: what the binary file holds after the arrays."""
+        from .ngram import _fill_hash, hash_size
+
+        out = [None]
+        wide = any(len(t["keys"]) >= 2**31 for t in self.tables)
+        for k in range(2, self.order + 1):
+            keys = self.budget.load(self.tables[k - 1]["keys"])
+            table = self.budget.array(hash_size(len(keys)), np.int64 if wide else np.int32, fill=-1)
+            _fill_hash(keys, table)
+            disk = self._disk(f"hash{k}.bin", table.dtype)
+            for start in range(0, len(table), 1 << 22):
+                disk.append(table[start : start + (1 << 22)])
+            out.append(disk.close())
+            self.budget.free(keys, table)
+            del keys, table
+        return out
+
     def arrays(self):
         """Per order (keys, log10p, bow) DiskArrays, as ngram.save_binary takes them."""
         return [(t["keys"], t["log10p"], t["bow"]) for t in self.tables]
@@ -872,7 +949,8 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
             est.run()
             if binary:
                 est._clock = time.perf_counter()
-                write_binary(output, vocab, order, "kn", est.discounts, None, meta or {}, est.arrays())
+                write_binary(output, vocab, order, "kn", est.discounts, None, meta or {}, est.arrays(),
+                             est.hash_arrays())
                 est._lap("write")
             else:
                 est.write_arpa(output, _header("kn", order, est.discounts, None, meta or {}))

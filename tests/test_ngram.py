@@ -356,6 +356,34 @@ def test_the_binary_model_holds_the_arpa_files_model_to_the_bit(brown_kn4):
             assert np.array_equal(a[k], b[k], equal_nan=True)
     test = read_sentences(shared_path("brown", "test.txt"))[:500]
     assert binary.perplexity(test) == arpa.perplexity(test)
+    # the hash tables came with the file (mapped), and equal the ones made from the keys
+    assert all(isinstance(h, np.memmap) for h in binary._hashes[1:])
+    assert all(np.array_equal(a, b) for a, b in zip(arpa.hashes(), binary.hashes()))
+
+
+def test_the_hash_table_finds_every_key_and_only_those(brown_kn4):
+    from fflm.ngram import _find_key, _search, hash_table
+
+    keys = np.asarray(NGramLM.load_arpa(brown_kn4 / "kn4.arpa").keys[2])
+    table = hash_table(keys)
+    assert len(table) >= 1.5 * len(keys) and len(table) & (len(table) - 1) == 0
+    assert sorted(table[table >= 0].tolist()) == list(range(len(keys)))  # each key once
+    rng = np.random.default_rng(1)
+    probes = np.concatenate([keys[rng.integers(0, len(keys), 500)], rng.integers(0, keys[-1] + 10, 500)])
+    for q in probes.tolist():
+        assert _find_key(keys, table, q) == _search(keys, q)
+
+
+def test_a_version_1_binary_file_still_loads_and_scores_the_same(brown_kn4, tmp_path):
+    from fflm.ngram import load_model, write_binary
+
+    lm = NGramLM.load_arpa(brown_kn4 / "kn4.arpa")
+    write_binary(tmp_path / "v1.bin", lm.vocab, lm.order, lm.smoothing, lm.discounts, lm.k, lm.meta,
+                 list(zip(lm.keys, lm.log10p, lm.bow)))  # no hash tables: version 1
+    old = load_model(tmp_path / "v1.bin")
+    assert old._hashes is None
+    test = read_sentences(shared_path("brown", "test.txt"))[:300]
+    assert old.perplexity(test) == lm.perplexity(test)
 
 
 def test_ngram_eval_and_score_read_the_binary_model_as_the_arpa_file(brown_kn4, run_cli):
@@ -379,7 +407,7 @@ def test_build_binary_from_the_command_line_and_damaged_files(brown_kn4, run_cli
         "cut.bin": (data[: len(data) // 2], "truncated"),
         "head.bin": (data[:40], "truncated"),
         "garbage.bin": (b"FFLMNGRM" + (20).to_bytes(8, "little") + b"{not json at all....", "damaged"),
-        "new.bin": (data.replace(b'"version": 1', b'"version": 9', 1), "version 9"),
+        "new.bin": (data.replace(b'"version": 2', b'"version": 9', 1), "version 9"),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
@@ -414,10 +442,14 @@ def test_the_lookup_kernel_equals_the_plain_lookup(order):
     w = Windows.from_sentences(read_sentences(shared_path("brown", "test.txt"))[:2000], lm.vocab, order + 2)
     x, y = w.pairs()
     rng = np.random.default_rng(0)
+    searched = NGramLM(lm.vocab, order, lm.keys, lm.log10p, lm.bow, "kn")
+    searched.hashed = False  # binary searches instead of the hash tables
     for index in (np.arange(len(y)), rng.permutation(len(y))):
         fast, fast_len = lm.logprob_windows(x[index], y[index])
         plain, plain_len = lm.logprob_windows_plain(x[index], y[index])
         assert np.array_equal(fast, plain) and np.array_equal(fast_len, plain_len)
         assert (fast_len >= 1).all()
+        binary, binary_len = searched.logprob_windows(x[index], y[index])
+        assert np.array_equal(binary, plain) and np.array_equal(binary_len, plain_len)
     if order > 1:  # every length of match occurs, so every branch ran
         assert set(fast_len.tolist()) == set(range(1, order + 1))

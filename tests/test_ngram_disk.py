@@ -38,7 +38,8 @@ def _on_disk(folder, order, tmp_path, **kw):
                       whole_process=False, **kw) as est:
         est.run()
         est.write_arpa(arpa, _header("kn", order, est.discounts, None, {"corpus": "x"}))
-        write_binary(binary, vocab, order, "kn", est.discounts, None, {"corpus": "x"}, est.arrays())
+        write_binary(binary, vocab, order, "kn", est.discounts, None, {"corpus": "x"}, est.arrays(),
+                     est.hash_arrays())
         stats = (est.runs_spilled, est.merge_rounds, est.sizes)
     assert os.listdir(temp) == []  # every temporary is gone
     return stats, arpa, binary
@@ -232,3 +233,16 @@ def test_the_build_benchmark_measures_both_tools_the_same_way(tmp_path):
     assert filecmp.cmp(tmp_path / "bench" / "mem.arpa", tmp_path / "bench" / "disk.arpa", shallow=False)
     assert "x lmplz's time" in format_build_bench(result)
     assert result["texts"][0]["words"] == sum(len(line.split()) for line in open(SYNTH / "train.txt"))
+
+
+def test_the_radix_sort_is_numpys_stable_argsort():
+    from fflm.ngram_disk import radix_order
+
+    rng = np.random.default_rng(3)
+    for keys in (rng.integers(0, 50, 10_000), rng.integers(0, 1 << 45, 10_000), np.zeros(7, dtype=np.int64),
+                 np.array([5], dtype=np.int64), np.empty(0, dtype=np.int64),
+                 np.array([1 << 62, 3, 1 << 62, 0], dtype=np.int64)):
+        keys = keys.astype(np.int64)
+        order, ranked = radix_order(keys)
+        assert np.array_equal(order, np.argsort(keys, kind="stable"))
+        assert np.array_equal(ranked, np.sort(keys))
