@@ -15,7 +15,7 @@ _POW10 = np.array([10.0 ** i for i in range(23)])  # exactly representable
 _GUARD = 1e-6
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _digits(x, pow10):
     """(ok, digits, exponent): x's 7 significant digits (an int in [10^6, 10^7)) and decimal
     exponent as '%.7g' rounds them; ok False when the fast path cannot be sure."""
@@ -47,7 +47,7 @@ def _digits(x, pow10):
     return True, d, e
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def digits(values):
     """Per value (ok, digits, exponent) as _digits gives them; zeros are ok (written '0' or '-0')."""
     n = values.shape[0]
@@ -73,7 +73,7 @@ def _put(buf, at, c):
     return at + 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _write_number(buf, at, x, d, e, special, special_at, j):
     """Write x ('%.7g' of it: its digits d and exponent e) at buf[at:]; j >= 0: special[j]."""
     if j >= 0:
@@ -136,7 +136,7 @@ def _write_number(buf, at, x, d, e, special, special_at, j):
     return at
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lines(log10p, lp_d, lp_e, bow, bow_d, bow_e, has_bow, rows, word_bytes, word_at, special, special_at,
            special_lp, special_bow):
     n, k = rows.shape

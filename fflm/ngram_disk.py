@@ -350,6 +350,33 @@ def _unigrams(block, at, raw, first_seen):
             raw[w] += 1
 
 
+def _in_order(fn, items, threads):
+    """fn(item) for each item on `threads` threads (the kernels let go of the GIL), yielded in
+    order, at most `threads` results waiting: the work of a block overlaps the writing of the one
+    before."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def default_threads():
+    try:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    except AttributeError:
+        return max(1, min(4, os.cpu_count() or 1))
+
+
 # --- merging sorted runs -------------------------------------------------------------------------------
 class _RunReader:
     def __init__(self, disk, size):
@@ -468,12 +495,13 @@ class DiskEstimate:
 
     def __init__(self, ids, vocab, order, memory, temp_dir=None, lookup=None, discount_fallback=(0.5, 1.0, 1.5),
                  kenlm_compat=True, progress=None, block_tokens=None, fan_in=None, whole_process=True,
-                 release=None):
+                 release=None, threads=None):
         from .ngram import MAX_ORDER
 
         if not 1 <= order <= MAX_ORDER:
             raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
         self.ids, self.vocab, self.order, self.lookup, self.release = ids, vocab, order, lookup, release
+        self.threads = threads or default_threads()
         self.V = len(vocab)
         _warm_up()
         need, own = minimum_memory(self.V, order), resident() if whole_process else 0
@@ -580,11 +608,16 @@ class DiskEstimate:
         below = self.tables[-1]
         runs, places = [], []
         size = self.fixed_block or budget.block_tokens()  # the index pass cuts the same blocks
+        size = max(MIN_BLOCK, size // self.threads)  # a block each thread
+
+        def count(item):
+            at, block = item
+            keys, suffix = _block_ngrams(block, previous.read(at, at + len(block)), V, k)
+            return block, _sorted_run(keys, suffix)
+
         with self._bar(f"{k}-grams", self.tokens) as bar:
-            for at, block in _padded_blocks(self.ids, self.lookup, size, self.release):
-                keys, suffix = _block_ngrams(block, previous.read(at, at + len(block)), V, k)
-                rec, place = _sorted_run(keys, suffix)
-                del keys, suffix
+            blocks = _padded_blocks(self.ids, self.lookup, size, self.release)
+            for block, (rec, place) in _in_order(count, blocks, self.threads):
                 run = self._disk(f"{k}.{len(runs)}.run", RUN)
                 run.append(rec)
                 runs.append(run.close())
@@ -828,19 +861,25 @@ class DiskEstimate:
         from .ngram import _arpa_header
 
         words = WordTable(self.vocab.words)
-        size = max(MIN_BLOCK, self.budget.block_tokens() // 4)
+        size = max(MIN_BLOCK, self.budget.block_tokens() // (4 * self.threads))
         total = sum(self.sizes)
+
+        def lines(item):
+            k, start, stop = item
+            t = self.tables[k - 1]
+            bw = t["bow"].read(start, stop) if k < self.order else None
+            return stop - start, arpa_lines(t["log10p"].read(start, stop), self.words_of(k, start, stop), words, bw)
+
         with atomic_write(path, "wb") as f, self._bar("writing", total) as bar:
             f.write(_arpa_header(header, self.sizes).encode())
             for k in range(1, self.order + 1):
-                t = self.tables[k - 1]
                 f.write(f"\n\\{k}-grams:\n".encode())
-                for start in range(0, len(t["keys"]), size):
-                    stop = min(start + size, len(t["keys"]))
-                    bw = t["bow"].read(start, stop) if k < self.order else None
-                    f.write(arpa_lines(t["log10p"].read(start, stop), self.words_of(k, start, stop), words, bw))
+                n = len(self.tables[k - 1]["keys"])
+                jobs = ((k, start, min(start + size, n)) for start in range(0, n, size))
+                for done, text in _in_order(lines, jobs, self.threads):
+                    f.write(text)
                     if bar is not None:
-                        bar.update(stop - start)
+                        bar.update(done)
             f.write(b"\n\\end\\\n")
         self._lap("write")
 
@@ -910,7 +949,8 @@ def _apart(fn, *args, **kw):
 
 
 def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_count=None, max_vocab=None,
-          binary=False, meta=None, discount_fallback=(0.5, 1.0, 1.5), kenlm_compat=True, progress=None):
+          binary=False, meta=None, discount_fallback=(0.5, 1.0, 1.5), kenlm_compat=True, progress=None,
+          threads=None):
     """`fflm ngram train --memory`: the Kneser-Ney model of `corpus` (a text file, nltk:NAME,
     or a prepared folder, read in place) written to `output` (ARPA, or binary) within `memory`
     (bytes, or a size such as "4G"); text is prepared into the temporary folder first.
@@ -945,7 +985,7 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
         read = round(time.perf_counter() - started, 3)
         with DiskEstimate(source.ids, vocab, order, memory, temp_dir, lookup=source.lookup(vocab),
                           discount_fallback=discount_fallback, kenlm_compat=kenlm_compat,
-                          progress=progress, release=source.release) as est:
+                          progress=progress, release=source.release, threads=threads) as est:
             est.run()
             if binary:
                 est._clock = time.perf_counter()
@@ -957,7 +997,7 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
             return {"vocabulary": len(vocab), "tokens": est.tokens, "sentences": source.num_sentences,
                     "ngrams": est.sizes, "discounts": [list(d) for d in est.discounts], "runs": est.runs_spilled,
                     "merge_rounds": est.merge_rounds, "memory": memory, "text": source.text,
-                    "profile": {"read": read, **est.profile}}
+                    "threads": est.threads, "profile": {"read": read, **est.profile}}
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

@@ -59,11 +59,13 @@ def ngram():
                    "lmplz -S: the same model, entry for entry, at any budget (kn only).")
 @click.option("--temp-dir", "-T", "temp_dir", type=click.Path(file_okay=False), default=None,
               help="Where --memory spills its sorted runs (and text is prepared).  [default: $TMPDIR or /tmp]")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for --memory's passes (a block each).  [default: the CPUs, at most 4]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_vocab, tokenizer, lowercase,
                 encoding_errors, discount_fallback, no_fallback, exact_discounts, ray_address, memory, temp_dir,
-                as_json, quiet):
+                threads, as_json, quiet):
     """Estimate an n-gram model from CORPUS (one sentence per line) and write it as ARPA.
 
     \b
@@ -80,7 +82,7 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
     if memory is not None or temp_dir is not None:
         return _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_vocab, config,
                               None if no_fallback else discount_fallback, exact_discounts, ray_address,
-                              memory, temp_dir, as_json, quiet)
+                              memory, temp_dir, threads, as_json, quiet)
     with bar(total=4, desc="n-gram model") as steps:
         steps.set_postfix_str("reading")
         vocab, windows, _ = training_data(corpus, config, min_count, max_vocab, order, in_memory=True)
@@ -129,7 +131,7 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
 
 
 def _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_vocab, config, fallback,
-                   exact_discounts, ray_address, memory, temp_dir, as_json, quiet):
+                   exact_discounts, ray_address, memory, temp_dir, threads, as_json, quiet):
     from ..errors import FflmError
     from ..ngram_disk import build, format_size, parse_size
 
@@ -141,13 +143,14 @@ def _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_voca
     start = time.perf_counter()
     meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
     summary = build(corpus, output, order, budget, temp_dir, config, min_count, max_vocab, binary, meta,
-                    fallback, not exact_discounts, _progress(quiet))
+                    fallback, not exact_discounts, _progress(quiet), threads)
     seconds = time.perf_counter() - start
     name = f"kn{order}"
     out = {"model": output, "name": name, "order": order, "smoothing": "kn", "vocabulary": summary["vocabulary"],
            "tokens": summary["tokens"], "sentences": summary["sentences"], "ngrams": summary["ngrams"],
            "discounts": summary["discounts"], "memory": budget, "runs": summary["runs"],
-           "merge_rounds": summary["merge_rounds"], "seconds": round(seconds, 3), "profile": summary["profile"]}
+           "merge_rounds": summary["merge_rounds"], "threads": summary["threads"], "seconds": round(seconds, 3),
+           "profile": summary["profile"]}
     if as_json:
         _echo_json(out)
     elif not quiet:
