@@ -199,6 +199,8 @@ def arpa_lines(log10p, rows, words, bow=None):
     special = np.frombuffer(b"".join(special_parts), dtype=np.uint8) if special_parts else np.empty(0, np.uint8)
     special_at = np.zeros(len(special_parts) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in special_parts], out=special_at[1:])
-    rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(len(lp), -1)
+    rows = np.asarray(rows)
+    rows = np.ascontiguousarray(rows, dtype=rows.dtype if rows.dtype in (np.int32, np.int64) else np.int64)
+    rows = rows.reshape(len(lp), -1)
     return _lines(lp, *parts[0], bw, *parts[1], has_bow, rows, words.bytes, words.at, special, special_at,
                   index[0], index[1])

@@ -261,6 +261,12 @@ def _search(keys, q):
     return lo if lo < keys.shape[0] and keys[lo] == q else -1
 
 
+def _read_only(a):
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 # Hashed lookups (KenLM's "probing" idea): a power-of-two table per order whose slots hold the
 # index of a key (-1: empty), found by multiplying the key by 2^64/phi and probing on.
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -570,10 +576,12 @@ class NGramLM(LanguageModel):
         """
         gram = self._grams(contexts, targets)
         logp, length = np.empty(len(gram)), np.zeros(len(gram), dtype=np.int64)
-        if self._tables is None:  # typed lists of the arrays (views: a binary model stays mapped)
-            self._tables = tuple(typed.List([np.ascontiguousarray(a, dtype=dt) for a in arrays])
+        if self._tables is None:  # tuples of the arrays (views: a binary model stays mapped), all
+            # read-only so that each tuple has one type; a tuple, not a typed list, because the
+            # kernel reaches into them several times a token and a list's item costs more than the search
+            self._tables = tuple(tuple(_read_only(np.ascontiguousarray(a, dtype=dt)) for a in arrays)
                                  for arrays, dt in ((self.keys, np.int64), (self.log10p, np.float64),
-                                                    (self.bow, np.float64))) + (typed.List(self.hashes()),)
+                                                    (self.bow, np.float64))) + (tuple(self.hashes()),)
         V = len(self.vocab)
         _lookup(*self._tables, np.ascontiguousarray(gram), V, Vocabulary.BOS_ID, logp, length)
         return logp, length
@@ -586,12 +594,8 @@ class NGramLM(LanguageModel):
             self._hashes = [None] + [hash_table(np.ascontiguousarray(k, dtype=np.int64), hash_size(len(k)))
                                      if self.hashed else None for k in self.keys[1:]]
         wide = np.int64 if any(len(k) >= 2**31 for k in self.keys) else np.int32  # one type for all orders
-        out = []
-        for t in self._hashes:
-            view = (np.empty(0, dtype=wide) if t is None else np.asarray(t, dtype=wide)).view()
-            view.flags.writeable = False  # all read-only (a binary file's are): one type for the kernel
-            out.append(view)
-        return out
+        # all read-only (a binary file's are): one type for the kernel
+        return [_read_only(np.empty(0, dtype=wide) if t is None else np.asarray(t, dtype=wide)) for t in self._hashes]
 
     def logprob_windows_plain(self, contexts, targets):
         """logprob_windows in numpy, column by column (the reference the kernel is tested against)."""

@@ -186,7 +186,8 @@ def _warm_up():
     _scatter(block, 2, np.zeros(2, dtype=np.int64), np.empty(3, dtype=np.int32))
     _scatter(block, 2, np.zeros(2, dtype=np.int64), np.empty(3, dtype=np.int64))
     _count_into(np.zeros(4, dtype=np.int64), np.zeros(1, dtype=np.int64))
-    arpa_lines(np.array([-1.5]), np.zeros((1, 1), dtype=np.int64), WordTable(["a"]), np.array([0.0]))
+    for dtype in (np.int32, np.int64):
+        arpa_lines(np.array([-1.5]), np.zeros((1, 1), dtype=dtype), WordTable(["a"]), np.array([0.0]))
 
 
 def resident():
@@ -838,22 +839,6 @@ class DiskEstimate:
         return lower
 
     # -- output ----------------------------------------------------------------------------------------
-    def words_of(self, k, start, stop):
-        """(rows, k) word ids of order k's entries start..stop (a sorted range: each lower order's
-        prefixes are one contiguous range of its file)."""
-        V = self.V
-        keys = self.tables[k - 1]["keys"].read(start, stop)
-        out = np.empty((len(keys), k), dtype=np.int64)
-        for col in range(k - 1, 0, -1):
-            out[:, col] = keys % V
-            j = keys // V
-            if len(j) == 0:
-                break
-            lo, hi = int(j[0]), int(j[-1]) + 1
-            keys = self.tables[col - 1]["keys"].read(lo, hi)[j - lo]
-        out[:, 0] = keys
-        return out
-
     def write_arpa(self, path, header):
         """The ARPA file, order by order, a block at a time: the in-memory save_arpa's bytes."""
         from .arpatext import WordTable, arpa_lines
@@ -862,24 +847,40 @@ class DiskEstimate:
 
         words = WordTable(self.vocab.words)
         size = max(MIN_BLOCK, self.budget.block_tokens() // (4 * self.threads))
-        total = sum(self.sizes)
+        total, V = sum(self.sizes), self.V
 
         def lines(item):
-            k, start, stop = item
+            k, start, stop, below = item
             t = self.tables[k - 1]
+            keys = t["keys"].read(start, stop)
+            if k == 1:
+                rows = keys.astype(np.int32).reshape(-1, 1)
+            else:  # the prefix's words (written with order k-1), then the last word
+                prefix, last = np.divmod(keys, V)
+                lo, hi = int(prefix[0]), int(prefix[-1]) + 1
+                rows = np.empty((len(keys), k), dtype=np.int32)
+                rows[:, : k - 1] = below.read(lo * (k - 1), hi * (k - 1)).reshape(-1, k - 1)[prefix - lo]
+                rows[:, k - 1] = last
             bw = t["bow"].read(start, stop) if k < self.order else None
-            return stop - start, arpa_lines(t["log10p"].read(start, stop), self.words_of(k, start, stop), words, bw)
+            return stop - start, rows, arpa_lines(t["log10p"].read(start, stop), rows, words, bw)
 
         with atomic_write(path, "wb") as f, self._bar("writing", total) as bar:
             f.write(_arpa_header(header, self.sizes).encode())
+            below = None
             for k in range(1, self.order + 1):
                 f.write(f"\n\\{k}-grams:\n".encode())
                 n = len(self.tables[k - 1]["keys"])
-                jobs = ((k, start, min(start + size, n)) for start in range(0, n, size))
-                for done, text in _in_order(lines, jobs, self.threads):
+                mine = self._disk(f"words{k}.bin", np.int32) if k < self.order else None
+                jobs = ((k, start, min(start + size, n), below) for start in range(0, n, size))
+                for done, rows, text in _in_order(lines, jobs, self.threads):
                     f.write(text)
+                    if mine is not None:
+                        mine.append(rows.reshape(-1))
                     if bar is not None:
                         bar.update(done)
+                if below is not None:
+                    below.remove()
+                below = mine.close() if mine is not None else None
             f.write(b"\n\\end\\\n")
         self._lap("write")
 
