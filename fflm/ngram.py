@@ -22,7 +22,7 @@ import re
 import warnings
 
 import numpy as np
-from numba import njit, typed
+from numba import njit
 
 from .errors import FflmError, FflmWarning
 from .fileio import atomic_write, read_bytes
