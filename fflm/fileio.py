@@ -83,9 +83,9 @@ def atomic_write(path, mode="w", encoding="utf-8"):
 
 def why_not_written(e):
     """An OSError from a write, in words: a full disk (or a file-size limit) says so."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (e.errno is None and "requested and" in str(e)):
-        return "no space left on the device (a write was cut short)"  # numpy's tofile: "N requested and M written"
-    return e.strerror or str(e)
+    if e.errno == errno.EFBIG or (e.errno is None and "requested and" in str(e)):
+        return "no space left (a write was cut short)"  # numpy's tofile: "N requested and M written"
+    return e.strerror or str(e)  # ENOSPC: "No space left on device"
 
 
 def make_folder(folder):

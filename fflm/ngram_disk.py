@@ -116,7 +116,7 @@ class DiskArray:
 
 def _disk_error(e, folder):
     if e.errno in FULL_DISK or (e.errno is None and "requested and" in str(e)):
-        return FflmError(f"{folder}: no space left for the n-gram estimate's temporary files ({e.strerror}); "
+        return FflmError(f"{folder}: no space left for the n-gram estimate's temporary files ({e.strerror or e}); "
                          "free some, or give --temp-dir a folder on a larger disk")
     return FflmError(f"{folder}: cannot write the n-gram estimate's temporary files: {e.strerror or e}")
 
