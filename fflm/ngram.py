@@ -218,6 +218,43 @@ def _best_last_ngram(N, V, rank, last_word, candidates, key, suffix):
     return last
 
 
+def prune_thresholds(prune, order):
+    """lmplz's --prune: a count per order (n-grams seen at most that often go), non-decreasing,
+    the first 0 (unigrams stay), the last repeated up to `order`; None or all zeros: None.
+
+    >>> prune_thresholds([0, 0, 1], 5)
+    (0, 0, 1, 1, 1)
+    """
+    if not prune:
+        return None
+    prune = [int(x) for x in prune]
+    if len(prune) > order:
+        raise FflmError(f"--prune gives {len(prune)} thresholds for an order-{order} model")
+    if any(x < 0 for x in prune):
+        raise FflmError("--prune thresholds are counts: 0 or more")
+    if prune[0] != 0:
+        raise FflmError("--prune: unigrams are not pruned; the first threshold must be 0 (as lmplz's)")
+    if any(b < a for a, b in zip(prune, prune[1:])):
+        raise FflmError("--prune thresholds must not decrease (a longer n-gram would outlive its parts)")
+    prune = tuple(prune + [prune[-1]] * (order - len(prune)))
+    return prune if any(prune) else None
+
+
+def _pruned(V, keys, logprob, bow, kept):
+    """The tables without the pruned entries, each order's keys renumbered through the order
+    below's (a kept n-gram's prefix is kept: its count is at least as large)."""
+    out_keys, out_lp, out_bow = [keys[0]], [logprob[0]], [bow[0]]
+    index = np.arange(V, dtype=np.int64)  # the order below: old index -> new
+    for k in range(1, len(keys)):
+        keep = kept[k]
+        prefix, word = np.divmod(keys[k][keep], V)
+        out_keys.append(index[prefix] * V + word)
+        out_lp.append(logprob[k][keep])
+        out_bow.append(bow[k][keep])
+        index = np.cumsum(keep) - 1
+    return out_keys, out_lp, out_bow
+
+
 def _kn_discounts(adjusted, order_k, fallback):
     """Modified Kneser-Ney discounts (D1, D2, D3+) from counts of adjusted counts (C&G eq. 26)."""
     return _kn_discounts_from([int(np.count_nonzero(adjusted == j)) for j in range(5)], order_k, fallback)
@@ -417,6 +454,7 @@ class NGramLM(LanguageModel):
         self.meta = meta or {}  # free-form facts kept in the ARPA header (text settings, corpus)
         self._tables = None  # the arrays as the lookup kernel takes them, made on first use
         self._hashes = None  # per order the keys' hash table (a binary file's, or made on first use)
+        self.prune = None  # lmplz's --prune thresholds the model was estimated with
         self.hashed = True
 
     def _windows(self, sentences):
@@ -451,7 +489,7 @@ class NGramLM(LanguageModel):
     @classmethod
     def estimate(
         cls, windows, vocab, order, smoothing="kn", k=1.0, discount_fallback=FALLBACK_DISCOUNTS, kenlm_compat=True,
-        ray=None, shards=0,
+        ray=None, shards=0, prune=None,
     ):
         """Estimate from a Windows stream (only its sentence structure and ids are used).
 
@@ -463,6 +501,8 @@ class NGramLM(LanguageModel):
         n-gram per order, a change of about 1e-3 in the discounts.
         ray: count in `shards` pieces (default: two per CPU of the cluster) as Ray tasks ("local",
         or a cluster's address); the same model, entry for entry.
+        prune: count thresholds per order as lmplz's --prune (0 0 1: trigrams and longer seen once
+        go; the last applies on); see prune_thresholds.
         """
         if not 1 <= order <= MAX_ORDER:
             raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
@@ -471,6 +511,9 @@ class NGramLM(LanguageModel):
         if smoothing == "add-k" and not (k > 0 and np.isfinite(k)):
             raise FflmError(f"--k must be a positive number, not {k}")
         V = len(vocab)
+        prune = prune_thresholds(prune, order)
+        if prune and smoothing != "kn":
+            raise FflmError("--prune goes with Kneser-Ney (as lmplz's); add-k and mle keep every n-gram")
         if len(windows) == 0:
             raise FflmError("cannot estimate an n-gram model from an empty corpus")
         if ray:
@@ -479,12 +522,14 @@ class NGramLM(LanguageModel):
             tables = _count(windows.ids, V, order)
         if smoothing == "kn":
             last = _kenlm_last_ngrams(windows.ids, V, tables) if kenlm_compat else [-1] * order
-            return cls._kneser_ney(vocab, order, tables, discount_fallback, last)
+            return cls._kneser_ney(vocab, order, tables, discount_fallback, last, prune)
         return cls._add_k(vocab, order, tables, 0.0 if smoothing == "mle" else float(k), smoothing)
 
     @classmethod
-    def _kneser_ney(cls, vocab, order, tables, fallback, last):
+    def _kneser_ney(cls, vocab, order, tables, fallback, last, prune=None):
         V = len(vocab)
+        # pruned (lmplz's --prune): raw count at most the order's threshold; unigrams stay
+        kept = [None] + [t["raw"] > prune[k] for k, t in enumerate(tables) if k > 0] if prune else [None] * order
         # Adjusted counts, top down: continuation counts below the highest order, except
         # for n-grams that start with <s> (nothing can precede them), which keep raw counts.
         adjusted = [None] * order
@@ -509,7 +554,9 @@ class NGramLM(LanguageModel):
             context = t["prefix"] if k > 1 else np.zeros(len(a), dtype=np.int64)
             n_contexts = len(tables[k - 2]["keys"]) if k > 1 else 1
             denominator = np.bincount(context, weights=a, minlength=n_contexts)
-            gamma = np.bincount(context, weights=d_of, minlength=n_contexts)
+            # a pruned n-gram's whole count goes to the back-off (lmplz's "normalizer"): the model still sums to one
+            freed = d_of if kept[k - 1] is None else np.where(kept[k - 1], d_of, a)
+            gamma = np.bincount(context, weights=freed, minlength=n_contexts)
             is_context = denominator > 0
             gamma[is_context] /= denominator[is_context]
             lower_here = lower if k == 1 else lower[t["suffix"]]
@@ -522,7 +569,11 @@ class NGramLM(LanguageModel):
             lower = p
         logprob[0][Vocabulary.BOS_ID] = -np.inf
         keys = [t["keys"] for t in tables]
-        return cls(vocab, order, keys, logprob, bow, "kn", discounts=discounts)
+        if prune:
+            keys, logprob, bow = _pruned(V, keys, logprob, bow, kept)
+        lm = cls(vocab, order, keys, logprob, bow, "kn", discounts=discounts)
+        lm.prune = list(prune) if prune else None
+        return lm
 
     @classmethod
     def _add_k(cls, vocab, order, tables, k, smoothing):

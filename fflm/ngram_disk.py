@@ -496,13 +496,16 @@ class DiskEstimate:
 
     def __init__(self, ids, vocab, order, memory, temp_dir=None, lookup=None, discount_fallback=(0.5, 1.0, 1.5),
                  kenlm_compat=True, progress=None, block_tokens=None, fan_in=None, whole_process=True,
-                 release=None, threads=None):
+                 release=None, threads=None, prune=None):
         from .ngram import MAX_ORDER
 
         if not 1 <= order <= MAX_ORDER:
             raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
         self.ids, self.vocab, self.order, self.lookup, self.release = ids, vocab, order, lookup, release
         self.threads = threads or default_threads()
+        from .ngram import prune_thresholds
+
+        self.prune = prune_thresholds(prune, order)
         self.V = len(vocab)
         _warm_up()
         need, own = minimum_memory(self.V, order), resident() if whole_process else 0
@@ -758,6 +761,37 @@ class DiskEstimate:
         for start, keys in top["keys"].blocks(1 << 22):
             top["bow"].append(np.zeros(len(keys)))
         top["bow"].close()
+        if self.prune is not None:
+            self._prune()
+            self._lap("prune")
+
+    def _prune(self):
+        """The tables without the pruned entries (ngram._pruned, a block at a time): each order's
+        keys renumbered through the order below's kept entries."""
+        V, budget = self.V, self.budget
+        index = None  # the order below: old index -> new (order 1: the word itself)
+        for k in range(2, self.order + 1):
+            t = self.tables[k - 1]
+            out = {name: self._disk(f"pruned.{name}{k}.bin", dt) for name, dt in
+                   (("keys", np.int64), ("log10p", np.float64), ("bow", np.float64))}
+            mine = budget.array(len(t["keys"]), np.int64)
+            kept_so_far = 0
+            for start, keys in t["keys"].blocks(1 << 22):
+                stop = start + len(keys)
+                keep = t["kept"].read(start, stop)
+                prefix, word = np.divmod(keys[keep], V)
+                out["keys"].append((prefix if index is None else index[prefix]) * V + word)
+                out["log10p"].append(t["log10p"].read(start, stop)[keep])
+                out["bow"].append(t["bow"].read(start, stop)[keep])
+                mine[start:stop] = np.cumsum(keep) - 1 + kept_so_far
+                kept_so_far += int(np.count_nonzero(keep))
+            budget.free(index)
+            index = mine
+            for name, d in out.items():
+                t[name].remove()
+                t[name] = d.close()
+            t["kept"].remove()
+        budget.free(index)
 
     def _context_blocks(self, k, size):
         """Blocks of order k's (start, keys, adjusted) cut where a context ends, so each context's
@@ -794,11 +828,21 @@ class DiskEstimate:
         denominator = budget.array(n_contexts, np.float64, fill=0.0)
         gamma = budget.array(n_contexts, np.float64, fill=0.0)
         size = max(MIN_BLOCK, budget.block_tokens() // 2)
-        for _, keys, a in self._context_blocks(k, size):
+        pruning = self.prune is not None and k > 1
+        if pruning:  # lmplz's --prune: raw count at most the threshold; its whole count goes to the back-off
+            t["kept"] = self._disk(f"kept{k}.bin", np.bool_)
+        for at, keys, a in self._context_blocks(k, size):
             ctx = keys // V if k > 1 else np.zeros(len(keys), dtype=np.int64)
             lo = int(ctx[0])
             denominator[lo : int(ctx[-1]) + 1] = np.bincount(ctx - lo, weights=a)
-            gamma[lo : int(ctx[-1]) + 1] = np.bincount(ctx - lo, weights=d[np.minimum(a, 3)])
+            freed = d[np.minimum(a, 3)]
+            if pruning:
+                kept = t["raw"].read(at, at + len(keys)) > self.prune[k - 1]
+                t["kept"].append(kept)
+                freed = np.where(kept, freed, a)
+            gamma[lo : int(ctx[-1]) + 1] = np.bincount(ctx - lo, weights=freed)
+        if pruning:
+            t["kept"].close()
         is_context = denominator > 0
         gamma[is_context] /= denominator[is_context]
         if k > 1:
@@ -951,7 +995,7 @@ def _apart(fn, *args, **kw):
 
 def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_count=None, max_vocab=None,
           binary=False, meta=None, discount_fallback=(0.5, 1.0, 1.5), kenlm_compat=True, progress=None,
-          threads=None):
+          threads=None, prune=None):
     """`fflm ngram train --memory`: the Kneser-Ney model of `corpus` (a text file, nltk:NAME,
     or a prepared folder, read in place) written to `output` (ARPA, or binary) within `memory`
     (bytes, or a size such as "4G"); text is prepared into the temporary folder first.
@@ -986,7 +1030,7 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
         read = round(time.perf_counter() - started, 3)
         with DiskEstimate(source.ids, vocab, order, memory, temp_dir, lookup=source.lookup(vocab),
                           discount_fallback=discount_fallback, kenlm_compat=kenlm_compat,
-                          progress=progress, release=source.release, threads=threads) as est:
+                          progress=progress, release=source.release, threads=threads, prune=prune) as est:
             est.run()
             if binary:
                 est._clock = time.perf_counter()

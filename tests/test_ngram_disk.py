@@ -246,3 +246,39 @@ def test_the_radix_sort_is_numpys_stable_argsort():
         order, ranked = radix_order(keys)
         assert np.array_equal(order, np.argsort(keys, kind="stable"))
         assert np.array_equal(ranked, np.sort(keys))
+
+
+@pytest.mark.parametrize("prune", [(0, 1), (0, 0, 1), (0, 1, 2)])
+def test_pruning_on_disk_equals_pruning_in_memory_and_still_sums_to_one(synth_folder, tmp_path, prune):
+    vocab, windows, _ = training_data(synth_folder, None, order=4, in_memory=True)
+    lm = NGramLM.estimate(windows, vocab, 4, prune=prune)
+    full = NGramLM.estimate(windows, vocab, 4)
+    assert all(p <= f for p, f in zip(lm.sizes, full.sizes)) and lm.sizes[-1] < full.sizes[-1]
+    assert lm.sizes[0] == full.sizes[0]  # unigrams stay
+    for context in (["<s>"], [vocab.words[5]], [vocab.words[5], vocab.words[7], vocab.words[9]]):
+        assert abs((10 ** lm.distribution(context)).sum() - 1) < 1e-9
+    lm.meta = {"corpus": "x"}
+    lm.save_arpa(tmp_path / "mem.arpa")
+    (_, _, sizes), arpa, _ = _on_disk(synth_folder, 4, tmp_path, block_tokens=4096, fan_in=2, prune=prune)
+    assert sizes == lm.sizes
+    assert filecmp.cmp(tmp_path / "mem.arpa", arpa, shallow=False)
+
+
+def test_prune_from_the_command_line(run_cli, tmp_path):
+    text = SYNTH / "train.txt"
+    code, out, err = run_cli("ngram", "train", text, "-o", tmp_path / "mem.arpa", "--order", 3, "--prune", "0,0,1",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)["prune"] == [0, 0, 1]
+    done = _cli("ngram", "train", text, "-o", tmp_path / "disk.arpa", "--order", 3, "--prune", "0 0 1", "-S", "250M",
+                "-T", tmp_path, "-q")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "mem.arpa", tmp_path / "disk.arpa", shallow=False)
+    assert '"prune": [0, 0, 1]' in (tmp_path / "mem.arpa").read_text().splitlines()[0]
+    for bad, message in (("1,1", "first threshold must be 0"), ("0,2,1", "must not decrease"),
+                         ("0,0,0,1", "4 thresholds"), ("0,x", "counts separated")):
+        code, _, err = run_cli("ngram", "train", text, "-o", tmp_path / "bad.arpa", "--order", 3, "--prune", bad)
+        assert code == 1 and message in err and _one_error(err), err
+    code, _, err = run_cli("ngram", "train", text, "-o", tmp_path / "bad.arpa", "--prune", "0,1", "--smoothing",
+                           "add-k")
+    assert code == 1 and "Kneser-Ney" in err

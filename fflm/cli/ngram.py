@@ -4,6 +4,7 @@ import time
 
 import click
 
+from ..errors import FflmError
 from ..text import source_name
 from .common import (
     EPILOG_DATA,
@@ -59,13 +60,16 @@ def ngram():
                    "lmplz -S: the same model, entry for entry, at any budget (kn only).")
 @click.option("--temp-dir", "-T", "temp_dir", type=click.Path(file_okay=False), default=None,
               help="Where --memory spills its sorted runs (and text is prepared).  [default: $TMPDIR or /tmp]")
+@click.option("--prune", default=None, metavar="T1,T2,...",
+              help="Drop n-grams seen at most T_k times, as lmplz's --prune 0 0 1 (here 0,0,1: trigrams and longer "
+                   "seen once); non-decreasing, the first 0, the last applies on; the model still sums to one (kn).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for --memory's passes (a block each).  [default: the CPUs, at most 4]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_vocab, tokenizer, lowercase,
                 encoding_errors, discount_fallback, no_fallback, exact_discounts, ray_address, memory, temp_dir,
-                threads, as_json, quiet):
+                prune, threads, as_json, quiet):
     """Estimate an n-gram model from CORPUS (one sentence per line) and write it as ARPA.
 
     \b
@@ -75,14 +79,20 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
     from ..ngram import NGramLM
     from ..prepared import training_data
 
+    from ..ngram import prune_thresholds
+
     _check_output(output)
     config = _corpus_text(corpus, tokenizer, lowercase, encoding_errors)
+    prune = _parse_prune(prune)
+    prune_thresholds(prune, order)  # checked before any work
+    if prune and smoothing != "kn":
+        raise FflmError("--prune goes with Kneser-Ney (as lmplz's); add-k and mle keep every n-gram")
     bar = _progress(quiet)
     start = time.perf_counter()
     if memory is not None or temp_dir is not None:
         return _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_vocab, config,
                               None if no_fallback else discount_fallback, exact_discounts, ray_address,
-                              memory, temp_dir, threads, as_json, quiet)
+                              memory, temp_dir, prune, threads, as_json, quiet)
     with bar(total=4, desc="n-gram model") as steps:
         steps.set_postfix_str("reading")
         vocab, windows, _ = training_data(corpus, config, min_count, max_vocab, order, in_memory=True)
@@ -91,9 +101,11 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
         lm = NGramLM.estimate(
             windows, vocab, order, smoothing=smoothing, k=add_k,
             discount_fallback=None if no_fallback else discount_fallback, kenlm_compat=not exact_discounts,
-            ray=ray_address,
+            ray=ray_address, prune=prune,
         )
         lm.meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
+        if prune:
+            lm.meta["prune"] = list(prune_thresholds(prune, order))
         steps.update()
         steps.set_postfix_str("writing")
         if binary:
@@ -114,6 +126,7 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
         "sentences": windows.num_sentences,
         "ngrams": lm.sizes,
         "discounts": [list(d) for d in lm.discounts] if lm.discounts else None,
+        "prune": lm.meta.get("prune"),
         "seconds": round(seconds, 3),
     }
     if as_json:
@@ -130,9 +143,19 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
         click.echo(f"wrote {output} in {seconds:.2f} s")
 
 
+def _parse_prune(text):
+    """'0,0,1' or '0 0 1' -> [0, 0, 1]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise FflmError(f"--prune takes counts separated by commas (0,0,1), not {text!r}") from None
+
+
 def _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_vocab, config, fallback,
-                   exact_discounts, ray_address, memory, temp_dir, threads, as_json, quiet):
-    from ..errors import FflmError
+                   exact_discounts, ray_address, memory, temp_dir, prune, threads, as_json, quiet):
+    from ..ngram import prune_thresholds
     from ..ngram_disk import build, format_size, parse_size
 
     if smoothing != "kn":
@@ -142,14 +165,17 @@ def _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_voca
     budget = parse_size(memory if memory is not None else "1G")
     start = time.perf_counter()
     meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
+    if prune_thresholds(prune, order):
+        meta["prune"] = list(prune_thresholds(prune, order))
     summary = build(corpus, output, order, budget, temp_dir, config, min_count, max_vocab, binary, meta,
-                    fallback, not exact_discounts, _progress(quiet), threads)
+                    fallback, not exact_discounts, _progress(quiet), threads, prune)
     seconds = time.perf_counter() - start
     name = f"kn{order}"
     out = {"model": output, "name": name, "order": order, "smoothing": "kn", "vocabulary": summary["vocabulary"],
            "tokens": summary["tokens"], "sentences": summary["sentences"], "ngrams": summary["ngrams"],
            "discounts": summary["discounts"], "memory": budget, "runs": summary["runs"],
-           "merge_rounds": summary["merge_rounds"], "threads": summary["threads"], "seconds": round(seconds, 3),
+           "merge_rounds": summary["merge_rounds"], "threads": summary["threads"], "prune": meta.get("prune"),
+           "seconds": round(seconds, 3),
            "profile": summary["profile"]}
     if as_json:
         _echo_json(out)
