@@ -240,15 +240,28 @@ def prune_thresholds(prune, order):
     return prune if any(prune) else None
 
 
+def excluded_words(vocab, limit_vocab):
+    """A bool per word id: outside `limit_vocab` (words; the specials are always in), or None."""
+    if limit_vocab is None:
+        return None
+    keep = set(limit_vocab) | set(Vocabulary.SPECIALS)
+    return np.array([w not in keep for w in vocab.words], dtype=bool)
+
+
 def _pruned(V, keys, logprob, bow, kept):
     """The tables without the pruned entries, each order's keys renumbered through the order
-    below's (a kept n-gram's prefix is kept: its count is at least as large)."""
-    out_keys, out_lp, out_bow = [keys[0]], [logprob[0]], [bow[0]]
-    index = np.arange(V, dtype=np.int64)  # the order below: old index -> new
+    below's (a kept n-gram's prefix is kept: its count is at least as large, its words a
+    subset); with unigrams dropped (--limit-vocab) the words are renumbered too."""
+    words = np.arange(V, dtype=np.int64) if kept[0] is None else np.cumsum(kept[0]) - 1  # old id -> new
+    n_words = V if kept[0] is None else int(np.count_nonzero(kept[0]))
+    first = slice(None) if kept[0] is None else kept[0]
+    out_keys = [np.arange(n_words, dtype=np.int64)]
+    out_lp, out_bow = [logprob[0][first]], [bow[0][first]]
+    index = words  # the order below: old index -> new
     for k in range(1, len(keys)):
         keep = kept[k]
         prefix, word = np.divmod(keys[k][keep], V)
-        out_keys.append(index[prefix] * V + word)
+        out_keys.append(index[prefix] * n_words + words[word])
         out_lp.append(logprob[k][keep])
         out_bow.append(bow[k][keep])
         index = np.cumsum(keep) - 1
@@ -489,7 +502,7 @@ class NGramLM(LanguageModel):
     @classmethod
     def estimate(
         cls, windows, vocab, order, smoothing="kn", k=1.0, discount_fallback=FALLBACK_DISCOUNTS, kenlm_compat=True,
-        ray=None, shards=0, prune=None,
+        ray=None, shards=0, prune=None, limit_vocab=None,
     ):
         """Estimate from a Windows stream (only its sentence structure and ids are used).
 
@@ -503,6 +516,9 @@ class NGramLM(LanguageModel):
         or a cluster's address); the same model, entry for entry.
         prune: count thresholds per order as lmplz's --prune (0 0 1: trigrams and longer seen once
         go; the last applies on); see prune_thresholds.
+        limit_vocab: the words to keep (lmplz's --limit_vocab_file): every n-gram with another word
+        goes, the unigram too, and the model's vocabulary is those words (and <unk>, <s>, </s>);
+        their counts go to the back-offs and the uniform floor stays over the whole vocabulary.
         """
         if not 1 <= order <= MAX_ORDER:
             raise FflmError(f"--order must be between 1 and {MAX_ORDER}, not {order}")
@@ -512,8 +528,9 @@ class NGramLM(LanguageModel):
             raise FflmError(f"--k must be a positive number, not {k}")
         V = len(vocab)
         prune = prune_thresholds(prune, order)
-        if prune and smoothing != "kn":
-            raise FflmError("--prune goes with Kneser-Ney (as lmplz's); add-k and mle keep every n-gram")
+        if (prune or limit_vocab is not None) and smoothing != "kn":
+            raise FflmError("--prune and --limit-vocab go with Kneser-Ney (as lmplz's); add-k and mle keep every n-gram")
+        dropped = excluded_words(vocab, limit_vocab)
         if len(windows) == 0:
             raise FflmError("cannot estimate an n-gram model from an empty corpus")
         if ray:
@@ -522,14 +539,22 @@ class NGramLM(LanguageModel):
             tables = _count(windows.ids, V, order)
         if smoothing == "kn":
             last = _kenlm_last_ngrams(windows.ids, V, tables) if kenlm_compat else [-1] * order
-            return cls._kneser_ney(vocab, order, tables, discount_fallback, last, prune)
+            return cls._kneser_ney(vocab, order, tables, discount_fallback, last, prune, dropped)
         return cls._add_k(vocab, order, tables, 0.0 if smoothing == "mle" else float(k), smoothing)
 
     @classmethod
-    def _kneser_ney(cls, vocab, order, tables, fallback, last, prune=None):
+    def _kneser_ney(cls, vocab, order, tables, fallback, last, prune=None, dropped=None):
         V = len(vocab)
-        # pruned (lmplz's --prune): raw count at most the order's threshold; unigrams stay
-        kept = [None] + [t["raw"] > prune[k] for k, t in enumerate(tables) if k > 0] if prune else [None] * order
+        # pruned (lmplz's --prune): raw count at most the order's threshold (unigrams stay); with
+        # --limit-vocab, any n-gram holding a word outside the list
+        kept = [None] * order
+        if prune or dropped is not None:
+            outside = dropped if dropped is not None else np.zeros(V, dtype=bool)
+            kept[0] = ~outside if dropped is not None else None
+            for k in range(1, order):
+                t = tables[k]
+                outside = outside[t["prefix"]] | (dropped[t["keys"] % V] if dropped is not None else False)
+                kept[k] = ~outside if not prune else (t["raw"] > prune[k]) & ~outside
         # Adjusted counts, top down: continuation counts below the highest order, except
         # for n-grams that start with <s> (nothing can precede them), which keep raw counts.
         adjusted = [None] * order
@@ -541,7 +566,10 @@ class NGramLM(LanguageModel):
         adjusted[0][Vocabulary.BOS_ID] = 0  # <s> is never predicted
 
         discounts, logprob, bow = [], [], []
-        lower = np.full(V, 1.0 / (V - 1))  # order 0: uniform over the vocabulary without <s>
+        # order 0: uniform over the vocabulary without <s> (with --limit-vocab, over the words kept,
+        # as lmplz: the pruned words' counts are in the back-off, so the model sums to one)
+        n_words = V if dropped is None else V - int(np.count_nonzero(dropped))
+        lower = np.full(V, 1.0 / (n_words - 1))
         for k in range(1, order + 1):
             t, a = tables[k - 1], adjusted[k - 1]
             stats = a
@@ -569,8 +597,11 @@ class NGramLM(LanguageModel):
             lower = p
         logprob[0][Vocabulary.BOS_ID] = -np.inf
         keys = [t["keys"] for t in tables]
-        if prune:
+        if prune or dropped is not None:
             keys, logprob, bow = _pruned(V, keys, logprob, bow, kept)
+            if dropped is not None:
+                vocab = Vocabulary([w for w, out in zip(vocab.words, dropped) if not out][3:],
+                                   vocab.counts[~dropped], vocab.min_count, vocab.max_size)
         lm = cls(vocab, order, keys, logprob, bow, "kn", discounts=discounts)
         lm.prune = list(prune) if prune else None
         return lm

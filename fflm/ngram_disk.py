@@ -496,7 +496,7 @@ class DiskEstimate:
 
     def __init__(self, ids, vocab, order, memory, temp_dir=None, lookup=None, discount_fallback=(0.5, 1.0, 1.5),
                  kenlm_compat=True, progress=None, block_tokens=None, fan_in=None, whole_process=True,
-                 release=None, threads=None, prune=None):
+                 release=None, threads=None, prune=None, limit_vocab=None):
         from .ngram import MAX_ORDER
 
         if not 1 <= order <= MAX_ORDER:
@@ -506,6 +506,10 @@ class DiskEstimate:
         from .ngram import prune_thresholds
 
         self.prune = prune_thresholds(prune, order)
+        from .ngram import excluded_words
+
+        self.dropped = excluded_words(vocab, limit_vocab)  # --limit-vocab: the words that go
+        self._outside = None  # per entry of the order below: holds a dropped word
         self.V = len(vocab)
         _warm_up()
         need, own = minimum_memory(self.V, order), resident() if whole_process else 0
@@ -761,15 +765,33 @@ class DiskEstimate:
         for start, keys in top["keys"].blocks(1 << 22):
             top["bow"].append(np.zeros(len(keys)))
         top["bow"].close()
-        if self.prune is not None:
+        if self.prune is not None or self.dropped is not None:
             self._prune()
             self._lap("prune")
 
     def _prune(self):
         """The tables without the pruned entries (ngram._pruned, a block at a time): each order's
-        keys renumbered through the order below's kept entries."""
+        keys renumbered through the order below's kept entries; with --limit-vocab, the words
+        too, and the vocabulary becomes the words kept."""
         V, budget = self.V, self.budget
-        index = None  # the order below: old index -> new (order 1: the word itself)
+        one = self.tables[0]
+        if self.dropped is not None:
+            words = np.cumsum(~self.dropped) - 1  # old id -> new
+            n_words = int(np.count_nonzero(~self.dropped))
+            keep = one["kept"].read()
+            for name, dt in (("log10p", np.float64), ("bow", np.float64)):
+                d = self._disk(f"pruned.{name}1.bin", dt)
+                d.append(one[name].read()[keep])
+                one[name].remove()
+                one[name] = d.close()
+            d = self._disk("pruned.keys1.bin", np.int64)
+            d.append(np.arange(n_words, dtype=np.int64))
+            one["keys"].remove()
+            one["keys"] = d.close()
+            one["kept"].remove()
+        else:
+            words, n_words = None, V
+        index = words  # the order below: old index -> new (None: unchanged)
         for k in range(2, self.order + 1):
             t = self.tables[k - 1]
             out = {name: self._disk(f"pruned.{name}{k}.bin", dt) for name, dt in
@@ -780,18 +802,26 @@ class DiskEstimate:
                 stop = start + len(keys)
                 keep = t["kept"].read(start, stop)
                 prefix, word = np.divmod(keys[keep], V)
-                out["keys"].append((prefix if index is None else index[prefix]) * V + word)
+                out["keys"].append((prefix if index is None else index[prefix]) * n_words
+                                   + (word if words is None else words[word]))
                 out["log10p"].append(t["log10p"].read(start, stop)[keep])
                 out["bow"].append(t["bow"].read(start, stop)[keep])
                 mine[start:stop] = np.cumsum(keep) - 1 + kept_so_far
                 kept_so_far += int(np.count_nonzero(keep))
-            budget.free(index)
+            if index is not words:
+                budget.free(index)
             index = mine
             for name, d in out.items():
                 t[name].remove()
                 t[name] = d.close()
             t["kept"].remove()
-        budget.free(index)
+        budget.free(self._outside, *([] if index is words else [index]))
+        self._outside = None
+        if self.dropped is not None:
+            vocab = self.vocab
+            self.vocab = Vocabulary([w for w, out in zip(vocab.words, self.dropped) if not out][3:],
+                                    vocab.counts[~self.dropped], vocab.min_count, vocab.max_size)
+            self.V = n_words
 
     def _context_blocks(self, k, size):
         """Blocks of order k's (start, keys, adjusted) cut where a context ends, so each context's
@@ -828,21 +858,35 @@ class DiskEstimate:
         denominator = budget.array(n_contexts, np.float64, fill=0.0)
         gamma = budget.array(n_contexts, np.float64, fill=0.0)
         size = max(MIN_BLOCK, budget.block_tokens() // 2)
-        pruning = self.prune is not None and k > 1
-        if pruning:  # lmplz's --prune: raw count at most the threshold; its whole count goes to the back-off
+        pruning = (self.prune is not None and k > 1) or self.dropped is not None
+        if pruning:  # lmplz's --prune: raw count at most the threshold, or (--limit-vocab) a dropped
+            # word in it; its whole count goes to the back-off
             t["kept"] = self._disk(f"kept{k}.bin", np.bool_)
+            below_outside = self._outside
+            self._outside = budget.array(len(t["keys"]), np.bool_) if self.dropped is not None else None
         for at, keys, a in self._context_blocks(k, size):
             ctx = keys // V if k > 1 else np.zeros(len(keys), dtype=np.int64)
             lo = int(ctx[0])
             denominator[lo : int(ctx[-1]) + 1] = np.bincount(ctx - lo, weights=a)
             freed = d[np.minimum(a, 3)]
             if pruning:
-                kept = t["raw"].read(at, at + len(keys)) > self.prune[k - 1]
+                if self.prune is not None and k > 1:
+                    kept = t["raw"].read(at, at + len(keys)) > self.prune[k - 1]
+                else:
+                    kept = np.ones(len(keys), dtype=bool)
+                if self.dropped is not None:
+                    outside = self.dropped[keys % V]
+                    if k > 1:
+                        outside |= below_outside[keys // V]
+                    self._outside[at : at + len(keys)] = outside
+                    kept &= ~outside
                 t["kept"].append(kept)
                 freed = np.where(kept, freed, a)
             gamma[lo : int(ctx[-1]) + 1] = np.bincount(ctx - lo, weights=freed)
         if pruning:
             t["kept"].close()
+            if self.dropped is not None:
+                budget.free(below_outside)
         is_context = denominator > 0
         gamma[is_context] /= denominator[is_context]
         if k > 1:
@@ -857,7 +901,8 @@ class DiskEstimate:
             below["bow"].close()
         t["log10p"] = self._disk(f"log10p{k}.bin", np.float64)
         p_here = self._disk(f"p{k}.bin", np.float64) if k < self.order else None
-        uniform = 1.0 / (V - 1)
+        # uniform over the words without <s>: with --limit-vocab the words kept (as lmplz)
+        uniform = 1.0 / ((V if self.dropped is None else V - int(np.count_nonzero(self.dropped))) - 1)
         for start, keys, a in self._context_blocks(k, size):
             ctx = keys // V if k > 1 else np.zeros(len(keys), dtype=np.int64)
             if k == 1:
@@ -995,7 +1040,7 @@ def _apart(fn, *args, **kw):
 
 def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_count=None, max_vocab=None,
           binary=False, meta=None, discount_fallback=(0.5, 1.0, 1.5), kenlm_compat=True, progress=None,
-          threads=None, prune=None):
+          threads=None, prune=None, limit_vocab=None):
     """`fflm ngram train --memory`: the Kneser-Ney model of `corpus` (a text file, nltk:NAME,
     or a prepared folder, read in place) written to `output` (ARPA, or binary) within `memory`
     (bytes, or a size such as "4G"); text is prepared into the temporary folder first.
@@ -1030,16 +1075,17 @@ def build(corpus, output, order=5, memory="1G", temp_dir=None, config=None, min_
         read = round(time.perf_counter() - started, 3)
         with DiskEstimate(source.ids, vocab, order, memory, temp_dir, lookup=source.lookup(vocab),
                           discount_fallback=discount_fallback, kenlm_compat=kenlm_compat,
-                          progress=progress, release=source.release, threads=threads, prune=prune) as est:
+                          progress=progress, release=source.release, threads=threads, prune=prune,
+                          limit_vocab=limit_vocab) as est:
             est.run()
             if binary:
                 est._clock = time.perf_counter()
-                write_binary(output, vocab, order, "kn", est.discounts, None, meta or {}, est.arrays(),
+                write_binary(output, est.vocab, order, "kn", est.discounts, None, meta or {}, est.arrays(),
                              est.hash_arrays())
                 est._lap("write")
             else:
                 est.write_arpa(output, _header("kn", order, est.discounts, None, meta or {}))
-            return {"vocabulary": len(vocab), "tokens": est.tokens, "sentences": source.num_sentences,
+            return {"vocabulary": len(est.vocab), "tokens": est.tokens, "sentences": source.num_sentences,
                     "ngrams": est.sizes, "discounts": [list(d) for d in est.discounts], "runs": est.runs_spilled,
                     "merge_rounds": est.merge_rounds, "memory": memory, "text": source.text,
                     "threads": est.threads, "profile": {"read": read, **est.profile}}

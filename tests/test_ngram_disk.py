@@ -38,7 +38,7 @@ def _on_disk(folder, order, tmp_path, **kw):
                       whole_process=False, **kw) as est:
         est.run()
         est.write_arpa(arpa, _header("kn", order, est.discounts, None, {"corpus": "x"}))
-        write_binary(binary, vocab, order, "kn", est.discounts, None, {"corpus": "x"}, est.arrays(),
+        write_binary(binary, est.vocab, order, "kn", est.discounts, None, {"corpus": "x"}, est.arrays(),
                      est.hash_arrays())
         stats = (est.runs_spilled, est.merge_rounds, est.sizes)
     assert os.listdir(temp) == []  # every temporary is gone
@@ -282,3 +282,41 @@ def test_prune_from_the_command_line(run_cli, tmp_path):
     code, _, err = run_cli("ngram", "train", text, "-o", tmp_path / "bad.arpa", "--prune", "0,1", "--smoothing",
                            "add-k")
     assert code == 1 and "Kneser-Ney" in err
+
+
+@pytest.mark.parametrize("prune", [None, (0, 1)])
+def test_a_limited_vocabulary_on_disk_equals_in_memory_and_sums_to_one(synth_folder, tmp_path, prune):
+    vocab, windows, _ = training_data(synth_folder, None, order=3, in_memory=True)
+    limit = vocab.words[3:60] + ["not-in-the-corpus"]
+    lm = NGramLM.estimate(windows, vocab, 3, prune=prune, limit_vocab=limit)
+    assert lm.vocab.words == vocab.words[:60]  # the words kept, in their order, and the specials
+    assert lm.sizes[0] == 60 and all(k.max() < 60 ** (n + 1) for n, k in enumerate(lm.keys))
+    for context in (["<s>"], [vocab.words[5]], [vocab.words[5], vocab.words[7]], [vocab.words[100]]):
+        assert abs((10 ** lm.distribution(context)).sum() - 1) < 1e-9  # words outside score as <unk>
+    lm.meta = {"corpus": "x"}
+    lm.save_arpa(tmp_path / "mem.arpa")
+    save_binary(lm, tmp_path / "mem.bin")
+    (_, _, sizes), arpa, binary = _on_disk(synth_folder, 3, tmp_path, block_tokens=4096, fan_in=2, prune=prune,
+                                           limit_vocab=limit)
+    assert sizes == lm.sizes
+    assert filecmp.cmp(tmp_path / "mem.arpa", arpa, shallow=False)
+    assert filecmp.cmp(tmp_path / "mem.bin", binary, shallow=False)
+
+
+def test_limit_vocab_from_the_command_line(run_cli, tmp_path):
+    text = SYNTH / "train.txt"
+    words = (tmp_path / "words.txt")
+    words.write_text(" ".join(open(text).read().split()[:400]) + "\n")
+    code, out, err = run_cli("ngram", "train", text, "-o", tmp_path / "mem.arpa", "--order", 3, "--limit-vocab",
+                             words, "--prune", "0,1", "--json")
+    assert code == 0, err
+    kept = len(set(words.read_text().split()))
+    assert json.loads(out)["vocabulary"] == kept + 3
+    done = _cli("ngram", "train", text, "-o", tmp_path / "disk.arpa", "--order", 3, "--limit-vocab", words,
+                "--prune", "0,1", "-S", "250M", "-T", tmp_path, "-q")
+    assert done.returncode == 0, done.stderr
+    assert filecmp.cmp(tmp_path / "mem.arpa", tmp_path / "disk.arpa", shallow=False)
+    (tmp_path / "empty.txt").write_text("\n")
+    for bad, message in ((tmp_path / "empty.txt", "lists no words"), (tmp_path / "missing.txt", "no such file")):
+        code, _, err = run_cli("ngram", "train", text, "-o", tmp_path / "bad.arpa", "--limit-vocab", bad)
+        assert code == 1 and message in err and _one_error(err), err

@@ -63,13 +63,16 @@ def ngram():
 @click.option("--prune", default=None, metavar="T1,T2,...",
               help="Drop n-grams seen at most T_k times, as lmplz's --prune 0 0 1 (here 0,0,1: trigrams and longer "
                    "seen once); non-decreasing, the first 0, the last applies on; the model still sums to one (kn).")
+@click.option("--limit-vocab", "limit_vocab", default=None, metavar="FILE",
+              help="Keep only n-grams of these words (whitespace-separated), as lmplz's --limit_vocab_file: the "
+                   "model's vocabulary is theirs (and <unk>, <s>, </s>); the others' counts go to the back-offs.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for --memory's passes (a block each).  [default: the CPUs, at most 4]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_vocab, tokenizer, lowercase,
                 encoding_errors, discount_fallback, no_fallback, exact_discounts, ray_address, memory, temp_dir,
-                prune, threads, as_json, quiet):
+                prune, limit_vocab, threads, as_json, quiet):
     """Estimate an n-gram model from CORPUS (one sentence per line) and write it as ARPA.
 
     \b
@@ -85,14 +88,15 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
     config = _corpus_text(corpus, tokenizer, lowercase, encoding_errors)
     prune = _parse_prune(prune)
     prune_thresholds(prune, order)  # checked before any work
-    if prune and smoothing != "kn":
-        raise FflmError("--prune goes with Kneser-Ney (as lmplz's); add-k and mle keep every n-gram")
+    if (prune or limit_vocab) and smoothing != "kn":
+        raise FflmError("--prune and --limit-vocab go with Kneser-Ney (as lmplz's); add-k and mle keep every n-gram")
+    limit_path, limit_vocab = limit_vocab, _read_word_list(limit_vocab)
     bar = _progress(quiet)
     start = time.perf_counter()
     if memory is not None or temp_dir is not None:
         return _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_vocab, config,
                               None if no_fallback else discount_fallback, exact_discounts, ray_address,
-                              memory, temp_dir, prune, threads, as_json, quiet)
+                              memory, temp_dir, prune, limit_vocab, limit_path, threads, as_json, quiet)
     with bar(total=4, desc="n-gram model") as steps:
         steps.set_postfix_str("reading")
         vocab, windows, _ = training_data(corpus, config, min_count, max_vocab, order, in_memory=True)
@@ -101,11 +105,9 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
         lm = NGramLM.estimate(
             windows, vocab, order, smoothing=smoothing, k=add_k,
             discount_fallback=None if no_fallback else discount_fallback, kenlm_compat=not exact_discounts,
-            ray=ray_address, prune=prune,
+            ray=ray_address, prune=prune, limit_vocab=limit_vocab,
         )
-        lm.meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
-        if prune:
-            lm.meta["prune"] = list(prune_thresholds(prune, order))
+        lm.meta = _meta(config, corpus, prune, order, limit_path)
         steps.update()
         steps.set_postfix_str("writing")
         if binary:
@@ -121,7 +123,7 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
         "name": lm.name,
         "order": order,
         "smoothing": smoothing,
-        "vocabulary": len(vocab),
+        "vocabulary": len(lm.vocab),
         "tokens": len(windows),
         "sentences": windows.num_sentences,
         "ngrams": lm.sizes,
@@ -133,7 +135,7 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
         _echo_json(summary)
     elif not quiet:
         click.echo(f"{lm.name}: {order}-gram {smoothing} model of {corpus}")
-        click.echo(f"vocabulary: {len(vocab)} words; {len(windows)} tokens in {windows.num_sentences} sentences")
+        click.echo(f"vocabulary: {len(lm.vocab)} words; {len(windows)} tokens in {windows.num_sentences} sentences")
         click.echo("n-grams: " + " ".join(f"{k}={n}" for k, n in enumerate(lm.sizes, 1)))
         if lm.discounts:
             click.echo(
@@ -141,6 +143,31 @@ def ngram_train(corpus, output, binary, order, smoothing, add_k, min_count, max_
                 + " · ".join(f"{k}: " + " ".join(f"{d:.6g}" for d in ds) for k, ds in enumerate(lm.discounts, 1))
             )
         click.echo(f"wrote {output} in {seconds:.2f} s")
+
+
+def _meta(config, corpus, prune, order, limit_path):
+    """What the model file's header records of how it was made (the same with --memory or not)."""
+    from ..ngram import prune_thresholds
+
+    meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
+    if prune_thresholds(prune, order):
+        meta["prune"] = list(prune_thresholds(prune, order))
+    if limit_path:
+        meta["limit_vocab"] = source_name(limit_path)
+    return meta
+
+
+def _read_word_list(path):
+    """The words of a --limit-vocab file (whitespace-separated, UTF-8), or None."""
+    if path is None:
+        return None
+    from ..fileio import read_bytes
+    from ..text import decode
+
+    words = decode(read_bytes(path), path).split()
+    if not words:
+        raise FflmError(f"{path}: --limit-vocab lists no words")
+    return words
 
 
 def _parse_prune(text):
@@ -154,8 +181,8 @@ def _parse_prune(text):
 
 
 def _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_vocab, config, fallback,
-                   exact_discounts, ray_address, memory, temp_dir, prune, threads, as_json, quiet):
-    from ..ngram import prune_thresholds
+                   exact_discounts, ray_address, memory, temp_dir, prune, limit_vocab, limit_path, threads, as_json,
+                   quiet):
     from ..ngram_disk import build, format_size, parse_size
 
     if smoothing != "kn":
@@ -164,11 +191,9 @@ def _train_on_disk(corpus, output, binary, order, smoothing, min_count, max_voca
         raise FflmError("--memory and --ray do not go together yet: give one")
     budget = parse_size(memory if memory is not None else "1G")
     start = time.perf_counter()
-    meta = {"text": config.to_dict(), "corpus": source_name(corpus)}
-    if prune_thresholds(prune, order):
-        meta["prune"] = list(prune_thresholds(prune, order))
+    meta = _meta(config, corpus, prune, order, limit_path)
     summary = build(corpus, output, order, budget, temp_dir, config, min_count, max_vocab, binary, meta,
-                    fallback, not exact_discounts, _progress(quiet), threads, prune)
+                    fallback, not exact_discounts, _progress(quiet), threads, prune, limit_vocab)
     seconds = time.perf_counter() - start
     name = f"kn{order}"
     out = {"model": output, "name": name, "order": order, "smoothing": "kn", "vocabulary": summary["vocabulary"],
