@@ -102,6 +102,10 @@ from .common import (
 @click.option("--clip", type=float, default=0.0, show_default=True, help="Clip the gradient norm to this (0: off).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="A measured recipe from BENCHMARKS.md (its flags below); flags given here win.")
+@click.option("--budget", default=None, metavar="DURATION",
+              help="Fit the run to this much time (45m, 1h30m, 600s): this machine's speed for the model is measured, "
+                   "and the steps that fit are taken with the learning rate falling linearly to 0 at the last "
+                   "(replaces --epochs and --max-steps; recorded in the model).")
 @click.option("--max-rollbacks", type=click.IntRange(min=0), default=5, show_default=True,
               help="On a NaN/inf loss, go back to the last good weights and halve --lr, at most this often.")
 @click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
@@ -131,7 +135,7 @@ from .common import (
 def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, tail_div,
           cross_sentence, fofe, layer_norm, residual, fofe_length, epochs, max_steps, shuffle, shuffle_block, shuffle_pool,
           batch_size, lr, warmup_steps, lr_decay, schedule, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
-          noise_samples, noise_power, clip, preset, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
+          noise_samples, noise_power, clip, preset, budget, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
           encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, precision, ray_address, workers,
           sync_every, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
@@ -181,6 +185,13 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
     else:
         if corpus is None:
             raise click.UsageError("missing argument 'CORPUS' (or give --resume CHECKPOINT)")
+        if budget is not None:
+            from ..budget import parse_duration
+
+            budget = parse_duration(budget)
+            for name in ("epochs", "max_steps"):
+                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                    raise FflmError(f"--budget fits the steps to the time; drop --{name.replace('_', '-')}")
         if output is None:
             raise click.UsageError("missing option '-o' / '--output'")
         text = _text_config(None, tokenizer, lowercase, encoding_errors)
@@ -266,6 +277,22 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             )
         used = training.set_threads(threads)
         model = FFNNLM(vocab, config, seed=seed)
+        budget_plan = None
+        if budget is not None:
+            import dataclasses
+
+            from ..budget import describe, plan
+
+            training.warm_up(model, tconfig)
+            budget_plan = plan(model, windows, valid_windows, tconfig, budget, _process_started())
+            if ctx.get_parameter_source("schedule") != click.core.ParameterSource.COMMANDLINE or schedule == "halving":
+                budget_plan["schedule"] = "linear"  # annealed to 0 at the deadline (a halving run cannot be timed)
+            else:
+                budget_plan["schedule"] = schedule
+            tconfig = dataclasses.replace(tconfig, max_steps=budget_plan["steps"], epochs=budget_plan["epochs"],
+                                          schedule=budget_plan["schedule"])
+            tconfig.check()
+            say(describe(budget_plan))
         trainer = training.Trainer(model, windows, valid_windows, tconfig, max_rollbacks=max_rollbacks)
         say(f"vocabulary {len(vocab)}, {len(windows)} training tokens, {config.n_params(len(vocab)):,} parameters, "
             f"{used} thread(s)")
@@ -275,6 +302,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             "text": text.to_dict(),
             "training": {
                 "preset": preset,
+                "budget": budget_plan,
                 "corpus": source_name(corpus),
                 "sha256": _sha256(corpus),
                 "valid": source_name(valid) if valid else None,
@@ -616,6 +644,10 @@ def info(model_path, as_json):
         if tr.get("valid"):
             click.echo(f"validated on: {tr['valid']}")
         click.echo(f"settings: {tr.get('config')}")
+        if tr.get("budget"):
+            from ..budget import describe
+
+            click.echo(describe(tr["budget"]))
         for row in tr.get("history", []):
             click.echo("  " + _epoch_line(row))
 
