@@ -74,3 +74,7 @@ def test_train_with_a_budget_records_its_plan_and_anneals_to_zero(run_cli, tmp_p
     assert "steps/s measured here" in out_text
     code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "c.npz", "--budget", "20s", "--epochs", 3)
     assert code == 1 and "drop --epochs" in err
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "c.npz", "--budget", "20s", "--ray")
+    assert code == 1 and "with --ray" in err
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "c.npz", "--budget", "soon")
+    assert code == 1 and "cannot read 'soon'" in err

@@ -189,6 +189,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             from ..budget import parse_duration
 
             budget = parse_duration(budget)
+            if ray_address:
+                raise FflmError("--budget measures this process's speed; with --ray give --epochs or --max-steps")
             for name in ("epochs", "max_steps"):
                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
                     raise FflmError(f"--budget fits the steps to the time; drop --{name.replace('_', '-')}")
