@@ -85,8 +85,8 @@ def fit(budget_s, steps_per_epoch, steps_per_s, eval_s, overhead_s=0.0, safety=S
 
     >>> fit(100.0, 50, 10.0, 0.0, safety=1.0)   # 100 s at 10 steps/s: 1,000 steps, 20 epochs of 50
     (1000, 20)
-    >>> fit(100.0, 50, 10.0, 1.0, safety=1.0)   # a second's validation an epoch: 19 of them fit
-    (900, 18)
+    >>> fit(100.0, 50, 10.0, 1.0, safety=1.0)   # a second's validation an epoch: 16 epochs and 30 steps
+    (830, 17)
     """
     rate = steps_per_s * safety
 
@@ -105,7 +105,7 @@ def fit(budget_s, steps_per_epoch, steps_per_s, eval_s, overhead_s=0.0, safety=S
 def plan(model, windows, valid_windows, config, budget_s, started=None, measured=None):
     """The budget's plan for this model and corpus: what was measured, the steps and epochs that
     fit, the schedule (linear to 0 at the last step); `measured` given: no measuring (a rerun).
-    started: when the process began (time.time()): what went before training counts too, and a
+    started: when the command began (time.time()): what went before training counts too, and a
     model file written each epoch and at the end."""
     measured = measured or measure(model, windows, valid_windows, config)
     overhead_s = (time.time() - started if started else 0.0) + SAVE_SECONDS

@@ -155,6 +155,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
     from ..text import TextConfig
 
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    command_started = time.time()  # --budget counts from here (and keeps a margin for the interpreter's start)
     if resume:
         given = [p.opts[-1] if p.opts else p.name for p in ctx.command.params
                  if p.name not in ("corpus", "resume", "threads", "quiet", "checkpoint_every", "json_log",
@@ -286,7 +287,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             from ..budget import describe, plan
 
             training.warm_up(model, tconfig)
-            budget_plan = plan(model, windows, valid_windows, tconfig, budget, _process_started())
+            budget_plan = plan(model, windows, valid_windows, tconfig, budget, command_started)
             if ctx.get_parameter_source("schedule") != click.core.ParameterSource.COMMANDLINE or schedule == "halving":
                 budget_plan["schedule"] = "linear"  # annealed to 0 at the deadline (a halving run cannot be timed)
             else:
