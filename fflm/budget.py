@@ -20,6 +20,7 @@ from .errors import FflmError
 SAFETY = 0.97  # of the measured speed: what a long run keeps on average (the CPU warms, the OS intrudes)
 MEASURE_SECONDS = 4.0
 SAVE_SECONDS = 2.0  # the model files written along the way, and the end
+REFIT_SAFETY = 0.99  # once re-fitted every minute from the speed seen, a small margin is enough
 
 
 def parse_duration(text):
@@ -116,8 +117,202 @@ def plan(model, windows, valid_windows, config, budget_s, started=None, measured
             "steps": steps, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "schedule": "linear"}
 
 
+class Deadline:
+    """A budgeted run's clock. The plan is fitted from a few seconds' measurement; a long run's
+    speed drifts (a run measured at 5,932 tokens/s ran its epochs at 4,849-5,724 and ended 6%
+    over), so every `every` seconds and at each epoch's end the steps still to take are fitted
+    again to the time left, from the speed seen since the last re-fit and the last validation
+    pass's time. The schedule carries on from where it is to the new end (Schedule.refit), so
+    the rate never jumps and still reaches 0 at the last step. Each re-fit is recorded: a rerun
+    (`fflm train --like`) replays them without any clock."""
+
+    def __init__(self, ends_at, steps_per_epoch, eval_seconds, max_steps=None, every=60.0, safety=REFIT_SAFETY,
+                 clock=time.time):
+        self.ends_at, self.steps_per_epoch, self.eval_seconds = ends_at, steps_per_epoch, eval_seconds
+        self.max_steps, self.every, self.safety, self.clock = max_steps, every, safety, clock
+        self.mark, self.eval_since, self.rate = None, 0.0, None
+
+    def tick(self, trainer):
+        """After every step."""
+        now = self.clock()
+        if self.mark is None:
+            self.mark = (now, trainer.steps)
+        elif now - self.mark[0] >= self.every:
+            self.refit(trainer, now)
+
+    def epoch_ended(self, trainer, eval_seconds):
+        self.eval_seconds = eval_seconds
+        self.eval_since += eval_seconds
+        self.refit(trainer, self.clock())
+
+    def refit(self, trainer, now):
+        if self.mark is not None:
+            t0, s0 = self.mark
+            running = now - t0 - self.eval_since
+            if trainer.steps > s0 and running > 0:
+                self.rate = (trainer.steps - s0) / running
+        self.mark, self.eval_since = (now, trainer.steps), 0.0
+        if self.rate is None:
+            return
+        total = self.total(trainer.steps, trainer.epoch, now)
+        if total != trainer.config.max_steps:
+            import dataclasses
+
+            trainer.schedule.refit(trainer.steps, total)
+            trainer.config = dataclasses.replace(trainer.config, max_steps=total,
+                                                 epochs=max(1, -(-total // self.steps_per_epoch)))
+
+    def total(self, steps, epoch, now):
+        """The most steps in all that end within the budget: the steps left at `safety` x the
+        speed seen, plus a validation pass at each epoch's end still to come (epoch: the one in
+        progress, from 1), plus the last save. At least the steps taken (stop now).
+
+        >>> d = Deadline(ends_at=100.0 + SAVE_SECONDS, steps_per_epoch=50, eval_seconds=1.0, safety=1.0)
+        >>> d.rate = 10.0
+        >>> d.total(steps=0, epoch=1, now=0.0)   # as fit(): 830 steps
+        830
+        >>> d.total(steps=830, epoch=17, now=99.0), d.total(steps=100, epoch=3, now=99.5)
+        (830, 100)
+        """
+        rate, left = self.rate * self.safety, self.ends_at - now - SAVE_SECONDS
+        spe, done_evals = self.steps_per_epoch, epoch - 1
+
+        def cost(total):
+            return (total - steps) / rate + max(0, -(-total // spe) - done_evals) * self.eval_seconds
+
+        lo, hi = steps, steps + max(0, int(left * rate)) + 1
+        if self.max_steps:
+            hi = max(lo, min(hi, self.max_steps))
+        while lo < hi:  # the largest total with cost(total) <= left (cost grows with total)
+            mid = (lo + hi + 1) // 2
+            if cost(mid) <= left:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
 def describe(plan):
     return (f"budget {plan['seconds'] / 60:.1f} min: {plan['steps_per_s']:.2f} steps/s measured here, "
             f"{plan['eval_seconds']:.1f} s a validation pass -> {plan['steps']:,} steps "
             f"({plan['epochs']} epoch(s) of {plan['steps_per_epoch']:,}), the learning rate falling linearly "
             "to 0 at the last")
+
+
+# --- the budgeted recipe: what `--budget` chooses when no --preset is given ------------------
+# Every key is an `fflm train` option, and one given on the command line wins. The fixed part is
+# the presets' (issue 16: dual FOFE across sentences, tied, SGD at 2.0 falling linearly to 0);
+# the size, the dropout and the number of epochs are chosen for the corpus and the time.
+RECIPE = {"order": 6, "cross_sentence": True, "tied": True, "softmax": "auto", "fofe": "0.5,0.8", "lr": 2.0,
+          "schedule": "linear"}
+SIZES = (("small", 128, (512, 128)), ("base", 256, (1024, 256)), ("large", 384, (1536, 384)))  # --preset brown's is base
+MAX_EPOCHS = 8  # Brown raw: the preset's model at 8 epochs 142.03, given 14 it overfitted to 151.86 (BENCHMARKS.md)
+
+
+def min_epochs(tokens):
+    """The fewest passes a size must get to be chosen: 8 on a corpus of up to 1M tokens (as the
+    presets), fewer on larger ones, where a pass holds more new text: 8 x sqrt(1M / tokens), at
+    least 2.
+
+    >>> [round(min_epochs(n), 1) for n in (500_000, 1_000_000, 4_000_000, 100_000_000)]
+    [8.0, 8.0, 4.0, 2.0]
+    """
+    return min(8.0, max(2.0, 8.0 * math.sqrt(1e6 / tokens)))
+
+
+def dropout_for(tokens, dense_params):
+    """Dropout on the hidden layers from the training tokens per dense parameter (the weights
+    other than the embedding table): 0.3 at Brown's and PTB's ratio with the base size (0.84-0.93M
+    tokens, 2.1-2.25M dense parameters: 0.4; 0.3 is the presets' measured value), 0.1 more for
+    every halving of the ratio, 0.1 less for every doubling, within [0.1, 0.5], to the nearest
+    0.05. The embeddings get a third of it (the presets' 0.1 at 0.3).
+
+    >>> dropout_for(840_000, 2_100_000), dropout_for(420_000, 2_100_000), dropout_for(3_360_000, 2_100_000)
+    (0.3, 0.4, 0.1)
+    """
+    ratio = tokens / max(1, dense_params)
+    p = 0.3 - 0.1 * math.log2(ratio / 0.4)
+    return round(min(0.5, max(0.1, p)) * 20) / 20
+
+
+def choose(candidates, windows, valid_windows, tconfig, budget_s, started, max_epochs, given_dropout=False,
+           seconds=MEASURE_SECONDS):
+    """Choose among `candidates` [(name, model)], smallest first: each is measured here, and the
+    largest whose fitted run gives at least min_epochs(tokens) passes is taken (the smallest when
+    none does); dropout from dropout_for() unless `given_dropout`; the run then fitted to what is
+    left of the budget, capped at `max_epochs`. Returns (index, train config, plan)."""
+    import dataclasses
+
+    tokens = len(windows)
+    spe = -(-tokens // tconfig.batch_size)
+    rows, configs = [], []
+    for name, model in candidates:
+        tc = tconfig
+        if not given_dropout:
+            d = dropout_for(tokens, model.dense.size)
+            tc = dataclasses.replace(tconfig, dropout=d, embed_dropout=round(d / 3, 2))
+        m = measure(model, windows, valid_windows, tc, seconds)
+        steps, epochs = fit(budget_s, spe, m["steps_per_s"], m["eval_seconds"],
+                            time.time() - started + SAVE_SECONDS if started else SAVE_SECONDS)
+        rows.append({"size": name, "params": int(model.dense.size + model.E.size), "dense_params": int(model.dense.size),
+                     "steps_per_s": round(m["steps_per_s"], 3), "eval_seconds": round(m["eval_seconds"], 3),
+                     "epochs_fit": round(steps / spe, 2), "dropout": tc.dropout, "embed_dropout": tc.embed_dropout})
+        configs.append((tc, m))
+    need = min_epochs(tokens)
+    able = [i for i, r in enumerate(rows) if r["epochs_fit"] >= need]
+    pick = able[-1] if able else 0
+    tc, m = configs[pick]
+    p = plan(candidates[pick][1], windows, valid_windows, tc, budget_s, started, measured=m)
+    cap = max_epochs * spe
+    if p["steps"] > cap:
+        p["steps"], p["epochs"], p["capped"] = cap, max_epochs, True
+    p["sizes"] = rows
+    p["chosen"] = rows[pick]["size"]
+    p["min_epochs"] = round(need, 2)
+    p["max_epochs"] = max_epochs
+    why = (f"the largest with at least {need:.1f} epochs in the time" if able else
+           f"none fits {need:.1f} epochs in the time: the smallest")
+    p["why"] = why
+    return pick, tc, p
+
+
+def describe_choice(plan):
+    """Lines saying what the budgeted recipe measured and chose, and why."""
+    lines = []
+    for r in plan.get("sizes", []):
+        mark = "->" if r["size"] == plan.get("chosen") else "  "
+        lines.append(f"{mark} {r['size']:5s} {r['params']:>11,} parameters ({r['dense_params']:,} dense): "
+                     f"{r['steps_per_s']:.2f} steps/s here, {r['epochs_fit']:.1f} epochs fit; "
+                     f"dropout {r['dropout']:g}/{r['embed_dropout']:g}")
+    if plan.get("chosen"):
+        lines.append(f"chose {plan['chosen']}: {plan['why']}"
+                     + (f"; capped at {plan['max_epochs']} epochs (more overfits: BENCHMARKS.md), "
+                        "ending before the budget" if plan.get("capped") else ""))
+    return lines
+
+
+def split_held_out(sentences, tokens=None, most=100_000, share=0.05):
+    """(training sentences, held-out sentences): whole sentences held out for validation when no
+    --valid is given: blocks of up to 100 consecutive sentences (a window across sentences sees
+    the neighbours it would see in running text), every k-th block, about `share` of the tokens
+    and at most `most` tokens (a validation pass an epoch stays cheap on a large corpus), at
+    least one sentence. Deterministic: the same text, the same split.
+
+    >>> train, held = split_held_out([["w"]] * 1000)
+    >>> len(train), len(held)
+    (950, 50)
+    """
+    n = len(sentences)
+    if n < 2:
+        raise FflmError("--budget without --valid holds out whole sentences for validation, but the corpus has "
+                        f"{n} sentence(s); give --valid")
+    tokens = tokens if tokens is not None else sum(len(s) + 1 for s in sentences)
+    frac = min(share, most / max(1, tokens))
+    block = max(1, min(100, n // 200))
+    blocks = -(-n // block)
+    stride = max(2, min(blocks, round(1 / frac)))
+    held_blocks = {b for b in range(blocks) if b % stride == stride // 2} or {0}
+    train, held = [], []
+    for i, s in enumerate(sentences):
+        (held if i // block in held_blocks else train).append(s)
+    return train, held

@@ -119,6 +119,7 @@ class Schedule:
         self.decay = decay
         self.warmup_steps = warmup_steps
         self.kind, self.total_steps = kind, total_steps
+        self.refits = []  # [step, new total]: a budgeted run's re-fitted ends (fflm/budget.py), in order
         self.min_improvement = min_improvement
         self.max_halvings = max_halvings
         self.best = math.inf
@@ -143,8 +144,29 @@ class Schedule:
             return self.lr * (step + 1) / self.warmup_steps
         if self.kind == "halving":
             return self.lr
-        p = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        p = self.progress(step)
         return self.lr * ((1.0 - p) if self.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * p)))
+
+    def progress(self, step):
+        """How far along the schedule `step` is, 0 to 1. A re-fit at step s to a new total T
+        carries on from the progress reached at s, so the rate never jumps, and reaches 1 at T:
+
+        >>> s = Schedule(1.0, 0.01, 5, kind="linear", total_steps=10)
+        >>> s.refit(4, 16)   # 40% done at step 4; the remaining 60% now spread over 12 steps
+        >>> [round(s.step_lr(k), 3) for k in (3, 4, 10, 15, 16)]
+        [0.7, 0.6, 0.3, 0.05, 0.0]
+        """
+        start, done, total = self.warmup_steps, 0.0, self.total_steps
+        for at, new_total in self.refits:
+            if step < at:
+                break
+            done = min(1.0, done + (1.0 - done) * (at - start) / max(1, total - start))
+            start, total = at, new_total
+        return min(1.0, done + (1.0 - done) * (step - start) / max(1, total - start))
+
+    def refit(self, step, total):
+        """From `step` on, reach the end of the schedule at `total` steps instead."""
+        self.refits.append([int(step), int(total)])
 
     def end_epoch(self):
         """The steady decay, applied after every epoch."""
@@ -437,6 +459,7 @@ class Trainer:
         self.total, self.seen, self.seconds = 0.0, 0, 0.0  # this epoch's loss sum, pairs, time so far
         self.history, self.rollbacks, self.done = [], 0, False
         self.worker_rng = []  # a distributed run's workers' random streams, from a checkpoint
+        self.deadline = None  # a budgeted run's clock (fflm/budget.py Deadline): re-fits the steps as it goes
         self.best = None  # (E, dense): the weights with the best validation perplexity so far
         self.good, self.good_step = self._state_arrays(), 0  # the last state known to be sane, and when
         # a mean loss of twice the uniform model's (ln V; plus ln(k+1) for a sampled objective) means
@@ -506,7 +529,7 @@ class Trainer:
             recent = []
             try:
                 while self.batch < n_batches:
-                    if config.max_steps and self.steps >= config.max_steps:
+                    if self.config.max_steps and self.steps >= self.config.max_steps:  # a re-fit may move it
                         break
                     if should_stop is not None and should_stop(self):
                         self.seconds += time.perf_counter() - start
@@ -520,6 +543,8 @@ class Trainer:
                                     config.clip)
                     self.steps += 1
                     self.batch += 1
+                    if self.deadline is not None:
+                        self.deadline.tick(self)
                     if not math.isfinite(loss):
                         self._rollback(f"the loss became {loss}", on_event)
                         continue
@@ -564,6 +589,7 @@ class Trainer:
         if not self._finite():
             self._rollback("the weights became NaN or infinite", on_event)
         valid_ppl = evaluate_ppl(model, self.valid)
+        eval_seconds = time.perf_counter() - start
         seen = max(self.seen, 1)
         row = {
             "epoch": self.epoch,
@@ -595,6 +621,9 @@ class Trainer:
         self.good, self.good_step = self._state_arrays(), self.steps  # finite: checked or rolled back above
         self.order, self.batch = None, 0
         self.epoch += 1
+        if self.deadline is not None and not stop:
+            self.deadline.epoch_ended(self, eval_seconds)
+        config = self.config  # a re-fit may have changed its steps
         self.done = stop or self.epoch > config.epochs or bool(config.max_steps and self.steps >= config.max_steps)
 
     # --- checkpoints --------------------------------------------------------------------------
@@ -634,7 +663,8 @@ class Trainer:
             "history": self.history, "rollbacks": self.rollbacks, "good_step": self.good_step,
             "recent_loss": self.recent_loss,
             "optimizer_t": opt.t, "good_t": good_t,
-            "schedule": {"lr": self.schedule.lr, "best": self.schedule.best, "halvings": self.schedule.halvings},
+            "schedule": {"lr": self.schedule.lr, "best": self.schedule.best, "halvings": self.schedule.halvings,
+                         "total_steps": self.schedule.total_steps, "refits": self.schedule.refits},
             "rng": {name: r.bit_generator.state for name, r in self._streams().items()},
             "worker_rng": self.sgd.worker_streams(),
             "meta": meta or {},
@@ -715,6 +745,9 @@ class Trainer:
             s = state["schedule"]
             trainer.schedule.lr, trainer.schedule.best, trainer.schedule.halvings = (
                 float(s["lr"]), float(s["best"]), int(s["halvings"]))
+            if "total_steps" in s:
+                trainer.schedule.total_steps = int(s["total_steps"])
+                trainer.schedule.refits = [[int(a), int(b)] for a, b in s["refits"]]
             trainer.worker_rng = list(state.get("worker_rng", []))
             rngs = trainer._streams()
             if set(state["rng"]) != set(rngs):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import SYNTH
 from fflm import FflmError
-from fflm.budget import fit, parse_duration, plan
+from fflm.budget import Deadline, choose, dropout_for, fit, min_epochs, parse_duration, plan, split_held_out
 
 
 def test_durations_are_read_or_refused():
@@ -67,14 +67,98 @@ def test_train_with_a_budget_records_its_plan_and_anneals_to_zero(run_cli, tmp_p
     assert "steps/s measured here" in err
     meta = FFNNLM.load(out)[1]["training"]
     b = meta["budget"]
-    assert meta["config"]["max_steps"] == b["steps"] and meta["config"]["epochs"] == b["epochs"]
-    assert meta["config"]["schedule"] == "linear" and len(meta["history"]) == b["epochs"]
-    assert meta["history"][-1]["lr"] <= 2 * 0.5 / b["steps"]  # the last step's rate: lr / steps, nearly 0
+    final = b["refits"][-1][1] if b["refits"] else b["steps"]  # re-fitted as it went, or as planned
+    assert meta["config"]["max_steps"] == final == b["steps_taken"]
+    assert meta["config"]["schedule"] == "linear" and len(meta["history"]) == math.ceil(final / b["steps_per_epoch"])
+    assert meta["history"][-1]["lr"] <= 2 * meta["config"]["lr"] / final  # the last step's rate: lr / steps, nearly 0
     code, out_text, _ = run_cli("info", out)
     assert "steps/s measured here" in out_text
-    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "c.npz", "--budget", "20s", "--epochs", 3)
-    assert code == 1 and "drop --epochs" in err
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "c.npz", "--budget", "20s", "--max-steps", 3)
+    assert code == 1 and "drop --max-steps" in err
     code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "c.npz", "--budget", "20s", "--ray")
     assert code == 1 and "with --ray" in err
     code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "c.npz", "--budget", "soon")
     assert code == 1 and "cannot read 'soon'" in err
+
+
+class _Run:
+    """What Deadline reads and changes of a Trainer."""
+
+    def __init__(self, max_steps, spe):
+        import dataclasses
+
+        from fflm.train import Schedule, TrainConfig
+
+        self.config = dataclasses.replace(TrainConfig(), max_steps=max_steps, epochs=-(-max_steps // spe),
+                                          schedule="linear")
+        self.schedule = Schedule(1.0, 0.0, 0, kind="linear", total_steps=max_steps)
+        self.steps, self.epoch = 0, 1
+
+
+def test_a_slower_run_is_refitted_to_end_within_the_budget():
+    clock = [0.0]
+    spe, budget, eval_s = 100, 100.0, 1.0
+    d = Deadline(budget, spe, eval_s, every=10.0, safety=1.0, clock=lambda: clock[0])
+    d.rate = 20.0  # as measured before the run: 20 steps/s
+    run = _Run(d.total(0, 1, 0.0), spe)
+    planned = run.config.max_steps
+    lrs = []
+    while run.steps < run.config.max_steps:  # the run goes at 15 steps/s, not 20
+        lrs.append(run.schedule.step_lr(run.steps))
+        run.steps += 1
+        clock[0] += 1 / 15
+        d.tick(run)
+        if run.steps % spe == 0 or run.steps == run.config.max_steps:
+            clock[0] += eval_s
+            run.epoch += 1
+            d.epoch_ended(run, eval_s)
+    assert run.config.max_steps < planned  # fewer steps than planned
+    assert budget - 3.0 - 1.0 / 15 <= clock[0] + 2.0 <= budget  # and the end (with the save) within it
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:]))  # the rate never jumps up
+    assert lrs[-1] < 0.01 and run.schedule.refits  # and reaches 0 at the new end
+
+
+def test_the_held_out_sentences_are_whole_blocks_and_deterministic():
+    sentences = [[f"w{i}", "x"] for i in range(20_000)]
+    train, held = split_held_out(sentences)
+    assert (train, held) == split_held_out(sentences)
+    assert len(train) + len(held) == 20_000 and 0.03 < len(held) / 20_000 <= 0.05
+    index = sorted(int(s[0][1:]) for s in held)
+    runs = sum(1 for a, b in zip(index, index[1:]) if b != a + 1) + 1
+    assert runs < len(held) / 50  # consecutive blocks, not scattered sentences
+    big = [["w"] * 99] * 100_000  # 10M tokens: held out at most 100k of them
+    assert sum(len(s) + 1 for s in split_held_out(big)[1]) <= 100_000
+    with pytest.raises(FflmError, match="give --valid"):
+        split_held_out([["one"]])
+
+
+def test_dropout_and_the_epochs_follow_the_corpus():
+    assert dropout_for(400_000, 2_000_000) > dropout_for(800_000, 2_000_000) > dropout_for(3_200_000, 2_000_000)
+    assert 0.1 <= dropout_for(10, 10**9) <= 0.5 and 0.1 <= dropout_for(10**9, 10) <= 0.5
+    assert min_epochs(10**6) > min_epochs(10**7) >= 2
+
+
+def test_the_recipe_takes_the_largest_size_that_fits_its_epochs(monkeypatch):
+    """Deterministic for a given measured speed: the speeds are given, not timed."""
+    import fflm.budget as budget
+    from fflm.model import FFNNLM, ModelConfig
+    from fflm.train import TrainConfig
+    from fflm.vocab import Vocabulary
+    from fflm.windows import Windows
+
+    sents = [s.split() for s in (SYNTH / "train.txt").read_text().splitlines()[:2000]]
+    vocab = Vocabulary.build(sents)
+    windows = Windows.from_sentences(sents, vocab, 3)
+    models = [(name, FFNNLM(vocab, ModelConfig(order=3, embed_dim=e, hidden=(h,)), seed=1))
+              for name, e, h in (("small", 8, 16), ("base", 16, 32), ("large", 32, 64))]
+    speed = {id(m): s for (_, m), s in zip(models, (400.0, 100.0, 10.0))}
+    monkeypatch.setattr(budget, "measure", lambda m, *a, **k: {"steps_per_s": speed[id(m)], "eval_seconds": 0.0})
+    tc = TrainConfig(batch_size=64, lr=2.0, schedule="linear")
+    spe = -(-len(windows) // 64)
+    # base fits min_epochs (8 here) in 60 s at 100 steps/s, large does not: base, capped at 8 epochs
+    pick, tc2, p = choose(models, windows, None, tc, 60.0, None, max_epochs=8)
+    assert p["chosen"] == "base" and pick == 1 and p["steps"] == 8 * spe and p.get("capped")
+    assert tc2.dropout == dropout_for(len(windows), models[1][1].dense.size)
+    assert choose(models, windows, None, tc, 60.0, None, max_epochs=8)[2]["steps"] == p["steps"]  # deterministic
+    # too little time for any: the smallest
+    assert choose(models, windows, None, tc, 1.0 + budget.SAVE_SECONDS, None, max_epochs=8)[2]["chosen"] == "small"

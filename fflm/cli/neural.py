@@ -192,23 +192,34 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             budget = parse_duration(budget)
             if ray_address:
                 raise FflmError("--budget measures this process's speed; with --ray give --epochs or --max-steps")
-            for name in ("epochs", "max_steps"):
-                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
-                    raise FflmError(f"--budget fits the steps to the time; drop --{name.replace('_', '-')}")
+            if ctx.get_parameter_source("max_steps") == click.core.ParameterSource.COMMANDLINE:
+                raise FflmError("--budget fits the steps to the time; drop --max-steps (--epochs caps the passes)")
         if output is None:
             raise click.UsageError("missing option '-o' / '--output'")
         text = _text_config(None, tokenizer, lowercase, encoding_errors)
         checkpoint = checkpoint or _checkpoint_path(output)
-        if preset:  # the preset's values wherever the command line gave none
+        given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+        recipe = None
+        if preset:
+            recipe = PRESETS[preset]
+        elif budget is not None:  # the budgeted recipe's fixed part; its size and dropout are chosen below
+            from ..budget import RECIPE
+
+            recipe = RECIPE
+        if recipe:  # the recipe's values wherever the command line gave none
             names = ("order", "cross_sentence", "embed_dim", "hidden", "tied", "dropout", "embed_dropout",
                      "activation", "lr", "batch_size", "epochs", "weight_decay", "max_halvings", "softmax",
                      "fofe", "fofe_length", "layer_norm", "residual", "optimizer", "warmup_steps", "schedule")
-            assert set(PRESETS[preset]) <= set(names), "a preset sets an option this list does not apply"
-            given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-            p = {**ctx.params, **{k: v for k, v in PRESETS[preset].items() if k not in given}}
+            assert set(recipe) <= set(names), "a recipe sets an option this list does not apply"
+            p = {**ctx.params, **{k: v for k, v in recipe.items() if k not in given}}
             (order, cross_sentence, embed_dim, hidden, tied, dropout, embed_dropout, activation, lr, batch_size,
              epochs, weight_decay, max_halvings, softmax, fofe, fofe_length, layer_norm, residual, optimizer,
              warmup_steps, schedule) = (p[k] for k in names)
+            if not preset and {"embed_dim", "hidden"} & given:
+                if "tied" not in given:  # tied where the sizes allow
+                    tied = _parse_hidden(hidden)[-1:] == (embed_dim,)
+            elif not preset:  # the base size until the sizes are measured (fflm/budget.py SIZES)
+                embed_dim, hidden = 256, "1024,256"
     _check_output(output)
     _check_output(checkpoint)
     if json_log:
@@ -259,13 +270,33 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                      if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
         if prepared and not cut_given:  # the cut recorded at prepare
             min_count, max_vocab = None, None
-        vocab, windows, _ = training_data(corpus, text, min_count, max_vocab, config.span, cross_sentence)
+        held = None  # --budget without --valid: whole sentences held out of the corpus
+        if budget is not None and not valid:
+            if prepared:
+                raise FflmError(f"{corpus}: --budget holds out sentences for validation from a text corpus only; "
+                                "give a prepared corpus --valid")
+            from ..budget import split_held_out
+            from ..prepared import read_text_sentences
+            from ..vocab import Vocabulary
+            from ..windows import Windows
+
+            train_sents, held_sents = split_held_out(read_text_sentences(corpus, text))
+            vocab = Vocabulary.build(train_sents, min_count=min_count or 1, max_size=max_vocab)
+            windows = Windows.from_sentences(train_sents, vocab, config.span, cross_sentence)
+            held = Windows.from_sentences(held_sents, vocab, config.span, cross_sentence)
+            held_info = {"sentences": len(held_sents), "tokens": len(held), "of_sentences": len(train_sents) + len(held_sents)}
+            del train_sents, held_sents
+        else:
+            vocab, windows, _ = training_data(corpus, text, min_count, max_vocab, config.span, cross_sentence)
         config = config.resolve(vocab.counts)
         config.check_vocab(len(vocab))
         words = len(windows) - windows.num_sentences
         if words < order - 1:
             raise FflmError(f"{corpus}: only {words} words, fewer than the {order - 1} context words of --order {order}")
-        valid_windows = HeldOut(valid, text).windows(vocab, config.span, cross_sentence) if valid else None
+        valid_windows = HeldOut(valid, text).windows(vocab, config.span, cross_sentence) if valid else held
+        if held is not None:
+            say(f"validation: {held_info['sentences']:,} of the corpus's {held_info['of_sentences']:,} sentences "
+                f"({held_info['tokens']:,} tokens) held out, in blocks (no --valid given)")
         need = memory_estimate(config, len(vocab), batch_size, noise_samples=noise_samples if loss != "softmax" else 0,
                                optimizer=optimizer)
         index = order_memory(len(windows), shuffle, shuffle_block, shuffle_pool)  # each epoch's order of the pairs
@@ -284,19 +315,45 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         if budget is not None:
             import dataclasses
 
-            from ..budget import describe, plan
+            from ..budget import MAX_EPOCHS, SIZES, choose, describe, describe_choice
+            from ..budget import MEASURE_SECONDS as MEASURE_SECONDS_MAX
 
-            training.warm_up(model, tconfig)
-            budget_plan = plan(model, windows, valid_windows, tconfig, budget, command_started)
-            if ctx.get_parameter_source("schedule") != click.core.ParameterSource.COMMANDLINE or schedule == "halving":
-                budget_plan["schedule"] = "linear"  # annealed to 0 at the deadline (a halving run cannot be timed)
-            else:
-                budget_plan["schedule"] = schedule
-            tconfig = dataclasses.replace(tconfig, max_steps=budget_plan["steps"], epochs=budget_plan["epochs"],
-                                          schedule=budget_plan["schedule"])
+            if "schedule" not in given or schedule == "halving":
+                tconfig = dataclasses.replace(tconfig, schedule="linear")  # annealed to 0 at the deadline
+            # the passes at most: --epochs, else the preset's, else the recipe's measured limit
+            cap = epochs if ("epochs" in given or preset) else MAX_EPOCHS
+            candidates = [("given", model)]
+            if not preset and not ({"embed_dim", "hidden"} & given):  # the sizes the recipe chooses among
+                candidates = []
+                for name, m, h in SIZES:
+                    c = dataclasses.replace(config, embed_dim=m, hidden=h)
+                    c.check()
+                    fits = have is None or memory_estimate(c, len(vocab), batch_size, optimizer=optimizer) + index <= have
+                    if fits or not candidates:
+                        candidates.append((name, FFNNLM(vocab, c, seed=seed)))
+            training.warm_up(candidates[0][1], tconfig)
+            pick, tconfig, budget_plan = choose(
+                candidates, windows, valid_windows, tconfig, budget, command_started, cap,
+                given_dropout=bool({"dropout", "embed_dropout"} & given) or bool(preset),
+                seconds=min(MEASURE_SECONDS_MAX, max(0.3, budget / 400)))
+            model = candidates[pick][1]
+            config = model.config
+            del candidates
+            budget_plan["schedule"] = tconfig.schedule
+            if held is not None:
+                budget_plan["held_out"] = held_info
+            tconfig = dataclasses.replace(tconfig, max_steps=budget_plan["steps"], epochs=budget_plan["epochs"])
             tconfig.check()
+            for line in describe_choice(budget_plan):
+                say(line)
             say(describe(budget_plan))
         trainer = training.Trainer(model, windows, valid_windows, tconfig, max_rollbacks=max_rollbacks)
+        if budget_plan is not None:
+            from ..budget import Deadline
+
+            spe = budget_plan["steps_per_epoch"]
+            trainer.deadline = Deadline(command_started + budget, spe, budget_plan["eval_seconds"],
+                                        max_steps=cap * spe)
         say(f"vocabulary {len(vocab)}, {len(windows)} training tokens, {config.n_params(len(vocab)):,} parameters, "
             f"{used} thread(s)")
         if config.softmax == "adaptive" or softmax == "auto":
@@ -305,6 +362,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             "text": text.to_dict(),
             "training": {
                 "preset": preset,
+                "recipe": "budget" if budget is not None and not preset else None,
                 "budget": budget_plan,
                 "corpus": source_name(corpus),
                 "sha256": _sha256(corpus),
@@ -346,6 +404,9 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             meta["training"]["start_seconds"] = round(trainer.first_step_at - started, 3)  # to the first step
         meta["training"]["history"] = trainer.history
         meta["training"]["rollbacks"] = trainer.rollbacks
+        if meta["training"].get("budget"):  # the re-fits so far: a rerun (--like) replays them
+            meta["training"]["budget"]["refits"] = trainer.schedule.refits
+            meta["training"]["budget"]["steps_taken"] = trainer.steps
         model.save(output, meta)
         say(_epoch_line(row) + (f"  {row['tokens_per_s']:,.0f} tokens/s" if row["tokens_per_s"] else ""))
         if json_log:
@@ -394,8 +455,9 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             ray_sgd.close()
     if os.path.exists(checkpoint):
         os.remove(checkpoint)  # finished: the model file has the best weights
-    best = min((r["valid_ppl"] for r in history), default=float("nan")) if valid else None
-    if valid and not quiet and sys.stdout.isatty() and len(history) > 1:
+    has_valid = trainer.valid is not None and len(trainer.valid) > 0
+    best = min((r["valid_ppl"] for r in history), default=float("nan")) if has_valid else None
+    if has_valid and not quiet and sys.stdout.isatty() and len(history) > 1:
         from ..plot import text_plot
 
         click.echo(text_plot([r["valid_ppl"] for r in history]))
