@@ -270,6 +270,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                      if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
         if prepared and not cut_given:  # the cut recorded at prepare
             min_count, max_vocab = None, None
+        elif budget is not None and not preset and not cut_given:
+            min_count = 2  # the budgeted recipe: words seen once become <unk>, so <unk> is learned for unseen words
         held = None  # --budget without --valid: whole sentences held out of the corpus
         if budget is not None and not valid:
             if prepared:
@@ -340,6 +342,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             config = model.config
             del candidates
             budget_plan["schedule"] = tconfig.schedule
+            budget_plan["min_count"] = min_count
             if held is not None:
                 budget_plan["held_out"] = held_info
             tconfig = dataclasses.replace(tconfig, max_steps=budget_plan["steps"], epochs=budget_plan["epochs"])
