@@ -143,7 +143,8 @@ class Deadline:
     def epoch_ended(self, trainer, eval_seconds):
         self.eval_seconds = eval_seconds
         self.eval_since += eval_seconds
-        self.refit(trainer, self.clock())
+        if not (trainer.config.max_steps and trainer.steps >= trainer.config.max_steps):  # else: the run is over
+            self.refit(trainer, self.clock())
 
     def refit(self, trainer, now):
         if self.mark is not None:

@@ -162,3 +162,35 @@ def test_the_recipe_takes_the_largest_size_that_fits_its_epochs(monkeypatch):
     assert choose(models, windows, None, tc, 60.0, None, max_epochs=8)[2]["steps"] == p["steps"]  # deterministic
     # too little time for any: the smallest
     assert choose(models, windows, None, tc, 1.0 + budget.SAVE_SECONDS, None, max_epochs=8)[2]["chosen"] == "small"
+
+
+def test_a_budgeted_run_holds_out_sentences_chooses_and_like_reruns_it_exactly(run_cli, tmp_path):
+    """Without --valid: whole sentences held out and said; the sizes measured and one chosen, all
+    recorded; `--like` reruns the recorded run (its re-fits included) to the same weights."""
+    from fflm.model import FFNNLM
+
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    code, _, err = run_cli("train", SYNTH / "train.txt", "-o", a, "--budget", "12s", "--threads", 1)
+    assert code == 0, err
+    assert "held out" in err and "chose " in err
+    model, meta = FFNNLM.load(a)
+    tr = meta["training"]
+    plan = tr["budget"]
+    assert tr["recipe"] == "budget" and plan["held_out"]["sentences"] > 0 and plan["min_count"] == 2
+    assert plan["chosen"] in ("small", "base", "large") and len(plan["sizes"]) >= 2
+    assert tr["config"]["dropout"] == next(r["dropout"] for r in plan["sizes"] if r["size"] == plan["chosen"])
+    from fflm.vocab import Vocabulary
+
+    assert min(model.vocab.counts[len(Vocabulary.SPECIALS):]) >= 2  # words seen once are <unk>
+    code, text, _ = run_cli("info", a)
+    assert "chose " + plan["chosen"] in text and "held out of the corpus" in text
+    code, _, err = run_cli("train", "--like", a, "-o", b, "--threads", 1)
+    assert code == 0, err
+    again, meta2 = FFNNLM.load(b)
+    assert np.array_equal(again.E, model.E) and np.array_equal(again.dense, model.dense)
+    assert [r["valid_ppl"] for r in meta2["training"]["history"]] == [r["valid_ppl"] for r in tr["history"]]
+    assert meta2["training"]["like"] == str(a)
+    code, _, err = run_cli("train", "--like", a, "-o", b, "--lr", 1)
+    assert code == 1 and "drop --lr" in err
+    code, _, err = run_cli("train", SYNTH / "valid.txt", "--like", a, "-o", b)
+    assert code == 1 and "not the text" in err

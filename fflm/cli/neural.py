@@ -118,6 +118,9 @@ from .common import (
                    "Ctrl-C / SIGTERM; removed when training ends.  [default: OUTPUT with .ckpt.npz]")
 @click.option("--checkpoint-every", type=click.FloatRange(min=0), default=600, show_default=True,
               help="Seconds between checkpoints within an epoch (0: only after epochs and on interruption).")
+@click.option("--like", "like", default=None, metavar="MODEL",
+              help="Rerun MODEL's recorded training (its corpus, vocabulary, architecture, settings and, for a "
+                   "--budget run, its steps and re-fits, without a clock): the same model, on any machine.")
 @click.option("--resume", default=None,
               help="Continue from this checkpoint with its settings (CORPUS and the other options are taken from it).")
 @precision_option
@@ -136,7 +139,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
           cross_sentence, fofe, layer_norm, residual, fofe_length, epochs, max_steps, shuffle, shuffle_block, shuffle_pool,
           batch_size, lr, warmup_steps, lr_decay, schedule, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
           noise_samples, noise_power, clip, preset, budget, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
-          encoding_errors, seed, threads, checkpoint, checkpoint_every, resume, precision, ray_address, workers,
+          encoding_errors, seed, threads, checkpoint, checkpoint_every, like, resume, precision, ray_address, workers,
           sync_every, json_log, quiet):
     """Train a feedforward neural LM on CORPUS (one sentence per line) with mini-batch SGD.
 
@@ -156,7 +159,33 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
 
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     command_started = time.time()  # --budget counts from here (and keeps a margin for the interpreter's start)
-    if resume:
+    like_model = None
+    if like and resume:
+        raise FflmError("--like starts a run, --resume continues one: give one of them")
+    if like:
+        given = [p.opts[-1] if p.opts else p.name for p in ctx.command.params
+                 if p.name not in ("corpus", "like", "output", "threads", "quiet", "checkpoint", "checkpoint_every",
+                                   "json_log")
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise FflmError(f"--like reruns {like}'s recorded settings; drop {', '.join(given)}")
+        if output is None:
+            raise click.UsageError("missing option '-o' / '--output'")
+        like_model, like_meta = FFNNLM.load(like)
+        tr = like_meta.get("training") if isinstance(like_meta, dict) else None
+        if not isinstance(tr, dict) or not tr.get("corpus") or not isinstance(tr.get("config"), dict):
+            raise FflmError(f"{like}: this model does not record how it was trained")
+        if corpus is None:
+            corpus = tr["corpus"]
+        if _sha256(corpus) != tr.get("sha256"):
+            raise FflmError(f"{corpus} is not the text {like} was trained on (sha256 differs); --like reruns "
+                            "that run on that text")
+        valid = tr.get("valid")
+        if valid is not None and _sha256(valid) != tr.get("valid_sha256", _sha256(valid)):
+            raise FflmError(f"{valid} has changed since {like} was trained")
+        text = TextConfig.from_dict(like_meta.get("text", {}))
+        checkpoint = checkpoint or _checkpoint_path(output)
+    elif resume:
         given = [p.opts[-1] if p.opts else p.name for p in ctx.command.params
                  if p.name not in ("corpus", "resume", "threads", "quiet", "checkpoint_every", "json_log",
                                    "ray_address", "workers", "sync_every")
@@ -235,16 +264,41 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         if not resume:
             text = _text_config(folder.text, tokenizer, lowercase, encoding_errors)
         folder.check_text(text)
-    if resume:
-        def windows_for(model):
-            o, cross = model.config.span, model.config.cross_sentence
-            if prepared:
-                train_windows = folder.windows(o, cross, model.vocab)
-            else:
-                train_windows = model.windows(read_sentences(corpus, text))
-            return train_windows, (HeldOut(valid, text).windows(model.vocab, o, cross) if valid else None)
+    def windows_for(model, held_out=False):
+        """The training and validation windows of a run over `model`'s vocabulary."""
+        o, cross = model.config.span, model.config.cross_sentence
+        if held_out:
+            return _held_out_windows(corpus, text, model.vocab, o, cross)[:2]
+        if prepared:
+            train_windows = folder.windows(o, cross, model.vocab)
+        else:
+            train_windows = model.windows(read_sentences(corpus, text))
+        return train_windows, (HeldOut(valid, text).windows(model.vocab, o, cross) if valid else None)
 
-        trainer, cmeta = training.Trainer.load_checkpoint(resume, windows_for)
+    if like:
+        import dataclasses
+
+        b = tr.get("budget") or {}
+        model = FFNNLM(like_model.vocab, like_model.config, seed=tr["config"].get("seed", 1))
+        del like_model
+        windows, valid_windows = windows_for(model, held_out=bool(b.get("held_out")))
+        tconfig = training.TrainConfig(**tr["config"])
+        if b:  # the budget's last end, and the schedule as it was re-fitted on the way
+            tconfig = dataclasses.replace(tconfig, max_steps=b.get("steps_taken", tconfig.max_steps))
+        tconfig.check()
+        used = training.set_threads(threads)
+        trainer = training.Trainer(model, windows, valid_windows, tconfig)
+        if b:
+            trainer.schedule.total_steps = int(b["steps"])
+            trainer.schedule.refits = [[int(x), int(y)] for x, y in b.get("refits", [])]
+        meta = {"text": text.to_dict(), "training": {**{k: v for k, v in tr.items() if k not in ("history", "rollbacks")},
+                                                    "like": source_name(like), "history": []}}
+        say(f"rerunning {like}: {tconfig.max_steps or tconfig.epochs * -(-len(windows) // tconfig.batch_size):,} steps "
+            f"as recorded, {used} thread(s)")
+    elif resume:
+
+        held_out = bool(training.Trainer.read_meta(resume)["run"].get("held_out"))
+        trainer, cmeta = training.Trainer.load_checkpoint(resume, lambda m: windows_for(m, held_out))
         model, tconfig, meta = trainer.model, trainer.config, cmeta["model_meta"]
         used = training.set_threads(threads)
         say(f"resuming {resume}: epoch {trainer.epoch}, batch {trainer.batch}, {used} thread(s)")
@@ -277,17 +331,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             if prepared:
                 raise FflmError(f"{corpus}: --budget holds out sentences for validation from a text corpus only; "
                                 "give a prepared corpus --valid")
-            from ..budget import split_held_out
-            from ..prepared import read_text_sentences
-            from ..vocab import Vocabulary
-            from ..windows import Windows
-
-            train_sents, held_sents = split_held_out(read_text_sentences(corpus, text))
-            vocab = Vocabulary.build(train_sents, min_count=min_count or 1, max_size=max_vocab)
-            windows = Windows.from_sentences(train_sents, vocab, config.span, cross_sentence)
-            held = Windows.from_sentences(held_sents, vocab, config.span, cross_sentence)
-            held_info = {"sentences": len(held_sents), "tokens": len(held), "of_sentences": len(train_sents) + len(held_sents)}
-            del train_sents, held_sents
+            windows, held, held_info, vocab = _held_out_windows(corpus, text, None, config.span, cross_sentence,
+                                                                min_count, max_vocab)
         else:
             vocab, windows, _ = training_data(corpus, text, min_count, max_vocab, config.span, cross_sentence)
         config = config.resolve(vocab.counts)
@@ -370,6 +415,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                 "corpus": source_name(corpus),
                 "sha256": _sha256(corpus),
                 "valid": source_name(valid) if valid else None,
+                "valid_sha256": _sha256(valid) if valid else None,
                 "config": tconfig.to_dict(),
                 "history": [],
             },
@@ -385,6 +431,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         "valid": meta["training"]["valid"],
         "valid_sha256": _sha256(meta["training"]["valid"]) if meta["training"]["valid"] else None,
         "output": os.path.abspath(output), "text": meta["text"], "threads": threads,
+        "held_out": bool((meta["training"].get("budget") or {}).get("held_out")),
     }
 
     started = _process_started()
@@ -466,6 +513,24 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
         click.echo(text_plot([r["valid_ppl"] for r in history]))
     say(f"wrote {output} after {len(history)} epochs in {time.perf_counter() - start:.0f} s"
         + (f"; best valid ppl {best:.2f}" if best is not None else ""))
+
+
+def _held_out_windows(corpus, text, vocab, span, cross_sentence, min_count=1, max_vocab=None):
+    """(training windows, held-out windows, what was held out, vocabulary) for a run without
+    --valid: whole sentences held out of the corpus (fflm/budget.py split_held_out), the
+    vocabulary built on the rest unless given."""
+    from ..budget import split_held_out
+    from ..prepared import read_text_sentences
+    from ..vocab import Vocabulary
+    from ..windows import Windows
+
+    train_sents, held_sents = split_held_out(read_text_sentences(corpus, text))
+    if vocab is None:
+        vocab = Vocabulary.build(train_sents, min_count=min_count or 1, max_size=max_vocab)
+    windows = Windows.from_sentences(train_sents, vocab, span, cross_sentence)
+    held = Windows.from_sentences(held_sents, vocab, span, cross_sentence)
+    info = {"sentences": len(held_sents), "tokens": len(held), "of_sentences": len(train_sents) + len(held_sents)}
+    return windows, held, info, vocab
 
 
 def _ray_flags(run_info):
@@ -713,9 +778,21 @@ def info(model_path, as_json):
             click.echo(f"validated on: {tr['valid']}")
         click.echo(f"settings: {tr.get('config')}")
         if tr.get("budget"):
-            from ..budget import describe
+            from ..budget import describe, describe_choice
 
-            click.echo(describe(tr["budget"]))
+            b = tr["budget"]
+            for line in describe_choice(b):
+                click.echo(line)
+            click.echo(describe(b))
+            if b.get("held_out"):
+                h = b["held_out"]
+                click.echo(f"validation: {h['sentences']:,} of {h['of_sentences']:,} sentences ({h['tokens']:,} "
+                           "tokens) held out of the corpus")
+            if b.get("refits"):
+                click.echo(f"re-fitted {len(b['refits'])} time(s) on the way: {b.get('steps_taken', 0):,} steps "
+                           f"taken (fflm train --like reruns them)")
+        if tr.get("like"):
+            click.echo(f"a rerun of {tr['like']}")
         for row in tr.get("history", []):
             click.echo("  " + _epoch_line(row))
 
