@@ -383,5 +383,29 @@ def _prepare_wikitext(fetched, target):
     return out
 
 
+def _prepare_nltk_files(fetched, target):
+    """An NLTK corpus of tokenized plain-text files, one sentence a line (movie_reviews): the
+    archive's .txt files in sorted order, every 10th (the 10th, 20th, ...) to test.txt, the rest
+    to train.txt; each line's tokens joined by one space, blank lines dropped. No valid.txt:
+    hold sentences out of train (`fflm train --budget` does) or give your own."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(fetched[0]) as z:
+            names = sorted(n for n in z.namelist() if n.endswith(".txt") and not n.endswith("/"))
+            if not names:
+                raise FflmError(f"{fetched[0]}: no .txt files inside")
+            with atomic_write(os.path.join(target, "train.txt")) as train, \
+                    atomic_write(os.path.join(target, "test.txt")) as test:
+                for i, n in enumerate(names):
+                    out = test if i % 10 == 9 else train
+                    for line in z.read(n).decode("utf-8").splitlines():
+                        if line.split():
+                            out.write(" ".join(line.split()) + "\n")
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, EOFError) as e:
+        raise FflmError(f"{fetched[0]}: not a readable zip archive of text files ({e})") from None
+    return ["train.txt", "test.txt"]
+
+
 PREPARE = {"copy": _prepare_copy, "ptb-tgz": _prepare_ptb_tgz, "brown-bengio": _prepare_brown,
-           "wikitext": _prepare_wikitext}
+           "wikitext": _prepare_wikitext, "nltk-files": _prepare_nltk_files}

@@ -265,3 +265,26 @@ def test_damaged_archives_are_one_line_and_fall_back(server, tmp_path, run_cli):
     code, _, err = run_cli("data", "get", "two", "--dir", tmp_path, "--mirror", url, "-q", "--registry", reg,
                            "--sha256", "0" * 64)
     assert code == 1 and "--sha256 names one file's checksum, but two has 2 files without one" in err
+
+
+def test_an_nltk_corpus_of_files_is_split_by_file(server, tmp_path, run_cli):
+    """The movie-reviews entry's prepare step on a small archive of the same shape: every 10th file
+    (in sorted order) to test, lines normalised, blank ones dropped; the real archive's outputs
+    are checked by their recorded sha256s."""
+    files, url = server
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("mr/README", "not text")
+        for i in range(20):
+            z.writestr(f"mr/{'neg' if i < 10 else 'pos'}/cv{i:03d}.txt", f"file {i}  says\n\n  a  b .\n")
+    files["mr.zip"] = body = buf.getvalue()
+    reg = _registry(tmp_path, '[mr]\nprepare = "nltk-files"\n[[mr.files]]\nurl = "https://example.org/mr.zip"\n'
+                              f'sha256 = "{hashlib.sha256(body).hexdigest()}"\n')
+    code, _, err = run_cli("data", "get", "mr", "--dir", tmp_path, "--mirror", url, "-q", "--registry", reg)
+    assert code == 0, err
+    test = (tmp_path / "mr" / "test.txt").read_text().splitlines()
+    train = (tmp_path / "mr" / "train.txt").read_text().splitlines()
+    assert test == ["file 9 says", "a b .", "file 19 says", "a b ."]
+    assert len(train) == 36 and train[:2] == ["file 0 says", "a b ."] and "file 9 says" not in train
+    entry = __import__("fflm.datasets", fromlist=["registry"]).registry()["movie-reviews"]
+    assert entry["prepare"] == "nltk-files" and set(entry["outputs"]) == {"train.txt", "test.txt"}
