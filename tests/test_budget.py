@@ -194,3 +194,34 @@ def test_a_budgeted_run_holds_out_sentences_chooses_and_like_reruns_it_exactly(r
     assert code == 1 and "drop --lr" in err
     code, _, err = run_cli("train", SYNTH / "valid.txt", "--like", a, "-o", b)
     assert code == 1 and "not the text" in err
+
+
+def test_an_interrupted_budgeted_run_resumes_with_its_held_out_split_and_like_replays_it(tmp_path, run_cli):
+    """Stopped mid-run and resumed (the held-out sentences taken again, the steps as last
+    re-fitted), the run ends as its --like replay does, weight for weight."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fflm.model import FFNNLM
+
+    out, ckpt = tmp_path / "p.npz", tmp_path / "p.ckpt.npz"
+    cmd = [sys.executable, "-m", "fflm", "train", str(SYNTH / "train.txt"), "-o", str(out), "--budget", "15s",
+           "--threads", "1", "-q", "--checkpoint-every", "0.05"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 128 + signal.SIGINT, err
+    code, _, err = run_cli("train", "--resume", ckpt, "--threads", 1, "-q")
+    assert code == 0, err
+    model, meta = FFNNLM.load(out)
+    assert meta["training"]["budget"]["held_out"]["sentences"] > 0
+    code, _, err = run_cli("train", "--like", out, "-o", tmp_path / "l.npz", "--threads", 1, "-q")
+    assert code == 0, err
+    again = FFNNLM.load(tmp_path / "l.npz")[0]
+    assert np.array_equal(again.E, model.E) and np.array_equal(again.dense, model.dense)
