@@ -120,7 +120,7 @@ class ModelConfig:
         if self.cutoffs and self.cutoffs[-1] >= V:
             raise FflmError(f"--cutoffs {','.join(map(str, self.cutoffs))} reach beyond the vocabulary ({V} words)")
 
-    def resolve(self, counts):
+    def resolve(self, counts, head_share=None):
         """This config made concrete for a vocabulary with these training counts: `auto` becomes the
         adaptive softmax from AUTO_ADAPTIVE words on (the full one below), and the adaptive
         softmax's cutoffs are chosen from the counts if none are given."""
@@ -128,7 +128,7 @@ class ModelConfig:
         if config.softmax == "auto":
             config = replace(config, softmax="adaptive" if len(counts) >= AUTO_ADAPTIVE else "full")
         if config.softmax == "adaptive" and config.cutoffs is None:
-            config = replace(config, cutoffs=tuple(auto_cutoffs(counts)))
+            config = replace(config, cutoffs=tuple(auto_cutoffs(counts, head_share=head_share)))
         return config
 
     @property

@@ -72,6 +72,9 @@ def test_auto_cutoffs_follow_the_token_shares(data):
     assert auto_cutoffs(counts[:40], min_cluster=64) == []  # too few words for any tail: one cluster
     model = FFNNLM(vocab, ADAPTIVE)  # no cutoffs given: chosen from the vocabulary's counts
     assert list(model.config.cutoffs) == auto_cutoffs(vocab.counts)
+    small = auto_cutoffs(counts, min_cluster=2, head_share=0.6)  # --head-share: a smaller head
+    assert share[small[0] - 1] >= 0.6 > share[small[0] - 2] and small[0] < cuts[0]
+    assert ADAPTIVE.resolve(vocab.counts, head_share=0.6).cutoffs[0] < ADAPTIVE.resolve(vocab.counts).cutoffs[0]
 
 
 @pytest.mark.parametrize("cutoffs, message", [
@@ -227,3 +230,20 @@ def test_train_says_which_output_layer_auto_chose(tmp_path, run_cli):
     code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "m.npz", "--order", "3", "--embed-dim", "8",
                            "--hidden", "8", "--epochs", "1", "--softmax", "auto", "--threads", "1")
     assert code == 0 and "output layer: full softmax (--softmax auto: 153 words is under 20,000)" in err
+
+
+def test_head_share_on_the_command_line(run_cli, tmp_path):
+    from conftest import SYNTH
+
+    args = ("train", SYNTH / "train.txt", "-o", tmp_path / "h.npz", "--softmax", "adaptive", "--embed-dim", 8,
+            "--hidden", 16, "--order", 3, "--max-steps", 2, "-q")
+    code, _, err = run_cli(*args, "--head-share", 0.5)
+    assert code == 0, err
+    from fflm.vocab import Vocabulary
+
+    model = FFNNLM.load(tmp_path / "h.npz")[0]
+    counts = np.asarray(model.vocab.counts, dtype=float)
+    assert list(model.config.cutoffs) == auto_cutoffs(counts, head_share=0.5) != auto_cutoffs(counts)
+    assert len(Vocabulary.SPECIALS) <= model.config.cutoffs[0]
+    code, _, err = run_cli(*args, "--head-share", 0.5, "--cutoffs", "10,50")
+    assert code == 1 and "drop it or --cutoffs" in err

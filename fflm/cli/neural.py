@@ -51,6 +51,9 @@ from .common import (
 @click.option("--cutoffs", default=None, metavar="ID,ID",
               help="Adaptive: where each tail cluster starts in the frequency ranking, e.g. 2000,10000 "
                    "[default: the head covers 85% of the training tokens, the first tail up to 95%].")
+@click.option("--head-share", type=click.FloatRange(0.05, 0.95, min_open=False, max_open=True), default=None,
+              metavar="SHARE", help="Adaptive, automatic cutoffs: the head holds the most frequent words that make "
+                                    "up this share of the training tokens [default: 0.85].")
 @click.option("--tail-div", type=click.IntRange(min=1), default=4, show_default=True,
               help="Adaptive: tail cluster i projects the output layer's input to width / DIV**i units.")
 @click.option("--cross-sentence", is_flag=True,
@@ -135,7 +138,7 @@ from .common import (
 @click.option("--json-log", default=None, help="Append one JSON object per epoch to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.pass_context
-def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, tail_div,
+def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, direct, tied, softmax, cutoffs, head_share, tail_div,
           cross_sentence, fofe, layer_norm, residual, fofe_length, epochs, max_steps, shuffle, shuffle_block, shuffle_pool,
           batch_size, lr, warmup_steps, lr_decay, schedule, max_halvings, weight_decay, optimizer, dropout, embed_dropout, loss,
           noise_samples, noise_power, clip, preset, budget, max_rollbacks, min_count, max_vocab, tokenizer, lowercase,
@@ -335,7 +338,9 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
                                                                 min_count, max_vocab)
         else:
             vocab, windows, _ = training_data(corpus, text, min_count, max_vocab, config.span, cross_sentence)
-        config = config.resolve(vocab.counts)
+        if head_share is not None and cutoffs:
+            raise FflmError("--head-share sets the automatic cutoffs; drop it or --cutoffs")
+        config = config.resolve(vocab.counts, head_share)
         config.check_vocab(len(vocab))
         words = len(windows) - windows.num_sentences
         if words < order - 1:
