@@ -489,7 +489,7 @@ def test_scores_parts_and_joins():
 
 def test_a_text_too_big_to_read_whole_is_refused_up_front_and_its_prepared_folder_trains(tmp_path, run_cli,
                                                                                            monkeypatch):
-    import fflm.cli.neural as neural
+    import fflm.cli.train as neural
 
     run_cli("prepare", SYNTH / "train.txt", "-o", tmp_path / "p", "-q")
     monkeypatch.setattr(neural, "_available_memory", lambda: 3 << 20)  # 3 MiB; the 390 kB text needs ~6 MB

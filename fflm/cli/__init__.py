@@ -10,7 +10,7 @@ import warnings
 import click
 
 from ..errors import FflmError
-from . import bench, data, inside, neural, ngram  # noqa: F401  (each registers its commands)
+from . import bench, data, inside, neural, ngram, train  # noqa: F401  (each registers its commands)
 from .common import _show_warning, cli
 
 
