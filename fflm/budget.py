@@ -206,7 +206,10 @@ def describe(plan):
 # the size, the dropout and the number of epochs are chosen for the corpus and the time.
 RECIPE = {"order": 6, "cross_sentence": True, "tied": True, "softmax": "auto", "fofe": "0.5,0.8", "lr": 2.0,
           "schedule": "linear"}
-SIZES = (("small", 128, (512, 128)), ("base", 256, (1024, 256)), ("large", 384, (1536, 384)))  # --preset brown's is base
+# (name, m, hidden, SGD rate): base is --preset brown's model at its measured rate (PTB: 4 diverges,
+# 2 is the best that does not); large takes it scaled by the first layer's fan-in (7 x 256 against
+# 7 x 384): at 2.0 it blew up in epoch 2 on movie reviews (BENCHMARKS.md); small keeps 2.0.
+SIZES = (("small", 128, (512, 128), 2.0), ("base", 256, (1024, 256), 2.0), ("large", 384, (1536, 384), 1.3))
 MAX_EPOCHS = 8  # Brown raw: the preset's model at 8 epochs 142.03, given 14 it overfitted to 151.86 (BENCHMARKS.md)
 
 
@@ -237,11 +240,12 @@ def dropout_for(tokens, dense_params):
 
 
 def choose(candidates, windows, valid_windows, tconfig, budget_s, started, max_epochs, given_dropout=False,
-           seconds=MEASURE_SECONDS):
+           seconds=MEASURE_SECONDS, rates=None):
     """Choose among `candidates` [(name, model)], smallest first: each is measured here, and the
     largest whose fitted run gives at least min_epochs(tokens) passes is taken (the smallest when
-    none does); dropout from dropout_for() unless `given_dropout`; the run then fitted to what is
-    left of the budget, capped at `max_epochs`. Returns (index, train config, plan)."""
+    none does); dropout from dropout_for() unless `given_dropout`; `rates`: each size's SGD rate
+    by name (None: tconfig's); the run then fitted to what is left of the budget, capped at
+    `max_epochs`. Returns (index, train config, plan)."""
     import dataclasses
 
     tokens = len(windows)
@@ -249,15 +253,18 @@ def choose(candidates, windows, valid_windows, tconfig, budget_s, started, max_e
     rows, configs = [], []
     for name, model in candidates:
         tc = tconfig
+        if rates and name in rates:
+            tc = dataclasses.replace(tc, lr=rates[name])
         if not given_dropout:
             d = dropout_for(tokens, model.dense.size)
-            tc = dataclasses.replace(tconfig, dropout=d, embed_dropout=round(d / 3, 2))
+            tc = dataclasses.replace(tc, dropout=d, embed_dropout=round(d / 3, 2))
         m = measure(model, windows, valid_windows, tc, seconds)
         steps, epochs = fit(budget_s, spe, m["steps_per_s"], m["eval_seconds"],
                             time.time() - started + SAVE_SECONDS if started else SAVE_SECONDS)
         rows.append({"size": name, "params": int(model.dense.size + model.E.size), "dense_params": int(model.dense.size),
                      "steps_per_s": round(m["steps_per_s"], 3), "eval_seconds": round(m["eval_seconds"], 3),
-                     "epochs_fit": round(steps / spe, 2), "dropout": tc.dropout, "embed_dropout": tc.embed_dropout})
+                     "epochs_fit": round(steps / spe, 2), "dropout": tc.dropout, "embed_dropout": tc.embed_dropout,
+                     "lr": tc.lr})
         configs.append((tc, m))
     need = min_epochs(tokens)
     able = [i for i, r in enumerate(rows) if r["epochs_fit"] >= need]
@@ -284,7 +291,7 @@ def describe_choice(plan):
         mark = "->" if r["size"] == plan.get("chosen") else "  "
         lines.append(f"{mark} {r['size']:5s} {r['params']:>11,} parameters ({r['dense_params']:,} dense): "
                      f"{r['steps_per_s']:.2f} steps/s here, {r['epochs_fit']:.1f} epochs fit; "
-                     f"dropout {r['dropout']:g}/{r['embed_dropout']:g}")
+                     f"dropout {r['dropout']:g}/{r['embed_dropout']:g}, lr {r.get('lr', 0):g}")
     if plan.get("chosen"):
         lines.append(f"chose {plan['chosen']}: {plan['why']}"
                      + (f"; capped at {plan['max_epochs']} epochs (more overfits: BENCHMARKS.md), "

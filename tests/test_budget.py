@@ -160,6 +160,7 @@ def test_the_recipe_takes_the_largest_size_that_fits_its_epochs(monkeypatch):
     assert p["chosen"] == "base" and pick == 1 and p["steps"] == 8 * spe and p.get("capped")
     assert tc2.dropout == dropout_for(len(windows), models[1][1].dense.size)
     assert choose(models, windows, None, tc, 60.0, None, max_epochs=8)[2]["steps"] == p["steps"]  # deterministic
+    assert choose(models, windows, None, tc, 60.0, None, max_epochs=8, rates={"base": 1.5})[1].lr == 1.5
     # too little time for any: the smallest
     assert choose(models, windows, None, tc, 1.0 + budget.SAVE_SECONDS, None, max_epochs=8)[2]["chosen"] == "small"
 

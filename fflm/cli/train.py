@@ -377,7 +377,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             candidates = [("given", model)]
             if not preset and not ({"embed_dim", "hidden"} & given):  # the sizes the recipe chooses among
                 candidates = []
-                for name, m, h in SIZES:
+                for name, m, h, _ in SIZES:
                     c = dataclasses.replace(config, embed_dim=m, hidden=h)
                     c.check()
                     fits = have is None or memory_estimate(c, len(vocab), batch_size, optimizer=optimizer) + index <= have
@@ -387,7 +387,8 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             pick, tconfig, budget_plan = choose(
                 candidates, windows, valid_windows, tconfig, budget, command_started, cap,
                 given_dropout=bool({"dropout", "embed_dropout"} & given) or bool(preset),
-                seconds=min(MEASURE_SECONDS_MAX, max(0.3, budget / 400)))
+                seconds=min(MEASURE_SECONDS_MAX, max(0.3, budget / 400)),
+                rates=None if {"lr", "preset"} & given or preset else {name: r for name, _, _, r in SIZES})
             model = candidates[pick][1]
             config = model.config
             del candidates
