@@ -163,3 +163,23 @@ def test_bench_corpus_measures_prepare_training_and_evaluation(run_cli, tmp_path
         assert c["eval"]["tokens"] > 0.09 * c["tokens"] and c["score"]["peak_rss_mb"] > 0
         assert 0 < c["start_seconds"] < c["one_step_run_seconds"]
     assert r["corpora"][0]["eval"]["ppl"] > 1
+
+
+def test_budget_benchmark_trains_as_a_user_and_scores_beside_kn5(run_cli, tmp_path):
+    """`fflm bench budget`: the budgeted run in its own process, its held-out sentences written
+    for the interpolation's tuning, the test rows of fflm, KN5 and their mixture."""
+    import math
+
+    train, test = os.path.join(SYNTH, "train.txt"), os.path.join(SYNTH, "test.txt")
+    code, out, err = run_cli("bench", "budget", train, test, "--budget", "10s", "--threads", "1", "--work-dir",
+                             tmp_path, "--name", "s", "--json", "--", "--embed-dim", "8", "--hidden", "16")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["budget_seconds"] == 10 and math.isclose(r["over_budget"], r["train_seconds"] / 10 - 1, abs_tol=0.01)
+    names = [m["name"] for m in r["report"]["models"]]
+    assert names == ["fflm", "kn5", "interpolated"] and r["plan"]["held_out"]["sentences"] > 0
+    held = (tmp_path / "s-heldout.txt").read_text().splitlines()
+    assert len(held) == r["plan"]["held_out"]["sentences"]
+    assert r["command"].endswith("--embed-dim 8 --hidden 16") and "--budget 10s" in r["command"]
+    code, _, err = run_cli("bench", "budget", train, os.path.join(SYNTH, "missing.txt"), "--budget", "10s")
+    assert code == 1 and "missing.txt: not found" in err

@@ -247,3 +247,24 @@ def bench_corpus(sizes, vocab, steps, workers, work, data_dir, threads, as_json)
     real = real if all(os.path.isfile(f) for f in real) else None
     result = run_corpus(size_list, vocab, work, steps, workers, real, threads)
     _echo_json(result) if as_json else click.echo(format_corpus(result))
+
+
+@bench.command("budget")
+@click.argument("train")
+@click.argument("test")
+@click.option("--budget", "budget", required=True, metavar="DURATION", help="fflm train's --budget (45m, 1h).")
+@click.option("--valid", default=None, help="Validation text (default: the run holds sentences out of TRAIN).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--work-dir", default="out/bench", show_default=True, help="Where the model and reports go.")
+@click.option("--name", default=None, help="The files' stem (default: TRAIN's folder name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def bench_budget(train, test, budget, valid, threads, work_dir, name, as_json, extra):
+    """The budgeted recipe on TRAIN as a user runs it (fresh process, timed), then TEST beside KN5
+    built on all of TRAIN and their interpolation (issue 26's table; options after -- go to
+    fflm train). Example:
+      fflm bench budget movie-reviews/train.txt movie-reviews/test.txt --budget 1h --threads 2"""
+    from ..benchbudget import format_budget, run_budget
+
+    result = run_budget(train, test, budget, valid, threads, extra, work_dir, name)
+    _echo_json(result) if as_json else click.echo(format_budget(result))
