@@ -226,3 +226,33 @@ def test_an_interrupted_budgeted_run_resumes_with_its_held_out_split_and_like_re
     assert code == 0, err
     again = FFNNLM.load(tmp_path / "l.npz")[0]
     assert np.array_equal(again.E, model.E) and np.array_equal(again.dense, model.dense)
+
+
+def test_on_brown_at_the_presets_speed_the_recipe_is_the_preset(monkeypatch):
+    """The budgeted recipe never loses to the fixed one where the fixed one was measured: on
+    Brown, given time for 8 epochs of the base size but not of the large one, it chooses
+    --preset brown's model, dropout, rate and epochs (speeds given, not timed)."""
+    import dataclasses
+
+    import fflm.budget as budget
+    from conftest import shared_path
+    from fflm.model import FFNNLM, ModelConfig
+    from fflm.presets import PRESETS
+    from fflm.prepared import training_data
+    from fflm.train import TrainConfig
+
+    preset = PRESETS["brown"]
+    assert {k: preset[k] for k in budget.RECIPE} == budget.RECIPE  # the fixed part is the preset's
+    vocab, windows, _ = training_data(str(shared_path("brown", "train.txt")), None, 2, None, 6, True)
+    base = ModelConfig(order=6, cross_sentence=True, tied=True, softmax="auto", fofe=(0.5, 0.8)).resolve(vocab.counts)
+    models = [(name, FFNNLM(vocab, dataclasses.replace(base, embed_dim=m, hidden=h), seed=1))
+              for name, m, h, _ in budget.SIZES]
+    speed = dict(zip((id(m) for _, m in models), (50.0, 23.0, 11.0)))  # steps/s, as measured here
+    monkeypatch.setattr(budget, "measure", lambda m, *a, **k: {"steps_per_s": speed[id(m)], "eval_seconds": 9.0})
+    tc = TrainConfig(lr=budget.RECIPE["lr"], schedule="linear")
+    pick, tc, plan = budget.choose(models, windows, None, tc, 25 * 60, None, budget.MAX_EPOCHS,
+                                   rates={n: r for n, _, _, r in budget.SIZES})
+    m = models[pick][1].config
+    assert plan["chosen"] == "base" and plan["epochs"] == preset["epochs"]
+    assert (m.embed_dim, ",".join(map(str, m.hidden))) == (preset["embed_dim"], preset["hidden"])
+    assert (tc.dropout, tc.embed_dropout, tc.lr) == (preset["dropout"], preset["embed_dropout"], preset["lr"])
