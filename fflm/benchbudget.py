@@ -2,9 +2,10 @@
 
 One row of BENCHMARKS.md's table for issue 26: `fflm train TRAIN --budget B` in a fresh
 process (wall time and peak memory from the kernel), then `fflm eval` on TEST beside a
-5-gram Kneser-Ney model built on the whole of TRAIN with the model's vocabulary (the same
+5-gram Kneser-Ney model built on TRAIN with the model's vocabulary (the same
 tokens), their interpolation tuned on the run's validation text: the --valid given, or the
-sentences the run held out of TRAIN, written out as the run took them.
+sentences the run held out of TRAIN, written out as the run took them (KN5 then built on the
+rest, the sentences the model trained on).
 """
 
 import json
@@ -16,8 +17,10 @@ from .benchbuild import _measure
 from .errors import FflmError
 
 
-def _held_out_file(model_path, out_path):
-    """The sentences a budgeted run held out of its corpus, one a line, as it took them."""
+def _held_out_files(model_path, train_path, held_path):
+    """The sentences a budgeted run trained on and those it held out of its corpus, one a line,
+    as it took them: KN5 is built on the first (an n-gram model built on the held-out sentences
+    too would win any weight tuned on them)."""
     from .budget import split_held_out
     from .fileio import atomic_write
     from .model import FFNNLM
@@ -26,11 +29,12 @@ def _held_out_file(model_path, out_path):
 
     meta = FFNNLM.load(model_path)[1]
     text = TextConfig.from_dict(meta.get("text", {}))
-    _, held = split_held_out(read_text_sentences(meta["training"]["corpus"], text))
-    with atomic_write(out_path) as f:
-        for s in held:
-            f.write(" ".join(s) + "\n")
-    return out_path
+    parts = split_held_out(read_text_sentences(meta["training"]["corpus"], text))
+    for path, part in zip((train_path, held_path), parts):
+        with atomic_write(path) as f:
+            for s in part:
+                f.write(" ".join(s) + "\n")
+    return train_path, held_path
 
 
 def run_budget(train, test, budget, valid=None, threads=0, extra=(), work_dir="out/bench", name=None):
@@ -53,10 +57,17 @@ def run_budget(train, test, budget, valid=None, threads=0, extra=(), work_dir="o
     if code != 0:
         raise FflmError(f"the benchmark's fflm train failed: {' '.join(tail) or 'no message'}")
     meta = FFNNLM.load(model)[1]["training"]
-    tune = valid or _held_out_file(model, os.path.join(work_dir, f"{stem}-heldout.txt"))
+    baseline = []
+    if valid:
+        tune = valid
+    else:  # KN5 on the sentences the model trained on, the mixture tuned on those it held out
+        kn_train, tune = _held_out_files(model, os.path.join(work_dir, f"{stem}-trained.txt"),
+                                         os.path.join(work_dir, f"{stem}-heldout.txt"))
+        baseline = ["--baseline-train", kn_train]
     out_path = os.path.join(work_dir, f"{stem}-eval.json")
     eval_wall, _, code, tail = _measure(fflm + ["eval", model, test, "--tune-on", tune, "--baseline-order", "5",
-                                                "--json", "--threads", str(threads), "-q"], stdout=out_path)
+                                                "--json", "--threads", str(threads), "-q"] + baseline,
+                                        stdout=out_path)
     if code != 0:
         raise FflmError(f"the benchmark's fflm eval failed: {' '.join(tail) or 'no message'}")
     with open(out_path, encoding="utf-8") as f:
@@ -70,6 +81,7 @@ def run_budget(train, test, budget, valid=None, threads=0, extra=(), work_dir="o
         "budget_seconds": seconds, "train_seconds": round(wall, 1), "over_budget": round(wall / seconds - 1, 4),
         "train_peak_rss_mb": round(rss, 1), "eval_seconds": round(eval_wall, 1), "plan": plan,
         "dropout": meta["config"].get("dropout"), "lr": meta["config"].get("lr"), "epochs": epochs,
+        "baseline_train": baseline[1] if baseline else train,
         "report": report,
     }
 

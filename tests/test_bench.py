@@ -179,7 +179,11 @@ def test_budget_benchmark_trains_as_a_user_and_scores_beside_kn5(run_cli, tmp_pa
     names = [m["name"] for m in r["report"]["models"]]
     assert names == ["fflm", "kn5", "interpolated"] and r["plan"]["held_out"]["sentences"] > 0
     held = (tmp_path / "s-heldout.txt").read_text().splitlines()
-    assert len(held) == r["plan"]["held_out"]["sentences"]
+    trained = (tmp_path / "s-trained.txt").read_text().splitlines()
+    corpus = [" ".join(line.split()) for line in open(train, encoding="utf-8") if line.split()]
+    assert len(held) == r["plan"]["held_out"]["sentences"] and sorted(held + trained) == sorted(corpus)
+    assert r["baseline_train"] == str(tmp_path / "s-trained.txt")  # KN5 never saw the tuning sentences
+    assert r["report"]["models"][2]["lambda"] > 0
     assert r["command"].endswith("--embed-dim 8 --hidden 16") and "--budget 10s" in r["command"]
     code, _, err = run_cli("bench", "budget", train, os.path.join(SYNTH, "missing.txt"), "--budget", "10s")
     assert code == 1 and "missing.txt: not found" in err

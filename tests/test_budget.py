@@ -191,6 +191,13 @@ def test_a_budgeted_run_holds_out_sentences_chooses_and_like_reruns_it_exactly(r
     assert np.array_equal(again.E, model.E) and np.array_equal(again.dense, model.dense)
     assert [r["valid_ppl"] for r in meta2["training"]["history"]] == [r["valid_ppl"] for r in tr["history"]]
     assert meta2["training"]["like"] == str(a)
+    from fflm.benchbudget import _held_out_files
+
+    trained, held = _held_out_files(a, tmp_path / "trained.txt", tmp_path / "held.txt")
+    code, _, err = run_cli("eval", a, SYNTH / "test.txt", "--tune-on", held, "--baseline-train", trained, "-q")
+    assert code == 0 and "are in the training text" not in err, err  # held out: the model never saw them
+    code, _, err = run_cli("eval", a, SYNTH / "test.txt", "--tune-on", trained, "--baseline-train", held, "-q")
+    assert code == 0 and f"training text {SYNTH / 'train.txt'}" in err  # but the model did see these
     code, _, err = run_cli("train", "--like", a, "-o", b, "--lr", 1)
     assert code == 1 and "drop --lr" in err
     code, _, err = run_cli("train", SYNTH / "valid.txt", "--like", a, "-o", b)

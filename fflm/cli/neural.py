@@ -398,7 +398,12 @@ def _warn_if_seen(tune_on, tune_sentences, meta, baseline_source, baseline_sente
         corpora[baseline_source] = baseline_sentences
     model_source = meta.get("training", {}).get("corpus")
     if model_source and model_source not in corpora and (is_nltk(model_source) or os.path.exists(model_source)):
-        corpora[model_source] = _training_sentences(model_source, config)
+        sentences = _training_sentences(model_source, config)
+        if (meta["training"].get("budget") or {}).get("held_out"):  # it trained on all but the sentences held out
+            from ..budget import split_held_out
+
+            sentences = split_held_out(sentences)[0]
+        corpora[model_source] = sentences
     for source, sentences in corpora.items():
         o = tuning_overlap(tune_sentences, sentences)
         if o["suspicious"]:
