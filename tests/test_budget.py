@@ -70,7 +70,7 @@ def test_train_with_a_budget_records_its_plan_and_anneals_to_zero(run_cli, tmp_p
     final = b["refits"][-1][1] if b["refits"] else b["steps"]  # re-fitted as it went, or as planned
     assert meta["config"]["max_steps"] == final == b["steps_taken"]
     assert meta["config"]["schedule"] == "linear" and len(meta["history"]) == math.ceil(final / b["steps_per_epoch"])
-    assert meta["history"][-1]["lr"] <= 2 * meta["config"]["lr"] / final  # the last step's rate: lr / steps, nearly 0
+    assert meta["history"][-1]["lr"] <= 0.01 * meta["config"]["lr"]  # the last step's rate: nearly 0
     code, out_text, _ = run_cli("info", out)
     assert "steps/s measured here" in out_text
     code, _, err = run_cli("train", SYNTH / "train.txt", "-o", tmp_path / "c.npz", "--budget", "20s", "--max-steps", 3)

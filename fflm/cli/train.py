@@ -460,6 +460,7 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             meta["training"]["start_seconds"] = round(trainer.first_step_at - started, 3)  # to the first step
         meta["training"]["history"] = trainer.history
         meta["training"]["rollbacks"] = trainer.rollbacks
+        meta["training"]["config"] = trainer.config.to_dict()  # a budgeted run's steps as last re-fitted
         if meta["training"].get("budget"):  # the re-fits so far: a rerun (--like) replays them
             meta["training"]["budget"]["refits"] = trainer.schedule.refits
             meta["training"]["budget"]["steps_taken"] = trainer.steps
