@@ -106,9 +106,10 @@ from .common import (
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="A measured recipe from BENCHMARKS.md (its flags below); flags given here win.")
 @click.option("--budget", default=None, metavar="DURATION",
-              help="Fit the run to this much time (45m, 1h30m, 600s): this machine's speed for the model is measured, "
-                   "and the steps that fit are taken with the learning rate falling linearly to 0 at the last "
-                   "(replaces --epochs and --max-steps; recorded in the model).")
+              help="Fit the run to this much time (45m, 1h30m, 600s): without --preset the size, dropout and rate "
+                   "are chosen for the corpus from this machine's measured speed (README: Training on your own "
+                   "corpus); the steps that fit are taken, re-fitted as the run goes, the rate falling linearly "
+                   "to 0 at the last; --epochs caps the passes (default 8); recorded in the model.")
 @click.option("--max-rollbacks", type=click.IntRange(min=0), default=5, show_default=True,
               help="On a NaN/inf loss, go back to the last good weights and halve --lr, at most this often.")
 @click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer words become <unk>.")
