@@ -681,10 +681,12 @@ SOFTMAX_CONFIGS = {**SPEED_CONFIGS, "preset": {"order": 6, "embed_dim": 256, "hi
 
 
 def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=(50_000, 100_000, 200_000),
-                name="base"):
+                name="base", head_shares=(None,)):
     """Training and exact scoring speed of the full softmax and the adaptive one on the same
     model (`name`'s sizes), as the vocabulary grows; PyTorch's AdaptiveLogSoftmaxWithLoss with the
-    same cutoffs and projection sizes beside fflm's adaptive softmax."""
+    same cutoffs and projection sizes beside fflm's adaptive softmax. `head_shares`: the adaptive
+    layer's automatic head at each of these token shares (None: the default, 85%), timed in the
+    same rounds; PyTorch gets the first one's cutoffs."""
     import numpy as np
 
     from fflm import Windows
@@ -705,22 +707,25 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
         scoring = Windows.from_sentences(score_s, vocab, spec["order"], cross)
         contexts, targets = scoring.pairs(np.arange(min(len(scoring), 10_240)))
         index = [ix.copy() for _, ix in zip(range(100), windows.batches(B, np.random.default_rng(0)))]
-        steps = {}
-        for softmax in ("full", "adaptive"):
+        steps, adaptive_config = {}, None
+        layers = [("full", None)] + [("adaptive", share) for share in head_shares]
+        for softmax, share in layers:
+            key = softmax if share is None or len(head_shares) == 1 else f"adaptive@{share:g}"
             config = ModelConfig(order=spec["order"], embed_dim=spec["embed_dim"], hidden=spec["hidden"],
-                                 softmax=softmax, tied=tied, cross_sentence=cross)
+                                 softmax=softmax, tied=tied, cross_sentence=cross).resolve(vocab.counts, share)
             model = FFNNLM(vocab, config, seed=1)
             sgd = SGD(model, B, dropout=dropout, seed=1)
-            steps[softmax] = (lambda sgd: lambda ix: sgd.step(ix, windows, lr, 0.0, 0.0))(sgd)
-            _timed_steps(steps[softmax], index[:3], 0.0)  # compiled, buffers touched
+            steps[key] = (lambda sgd: lambda ix: sgd.step(ix, windows, lr, 0.0, 0.0))(sgd)
+            _timed_steps(steps[key], index[:3], 0.0)  # compiled, buffers touched
             model.nll(contexts[:1024], targets[:1024])
             t0 = time.perf_counter()
             model.nll(contexts, targets)
-            row[f"{softmax}_score_tokens_per_s"] = len(targets) / (time.perf_counter() - t0)
+            row[f"{key}_score_tokens_per_s"] = len(targets) / (time.perf_counter() - t0)
             if softmax == "adaptive":
-                row["cutoffs"] = list(model.config.cutoffs)
-                row["tail_div"] = model.config.tail_div
-                adaptive_config = model.config
+                row[f"{key}_cutoffs" if key != "adaptive" else "cutoffs"] = list(model.config.cutoffs)
+                if adaptive_config is None:
+                    row["tail_div"] = model.config.tail_div
+                    adaptive_config = model.config
         torch_model = None
         if use_torch:
             try:
@@ -741,10 +746,14 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
                 set_threads(used)
         for k, (tok, sec) in totals.items():
             row[f"{k}_train_tokens_per_s"] = tok / sec
-        row["train_ratio"] = row["adaptive_train_tokens_per_s"] / row["full_train_tokens_per_s"]
-        row["score_ratio"] = row["adaptive_score_tokens_per_s"] / row["full_score_tokens_per_s"]
+        for key in steps:
+            if key.startswith("adaptive"):
+                tail = key[len("adaptive"):]
+                row[f"train_ratio{tail}"] = row[f"{key}_train_tokens_per_s"] / row["full_train_tokens_per_s"]
+                row[f"score_ratio{tail}"] = row[f"{key}_score_tokens_per_s"] / row["full_score_tokens_per_s"]
         if torch_model is not None:
-            row["vs_torch_adaptive"] = row["adaptive_train_tokens_per_s"] / row["torch_adaptive_train_tokens_per_s"]
+            first = next(k for k in steps if k.startswith("adaptive"))
+            row["vs_torch_adaptive"] = row[f"{first}_train_tokens_per_s"] / row["torch_adaptive_train_tokens_per_s"]
         result["cases"].append(row)
     if use_torch:
         try:
@@ -759,13 +768,22 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
 def format_softmax(r):
     lines = [f"full vs adaptive softmax, config {r['config']} {SOFTMAX_CONFIGS[r['config']]}, {r['threads']} thread(s); "
              "tokens/s",
-             f"{'case':<11} {'V':>7}  {'cutoffs':<14} {'train full':>10} {'adaptive':>9} {'ratio':>6}  "
+             f"{'case':<16} {'V':>7}  {'cutoffs':<14} {'train full':>10} {'adaptive':>9} {'ratio':>6}  "
              f"{'score full':>10} {'adaptive':>9} {'ratio':>6}  {'torch adaptive':>14} {'fflm/torch':>10}"]
     for c in r["cases"]:
         torch_tps = c.get("torch_adaptive_train_tokens_per_s")
-        lines.append(
-            f"{c['case']:<11} {c['vocabulary']:>7,}  {','.join(map(str, c['cutoffs'])):<14} "
-            f"{c['full_train_tokens_per_s']:>10,.0f} {c['adaptive_train_tokens_per_s']:>9,.0f} {c['train_ratio']:>5.1f}x  "
-            f"{c['full_score_tokens_per_s']:>10,.0f} {c['adaptive_score_tokens_per_s']:>9,.0f} {c['score_ratio']:>5.1f}x  "
-            + (f"{torch_tps:>14,.0f} {c['vs_torch_adaptive']:>9.2f}x" if torch_tps else f"{'-':>14} {'-':>10}"))
+        keys = [k[:-len("_train_tokens_per_s")] for k in c
+                if k.startswith("adaptive") and k.endswith("_train_tokens_per_s")]
+        for i, key in enumerate(keys):
+            tail = key[len("adaptive"):]
+            name = c["case"] + (f" {tail[1:]}" if tail else "")
+            cutoffs = c.get(f"{key}_cutoffs", c.get("cutoffs"))
+            lines.append(
+                f"{name:<16} {c['vocabulary']:>7,}  {','.join(map(str, cutoffs)):<14} "
+                f"{c['full_train_tokens_per_s']:>10,.0f} {c[key + '_train_tokens_per_s']:>9,.0f} "
+                f"{c['train_ratio' + tail]:>5.1f}x  "
+                f"{c['full_score_tokens_per_s']:>10,.0f} {c[key + '_score_tokens_per_s']:>9,.0f} "
+                f"{c['score_ratio' + tail]:>5.1f}x  "
+                + (f"{torch_tps:>14,.0f} {c['vs_torch_adaptive']:>9.2f}x" if torch_tps and i == 0
+                   else f"{'-':>14} {'-':>10}"))
     return "\n".join(lines)

@@ -151,6 +151,28 @@ def test_softmax_benchmark_reports_both_layers_on_every_case(run_cli):
     assert "synth-3k" in format_softmax(r)
 
 
+def test_softmax_benchmark_times_each_head_share_in_the_same_run(run_cli):
+    data = shared_path("brown", "raw", "train.txt").parent.parent.parent
+    code, out, err = run_cli("bench", "softmax", "--config", "small", "--vocabs", "", "--seconds", "0.5",
+                             "--no-torch", "--threads", "1", "--data", data, "--head-shares", "0.85,0.75", "--json")
+    assert code == 0, err
+    (raw,) = json.loads(out)["cases"]
+    from fflm import Vocabulary, read_sentences
+    from fflm.bench import format_softmax
+    from fflm.output import auto_cutoffs
+
+    counts = Vocabulary.build(read_sentences(shared_path("brown", "raw", "train.txt")), min_count=2).counts
+    for share in ("0.85", "0.75"):
+        assert raw[f"adaptive@{share}_cutoffs"] == list(auto_cutoffs(counts, head_share=float(share)))
+        assert raw[f"train_ratio@{share}"] == pytest.approx(raw[f"adaptive@{share}_train_tokens_per_s"]
+                                                           / raw["full_train_tokens_per_s"])
+    assert raw["adaptive@0.75_cutoffs"][0] < raw["adaptive@0.85_cutoffs"][0]  # the smaller head
+    text = format_softmax({"config": "small", "threads": 1, "cases": [raw]})
+    assert "brown-raw 0.75" in text and "brown-raw 0.85" in text
+    code, _, err = run_cli("bench", "softmax", "--vocabs", "", "--data", data, "--head-shares", "0.85,1.5")
+    assert code == 1 and "--head-shares" in err and "Traceback" not in err
+
+
 def test_bench_corpus_measures_prepare_training_and_evaluation(run_cli, tmp_path):
     code, out, err = run_cli("bench", "corpus", "--tokens", "20000,40000", "--vocab", "300", "--steps", "5",
                              "--work", tmp_path / "w", "--data", tmp_path / "none", "--threads", "1", "--json")

@@ -165,6 +165,39 @@ def test_the_recipe_takes_the_largest_size_that_fits_its_epochs(monkeypatch):
     assert choose(models, windows, None, tc, 1.0 + budget.SAVE_SECONDS, None, max_epochs=8)[2]["chosen"] == "small"
 
 
+def test_a_load_in_one_round_of_measurement_does_not_change_the_choice(monkeypatch):
+    """Each size is timed twice, in turn, and keeps its faster round: another run slowing the
+    first round (as a 10-minute run measured beside one did) leaves the choice as alone."""
+    import fflm.budget as budget
+    from fflm.model import FFNNLM, ModelConfig
+    from fflm.train import TrainConfig
+    from fflm.vocab import Vocabulary
+    from fflm.windows import Windows
+
+    sents = [s.split() for s in (SYNTH / "train.txt").read_text().splitlines()[:2000]]
+    vocab = Vocabulary.build(sents)
+    windows = Windows.from_sentences(sents, vocab, 3)
+    models = [(name, FFNNLM(vocab, ModelConfig(order=3, embed_dim=e, hidden=(h,)), seed=1))
+              for name, e, h in (("small", 8, 16), ("base", 16, 32), ("large", 32, 64))]
+    speed = {id(m): s for (_, m), s in zip(models, (400.0, 100.0, 10.0))}
+    calls = []
+
+    def measure(m, *a, **k):
+        calls.append(id(m))
+        slow = 20.0 if len(calls) <= len(models) else 1.0  # the first round under a load
+        return {"steps_per_s": speed[id(m)] / slow, "eval_seconds": 0.0}
+
+    monkeypatch.setattr(budget, "measure", measure)
+    tc = TrainConfig(batch_size=64, lr=2.0, schedule="linear")
+    pick, _, p = choose(models, windows, None, tc, 60.0, None, max_epochs=8)
+    assert calls == [id(m) for _, m in models] * 2  # in turn, twice
+    assert p["chosen"] == "base" and [r["steps_per_s"] for r in p["sizes"]] == [400.0, 100.0, 10.0]
+    assert p["sizes"][1]["rounds"] == [5.0, 100.0]
+    assert "(best of 5.0, 100.0)" in "\n".join(budget.describe_choice(p))
+    calls.clear()
+    assert choose(models, windows, None, tc, 60.0, None, max_epochs=8, rounds=1)[2]["chosen"] == "small"
+
+
 def test_a_budgeted_run_holds_out_sentences_chooses_and_like_reruns_it_exactly(run_cli, tmp_path):
     """Without --valid: whole sentences held out and said; the sizes measured and one chosen, all
     recorded; `--like` reruns the recorded run (its re-fits included) to the same weights."""

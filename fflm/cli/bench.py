@@ -100,8 +100,11 @@ def bench_ngram_build(texts, order, budgets, lmplz, temp_dir, repeat, no_in_memo
               help="Training time measured per implementation and case.")
 @click.option("--torch/--no-torch", "use_torch", default=True, show_default=True,
               help="Also time PyTorch's AdaptiveLogSoftmaxWithLoss with the same cutoffs (the 'bench' extra).")
+@click.option("--head-shares", default="", metavar="SHARES",
+              help="Time the adaptive layer with its automatic head at each of these token shares "
+                   "(0.85,0.75), in the same rounds [default: the automatic 85%].")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, as_json):
+def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, head_shares, as_json):
     """Training and exact scoring speed of the full and the adaptive softmax as the vocabulary grows."""
     from ..bench import format_softmax, run_softmax
 
@@ -113,7 +116,13 @@ def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, as
         sizes = [int(v) for v in vocabs.split(",") if v]
     except ValueError:
         raise FflmError(f"--vocabs takes numbers separated by commas, not {vocabs!r}") from None
-    result = run_softmax(data_dir, threads, seconds, use_torch, sizes, config_name)
+    try:
+        shares = tuple(float(v) for v in head_shares.split(",") if v) or (None,)
+    except ValueError:
+        raise FflmError(f"--head-shares takes shares separated by commas, not {head_shares!r}") from None
+    if any(s is not None and not 0 < s < 1 for s in shares):
+        raise FflmError(f"--head-shares: each share lies strictly between 0 and 1, not {head_shares}")
+    result = run_softmax(data_dir, threads, seconds, use_torch, sizes, config_name, shares)
     _echo_json(result) if as_json else click.echo(format_softmax(result))
 
 
