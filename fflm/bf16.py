@@ -73,6 +73,30 @@ def amx_available():
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def avx512_bf16_available():
+    """True where the CPU has AVX512-BF16 (`vdpbf16ps`: 16 float32 sums of bfloat16 pairs in one
+    instruction; AMD Zen 4, Intel Cooper Lake and later) and this LLVM targets it.
+    FFLM_NO_AVX512_BF16=1 says no."""
+    if os.environ.get("FFLM_NO_AVX512_BF16") == "1":
+        return False
+    if not {"avx512f", "avx512_bf16"} <= cpu_flags():
+        return False
+    import llvmlite.binding as ll
+
+    return bool(ll.get_host_cpu_features().get("avx512bf16"))
+
+
+ENGINES = ("amx", "avx512", "emulated")
+
+
+def best_engine():
+    """Where the bfloat16 products run here: AMX tiles, else AVX512-BF16, else the emulation."""
+    if amx_available():
+        return "amx"
+    return "avx512" if avx512_bf16_available() else "emulated"
+
+
 def resolve_precision(precision):
     """'auto' as what it picks here: bf16 where AMX is there, else fp32.
 
@@ -86,9 +110,13 @@ def resolve_precision(precision):
     return precision
 
 
+ENGINE_NAMES = {"amx": "AMX tiles", "avx512": "AVX512-BF16 vdpbf16ps",
+                "emulated": "emulated: numpy float32 on bf16-rounded operands, slower than fp32"}
+
+
 def describe_precision(precision):
     """One line for `fflm info`, the training log and `bin/bench`."""
-    engine = "AMX tiles" if amx_available() else "emulated: numpy float32 on bf16-rounded operands, slower than fp32"
+    engine = ENGINE_NAMES[best_engine()]
     if precision == "bf16":
         return f"bf16 operands, float32 sums ({engine})"
     return "fp32" + ("" if amx_available() else " (no AMX here: --precision auto keeps fp32)")
@@ -394,6 +422,98 @@ def gemm_emulated(A, P, C):
     np.dot(unpack_rows(A)[:M, :K], unpack_panels(P)[:, :N], out=C)
 
 
+# --- AVX512-BF16: vdpbf16ps from Numba ---------------------------------------------------------
+# The same packed operands as the tiles': A row-major (a bfloat16 pair of k is one 32-bit word,
+# broadcast to all 16 lanes), B as panels (16 columns' pairs, 64 bytes, per pair of k). A
+# micro-kernel keeps an MR x (16 NR) block of C in MR * NR zmm registers over a run of k, each
+# step one broadcast of A per row, NR loads of B and MR * NR vdpbf16ps. The instruction is
+# emitted as inline assembly (this LLVM spells its bfloat16 vectors in a type llvmlite lacks),
+# so LLVM's assembly parser must be initialised before the kernel compiles.
+MR, NR = 6, 4  # 24 accumulators + 4 B vectors + 1 broadcast: 29 of the 32 zmm registers
+KC_AVX = 512  # values of k per pass: the 4 panels' B strip (KC/2 x 64 bytes x 4 = 64 KB) stays in L2
+_F16 = ir.VectorType(ir.FloatType(), 16)
+_I16 = ir.VectorType(ir.IntType(32), 16)
+_I32 = ir.IntType(32)
+
+
+@intrinsic
+def _micro(typingctx, A, a0, a_stride, P, p0, p_stride, pairs, out):
+    """out[ii, 16j:16j+16] = sum over r < pairs of the pair A32[a0 + ii*a_stride + r] (broadcast)
+    times the 16 pairs P32[p0 + j*p_stride + 16r :][:16], for ii < MR, j < NR (float32 sums)."""
+    def codegen(context, builder, sig, args):
+        a_arr, a0_, a_stride_, p_arr, p0_, p_stride_, pairs_, out_arr = args
+        ap = context.make_array(sig.args[0])(context, builder, a_arr).data
+        pp = context.make_array(sig.args[3])(context, builder, p_arr).data
+        op = builder.bitcast(context.make_array(sig.args[7])(context, builder, out_arr).data, _F16.as_pointer())
+        dot = ir.InlineAsm(ir.FunctionType(_F16, [_F16, _I16, _I16]), "vdpbf16ps $3, $2, $0", "=v,0,v,v")
+        zero = ir.Constant(_F16, [0.0] * 16)
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(NR)] for _ in range(MR)]
+        rows = [builder.gep(ap, [builder.add(a0_, builder.mul(a_stride_, _I64(i)))]) for i in range(MR)]
+        cols = [builder.bitcast(builder.gep(pp, [builder.add(p0_, builder.mul(p_stride_, _I64(j)))]),
+                                _I16.as_pointer()) for j in range(NR)]
+        undef, splat = ir.Constant(_I16, ir.Undefined), ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+        with cgutils.for_range(builder, pairs_) as loop:
+            b = [builder.load(builder.gep(cols[j], [loop.index]), align=4) for j in range(NR)]
+            for i in range(MR):
+                word = builder.load(builder.gep(rows[i], [loop.index]), align=4)
+                a = builder.shuffle_vector(builder.insert_element(undef, word, _I32(0)), undef, splat)
+                for j in range(NR):
+                    builder.store(builder.call(dot, [builder.load(acc[i][j]), a, b[j]]), acc[i][j])
+        for i in range(MR):
+            for j in range(NR):
+                builder.store(builder.load(acc[i][j]), builder.gep(op, [_I64(i * NR + j)]), align=4)
+        return context.get_dummy_value()
+
+    return types.void(A, a0, a_stride, P, p0, p_stride, pairs, out), codegen
+
+
+@njit(cache=True, parallel=True)
+def _gemm_avx512_pass(A32, P32, C, k0, k1, accumulate):
+    """C (M, N) (+)= A[:, k0:k1] · B[k0:k1] (A32: A's pairs (Mp, Kp/2); P32: the panels' pairs
+    (Np/16, Kp/2, 16)). Threads split C's columns in strips of 16 NR; each strip's B stays in
+    cache while every MR-row block of A passes it."""
+    M, N = C.shape
+    half = A32.shape[1]
+    panel = P32.shape[1] * TILE  # 32-bit words in one panel
+    W = TILE * NR
+    pairs = (k1 - k0) // 2
+    for strip in prange((N + W - 1) // W):
+        out = np.empty((MR, W), dtype=np.float32)
+        j = strip * W
+        p0 = (j // TILE) * panel + (k0 // 2) * TILE
+        width = min(W, N - j)
+        for i in range(0, M, MR):
+            _micro(A32, i * half + k0 // 2, half, P32, p0, panel, pairs, out)
+            for r in range(min(MR, M - i)):
+                if accumulate:
+                    for c in range(width):
+                        C[i + r, j + c] += out[r, c]
+                else:
+                    for c in range(width):
+                        C[i + r, j + c] = out[r, c]
+
+
+def gemm_avx512(A, P, C, kc=KC_AVX):
+    """C = A · B with vdpbf16ps, in passes of kc values of k. A needs MR - 1 rows past C's (zeros)
+    and P NR - 1 panels past N's, which Matmul's buffers have (ROWS_PAST, PANELS_PAST)."""
+    if not avx512_bf16_available():
+        raise RuntimeError("gemm_avx512: this CPU has no AVX512-BF16 (see avx512_bf16_available)")
+    import llvmlite.binding as ll
+
+    ll.initialize_native_asmparser()  # the kernel's inline vdpbf16ps, before it compiles
+    M, N = C.shape
+    Kp = A.shape[1]
+    strips = -(-N // (TILE * NR))
+    if not (A.shape[0] >= -(-M // MR) * MR and P.shape[0] >= strips * NR and P.shape[1] * 2 == Kp
+            and Kp % 2 == 0 and kc % 2 == 0 and A.flags.c_contiguous and P.flags.c_contiguous
+            and C.flags.c_contiguous):
+        raise ValueError(f"gemm_avx512: operands {A.shape} and {P.shape} do not fit C {C.shape}")
+    A32 = A.view(np.uint32)
+    P32 = P.view(np.uint32).reshape(P.shape[0], P.shape[1], TILE)
+    for k0 in range(0, Kp, kc):
+        _gemm_avx512_pass(A32, P32, C, k0, min(k0 + kc, Kp), k0 > 0)
+
+
 # --- the products a model asks for ------------------------------------------------------------------
 class Matmul:
     """out = op(a) · op(b) with bfloat16 operands, for the model's np.dot calls: `a_t`/`b_t`
@@ -401,8 +521,12 @@ class Matmul:
     Packed operand buffers are kept by role and reused batch after batch. Inside `frozen()`
     (inference, where the weights cannot change) a weight's packed copy is made once."""
 
-    def __init__(self, amx=None):
-        self.amx = amx_available() if amx is None else amx
+    ROWS_PAST, PANELS_PAST = 8, NR  # zeros past A's rows and B's panels: the AVX-512 kernel reads whole blocks
+
+    def __init__(self, engine=None):
+        if engine is not None and engine not in ENGINES:
+            raise ValueError(f"Matmul: engine must be one of {ENGINES}, not {engine!r}")
+        self.engine = engine or best_engine()
         self._buffers = {}
         self._frozen = None  # (address, shape, transposed) -> a weight's packed copy, while frozen
 
@@ -416,7 +540,7 @@ class Matmul:
         if not a.flags.c_contiguous and a.T.flags.c_contiguous:  # a transposed view: read it as is
             a, a_t = a.T, not a_t
         M, K = (a.shape[1], a.shape[0]) if a_t else a.shape
-        out = self._buffer(role, (padded(M), padded(K)))
+        out = self._buffer(role, (padded(M) + self.ROWS_PAST, padded(K)))
         (pack_rows_t if a_t else pack_rows)(np.ascontiguousarray(a).view(np.uint32), out)
         return out
 
@@ -427,7 +551,7 @@ class Matmul:
         if weight and self._frozen is not None and key in self._frozen:
             return self._frozen[key]
         N, K = b.shape if b_t else (b.shape[1], b.shape[0])
-        shape = (padded(N) // TILE, padded(K) // 2, TILE, 2)
+        shape = (padded(N) // TILE + self.PANELS_PAST, padded(K) // 2, TILE, 2)
         out = np.empty(shape, dtype=np.uint16) if weight and self._frozen is not None else self._buffer(role, shape)
         (pack_panels_t if b_t else pack_panels)(np.ascontiguousarray(b).view(np.uint32), out)
         if weight and self._frozen is not None:
@@ -439,8 +563,10 @@ class Matmul:
         return self._product(self._a(a, a_t, role + ".a"), self._b(b, b_t, role + ".b", weight), out)
 
     def _product(self, A, P, out):
-        if self.amx:
+        if self.engine == "amx":
             gemm_amx(A, P, out)
+        elif self.engine == "avx512":
+            gemm_avx512(A, P, out)
         else:
             gemm_emulated(A, P, out)
         return out

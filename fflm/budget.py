@@ -214,6 +214,32 @@ SIZES = (("small", 128, (512, 128), 2.0), ("base", 256, (1024, 256), 2.0), ("lar
 MAX_EPOCHS = 8  # Brown raw: the preset's model at 8 epochs 142.03, given 14 it overfitted to 151.86 (BENCHMARKS.md)
 
 
+# The adaptive head: the automatic one holds the words that make 85% of the tokens; where that is
+# more than HEAD_WORDS words (a large, flat vocabulary: 9,987 of 100k synthetic words, against
+# 3,106 on Brown raw), the head's products are most of the step, and the recipe takes the words
+# that make SMALL_HEAD_SHARE of the tokens instead (BENCHMARKS.md, "The adaptive head's share").
+HEAD_WORDS, SMALL_HEAD_SHARE = 4096, 0.75
+
+
+def head_share_for(counts):
+    """(share, why): the head's token share the recipe takes for these training counts (ranked
+    by frequency), None for the automatic 85%.
+
+    >>> head_share_for([100] * 3 + [50] * 1000)[0] is None     # an 85% head of 853 words
+    True
+    >>> head_share_for([100] * 3 + [1] * 10000)[0]              # an 85% head of 8,503 words
+    0.75
+    """
+    from .output import HEAD_SHARE, auto_cutoffs
+
+    head = auto_cutoffs(counts)[:1]
+    if not head or head[0] <= HEAD_WORDS:
+        return None, f"the automatic head ({HEAD_SHARE:.0%} of the tokens{f': {head[0]:,} words' if head else ''})"
+    small = auto_cutoffs(counts, head_share=SMALL_HEAD_SHARE)[0]
+    return SMALL_HEAD_SHARE, (f"a head of {SMALL_HEAD_SHARE:.0%} of the tokens ({small:,} words): {HEAD_SHARE:.0%} "
+                              f"would take {head[0]:,}, more than {HEAD_WORDS:,}")
+
+
 def min_epochs(tokens):
     """The fewest passes a size must get to be chosen: 8 on a corpus of up to 1M tokens (as the
     presets), fewer on larger ones, where a pass holds more new text: 8 x sqrt(1M / tokens), at
@@ -307,6 +333,8 @@ def describe_choice(plan):
         lines.append(f"{mark} {r['size']:5s} {r['params']:>11,} parameters ({r['dense_params']:,} dense): "
                      f"{r['steps_per_s']:.2f} steps/s here{_rounds(r)}, {r['epochs_fit']:.1f} epochs fit; "
                      f"dropout {r['dropout']:g}/{r['embed_dropout']:g}, lr {r.get('lr', 0):g}")
+    if plan.get("head_why"):
+        lines.append(f"adaptive softmax: {plan['head_why']}")
     if plan.get("chosen"):
         lines.append(f"chose {plan['chosen']}: {plan['why']}"
                      + (f"; capped at {plan['max_epochs']} epochs (more overfits: BENCHMARKS.md), "

@@ -9,7 +9,8 @@ from fflm import FflmError, Vocabulary, Windows, bf16
 from fflm.model import FFNNLM, ModelConfig, Workspace
 from fflm.train import TrainConfig, evaluate_ppl, train
 
-ENGINES = [False] + ([True] if bf16.amx_available() else [])  # emulation everywhere, AMX where present
+# the emulation everywhere, each hardware engine where this CPU has it
+ENGINES = ["emulated"] + (["amx"] if bf16.amx_available() else []) + (["avx512"] if bf16.avx512_bf16_available() else [])
 
 
 def reference_round(x):
@@ -74,14 +75,14 @@ def test_packed_layouts_hold_the_rounded_matrix_and_zero_padding(M, K):
     assert np.array_equal(full[:M, :K], want) and not full[M:].any() and not full[:, K:].any()
 
 
-@pytest.mark.parametrize("amx", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("M, K, N", [(1, 1, 1), (5, 7, 9), (32, 32, 32), (33, 70, 45), (256, 300, 1000)])
-def test_products_equal_the_float64_product_of_the_rounded_operands(amx, M, K, N):
+def test_products_equal_the_float64_product_of_the_rounded_operands(engine, M, K, N):
     rng = np.random.default_rng(2)
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
     want = rounded(a).reshape(M, K).astype(np.float64) @ rounded(b).reshape(K, N).astype(np.float64)
-    mm = bf16.Matmul(amx=amx)
+    mm = bf16.Matmul(engine)
     tol = 1e-6 * np.sqrt(K) * np.abs(want).max() + 1e-7  # float32 sums of K exact products
     for a_t, b_t in ((False, False), (True, False), (False, True), (True, True)):
         out = np.full((M, N), np.nan, dtype=np.float32)
@@ -98,8 +99,8 @@ def test_amx_product_equals_the_emulation():
     a = rng.standard_normal((256, 512)).astype(np.float32)
     b = rng.standard_normal((512, 2085)).astype(np.float32)
     fast, plain = np.empty((256, 2085), np.float32), np.empty((256, 2085), np.float32)
-    bf16.Matmul(amx=True).dot(a, b, fast)
-    bf16.Matmul(amx=False).dot(a, b, plain)
+    bf16.Matmul("amx").dot(a, b, fast)
+    bf16.Matmul("emulated").dot(a, b, plain)
     assert np.allclose(fast, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
     # a long k goes in passes that add to C: edge blocks included (45 rows, 70 columns)
     a, b = a[:45], b[:, :70]
@@ -113,6 +114,32 @@ def test_amx_product_equals_the_emulation():
     bf16.gemm_emulated(A, P, plain)
     assert np.allclose(one, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
     assert np.allclose(passes, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+
+
+@pytest.mark.skipif(not bf16.avx512_bf16_available(), reason="this CPU has no AVX512-BF16 (the emulation is tested above)")
+def test_avx512_product_equals_the_emulation():
+    """vdpbf16ps sums pairs, the emulation single products: equal to float32 rounding, on the
+    model's shapes, at edges (rows and columns not multiples of the blocks) and in passes of k."""
+    rng = np.random.default_rng(4)
+    for M, K, N in ((256, 512, 2085), (45, 70, 70), (7, 1030, 130), (512, 256, 64)):
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        b = rng.standard_normal((K, N)).astype(np.float32)
+        fast, plain = np.full((M, N), np.nan, np.float32), np.empty((M, N), np.float32)
+        bf16.Matmul("avx512").dot(a, b, fast)
+        bf16.Matmul("emulated").dot(a, b, plain)
+        assert np.allclose(fast, plain, rtol=0, atol=2e-6 * np.sqrt(K) * np.abs(plain).max()), (M, K, N)
+    A = np.zeros((64, 1056), np.uint16)
+    bf16.pack_rows(rng.standard_normal((45, 1030)).astype(np.float32).view(np.uint32), A)
+    P = np.zeros((bf16.padded(70) // 16 + bf16.NR, 528, 16, 2), np.uint16)
+    bf16.pack_panels(rng.standard_normal((1030, 70)).astype(np.float32).view(np.uint32), P)
+    one, passes, plain = (np.empty((45, 70), np.float32) for _ in range(3))
+    bf16.gemm_avx512(A, P, one)
+    bf16.gemm_avx512(A, P, passes, kc=64)  # 17 passes, the last a short one
+    bf16.gemm_emulated(A, P, plain)
+    for got in (one, passes):
+        assert np.allclose(got, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+    with pytest.raises(ValueError, match="do not fit"):
+        bf16.gemm_avx512(A[:40], P, one)  # the last row block would read past A
 
 
 def test_precision_choice(monkeypatch):
@@ -138,9 +165,9 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("amx", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_bf16_gradients_match_fp32_to_bf16_tolerance(data, name, amx):
+def test_bf16_gradients_match_fp32_to_bf16_tolerance(data, name, engine):
     vocab, tw, _ = data
     x, y = (np.ascontiguousarray(a[:70]) for a in tw.pairs())
     grads = {}
@@ -148,7 +175,7 @@ def test_bf16_gradients_match_fp32_to_bf16_tolerance(data, name, amx):
         model = FFNNLM(vocab, CONFIGS[name], seed=3)
         model.set_precision(precision)
         if precision == "bf16":
-            model._mm.amx = amx
+            model._mm.engine = engine
         ws = Workspace(model, 70)
         model.dE[...] = 0
         loss = model.loss_and_grad(x, y, ws)
@@ -159,14 +186,14 @@ def test_bf16_gradients_match_fp32_to_bf16_tolerance(data, name, amx):
         assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)  # bfloat16 keeps 8 bits: ~0.4% a value
 
 
-@pytest.mark.parametrize("amx", ENGINES)
-def test_bf16_scoring_is_normalised_and_close_to_fp32(data, amx):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bf16_scoring_is_normalised_and_close_to_fp32(data, engine):
     vocab, _, vw = data
     model = FFNNLM(vocab, CONFIGS["tied"], seed=4)
     nll32 = model.nll(*vw.pairs(), batch_size=100)
     p32 = model.probs(vw.pairs()[0][:20])
     model.set_precision("bf16")
-    model._mm.amx = amx
+    model._mm.engine = engine
     nll16 = model.nll(*vw.pairs(), batch_size=100)
     p16 = model.probs(vw.pairs()[0][:20])
     assert np.allclose(p16.sum(axis=1), 1.0, atol=1e-6)  # still an exact distribution, of other logits

@@ -198,6 +198,35 @@ def test_a_load_in_one_round_of_measurement_does_not_change_the_choice(monkeypat
     assert choose(models, windows, None, tc, 60.0, None, max_epochs=8, rounds=1)[2]["chosen"] == "small"
 
 
+def test_the_recipe_takes_a_smaller_adaptive_head_where_the_automatic_one_is_large(run_cli, tmp_path, monkeypatch):
+    """Where the 85% head would hold more than HEAD_WORDS words, the budgeted recipe takes the 75%
+    head, says why and records it; below, and with --head-share given, the head is left alone.
+    (HEAD_WORDS lowered to this 153-word corpus's scale: an 85% head of 49 words, 75% of 33.)"""
+    import fflm.budget as budget
+    from fflm import Vocabulary, read_sentences
+    from fflm.model import FFNNLM
+    from fflm.output import auto_cutoffs
+
+    counts = Vocabulary.build(read_sentences(SYNTH / "train.txt"), min_count=2).counts
+    flags = ("--valid", SYNTH / "valid.txt", "--budget", "8s", "--threads", 1, "--softmax", "adaptive", "--embed-dim", 8, "--hidden", 16)
+    for words, given, cut in ((40, (), auto_cutoffs(counts, head_share=0.75)), (4096, (), auto_cutoffs(counts)),
+                              (40, ("--head-share", "0.9"), auto_cutoffs(counts, head_share=0.9))):
+        monkeypatch.setattr(budget, "HEAD_WORDS", words)
+        out = tmp_path / f"m{words}{len(given)}.npz"
+        code, _, err = run_cli("train", SYNTH / "train.txt", "-o", out, *flags, *given)
+        assert code == 0, err
+        model, meta = FFNNLM.load(out)
+        assert list(model.config.cutoffs) == list(cut)
+        recorded = meta["training"]["budget"]
+        if words == 40 and not given:
+            assert cut[0] == 33 and recorded["head_share"] == 0.75
+            assert "adaptive softmax: a head of 75% of the tokens (33 words): 85% would take 49, more than 40" in err
+        else:
+            assert recorded.get("head_share") is None and "a head of 75%" not in err
+            if not given:
+                assert "adaptive softmax: the automatic head (85% of the tokens: 49 words)" in err
+
+
 def test_a_budgeted_run_holds_out_sentences_chooses_and_like_reruns_it_exactly(run_cli, tmp_path):
     """Without --valid: whole sentences held out and said; the sizes measured and one chosen, all
     recorded; `--like` reruns the recorded run (its re-fits included) to the same weights."""

@@ -341,6 +341,12 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             vocab, windows, _ = training_data(corpus, text, min_count, max_vocab, config.span, cross_sentence)
         if head_share is not None and cutoffs:
             raise FflmError("--head-share sets the automatic cutoffs; drop it or --cutoffs")
+        head_why = None  # the budgeted recipe's adaptive head, where it chooses one
+        if budget is not None and not preset and head_share is None and not cutoffs \
+                and config.resolve(vocab.counts).softmax == "adaptive":
+            from ..budget import head_share_for
+
+            head_share, head_why = head_share_for(vocab.counts)
         config = config.resolve(vocab.counts, head_share)
         config.check_vocab(len(vocab))
         words = len(windows) - windows.num_sentences
@@ -395,6 +401,9 @@ def train(ctx, corpus, output, valid, order, embed_dim, hidden, activation, dire
             del candidates
             budget_plan["schedule"] = tconfig.schedule
             budget_plan["min_count"] = min_count
+            if head_why is not None:  # the recipe chose the adaptive head (None: the automatic 85%)
+                budget_plan["head_share"] = head_share
+                budget_plan["head_why"] = head_why
             if held is not None:
                 budget_plan["held_out"] = held_info
             tconfig = dataclasses.replace(tconfig, max_steps=budget_plan["steps"], epochs=budget_plan["epochs"])
