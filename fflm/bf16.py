@@ -430,7 +430,7 @@ def gemm_emulated(A, P, C):
 # emitted as inline assembly (this LLVM spells its bfloat16 vectors in a type llvmlite lacks),
 # so LLVM's assembly parser must be initialised before the kernel compiles.
 MR, NR = 6, 4  # 24 accumulators + 4 B vectors + 1 broadcast: 29 of the 32 zmm registers
-KC_AVX = 512  # values of k per pass: the 4 panels' B strip (KC/2 x 64 bytes x 4 = 64 KB) stays in L2
+KC_AVX = 4096  # values of k per pass: the 4 panels' B strip (KC/2 x 64 bytes x 4 = 512 KB) stays in L2 (1 MB on Zen 4)
 _F16 = ir.VectorType(ir.FloatType(), 16)
 _I16 = ir.VectorType(ir.IntType(32), 16)
 _I32 = ir.IntType(32)
