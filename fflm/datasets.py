@@ -176,11 +176,15 @@ def download(url, path, sha256=None, progress=None, timeout=60):
 
 
 def sources(entry):
-    """The ways to get a dataset, tried in order: each {"files": [...], "prepare": ...}. An entry
-    names them as [[NAME.sources]], or, with one way only, as NAME.files and NAME.prepare."""
+    """The ways to get a dataset, tried in order: each {"files": [...], "prepare": ...} (and the
+    files' "encoding" where a prepare step reads text). An entry names them as [[NAME.sources]],
+    or, with one way only, as NAME.files, NAME.prepare and NAME.encoding."""
     if "sources" in entry:
         return entry["sources"]
-    return [{"files": entry.get("files", []), "prepare": entry.get("prepare", "copy")}]
+    way = {"files": entry.get("files", []), "prepare": entry.get("prepare", "copy")}
+    if entry.get("encoding"):
+        way["encoding"] = entry["encoding"]
+    return [way]
 
 
 def verifiable(entry, source, sha256=None):
@@ -260,7 +264,8 @@ def _fetch_and_prepare(name, entry, source, target, base_url, sha256, progress, 
             download(url, path, want, progress)
         fetched.append(path)
         used.append(url)
-    outputs = PREPARE[source.get("prepare", "copy")](fetched, target)
+    prepare = PREPARE[source.get("prepare", "copy")]
+    outputs = prepare(fetched, target, source["encoding"]) if source.get("encoding") else prepare(fetched, target)
     recorded = entry.get("outputs", {})
     for rel in outputs if recorded else ():
         got = _sha256_file(os.path.join(target, rel))
@@ -383,11 +388,12 @@ def _prepare_wikitext(fetched, target):
     return out
 
 
-def _prepare_nltk_files(fetched, target):
-    """An NLTK corpus of tokenized plain-text files, one sentence a line (movie_reviews): the
-    archive's .txt files in sorted order, every 10th (the 10th, 20th, ...) to test.txt, the rest
-    to train.txt; each line's tokens joined by one space, blank lines dropped. No valid.txt:
-    hold sentences out of train (`fflm train --budget` does) or give your own."""
+def _prepare_nltk_files(fetched, target, encoding="utf-8"):
+    """An NLTK corpus of plain-text files, one sentence (or paragraph) a line (movie_reviews,
+    state_union): the archive's .txt files in sorted order, every 10th (the 10th, 20th, ...) to
+    test.txt, the rest to train.txt; each line's tokens joined by one space, blank lines dropped;
+    read in the entry's `encoding` (state_union's files are Latin-1). No valid.txt: hold
+    sentences out of train (`fflm train --budget` does) or give your own."""
     import zipfile
 
     try:
@@ -399,7 +405,7 @@ def _prepare_nltk_files(fetched, target):
                     atomic_write(os.path.join(target, "test.txt")) as test:
                 for i, n in enumerate(names):
                     out = test if i % 10 == 9 else train
-                    for line in z.read(n).decode("utf-8").splitlines():
+                    for line in z.read(n).decode(encoding).splitlines():
                         if line.split():
                             out.write(" ".join(line.split()) + "\n")
     except (zipfile.BadZipFile, UnicodeDecodeError, OSError, EOFError) as e:

@@ -286,5 +286,23 @@ def test_an_nltk_corpus_of_files_is_split_by_file(server, tmp_path, run_cli):
     train = (tmp_path / "mr" / "train.txt").read_text().splitlines()
     assert test == ["file 9 says", "a b .", "file 19 says", "a b ."]
     assert len(train) == 36 and train[:2] == ["file 0 says", "a b ."] and "file 9 says" not in train
-    entry = __import__("fflm.datasets", fromlist=["registry"]).registry()["movie-reviews"]
-    assert entry["prepare"] == "nltk-files" and set(entry["outputs"]) == {"train.txt", "test.txt"}
+    entries = __import__("fflm.datasets", fromlist=["registry"]).registry()
+    for name in ("movie-reviews", "state-union"):
+        assert entries[name]["prepare"] == "nltk-files" and set(entries[name]["outputs"]) == {"train.txt", "test.txt"}
+    # an entry's encoding: Latin-1 files (state_union's) read as such, where UTF-8 fails in one line
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(10):
+            z.writestr(f"su/{1945 + i}.txt", f"address {i}: na\xefve caf\xe9 \xbd\n".encode("latin-1"))
+    files["su.zip"] = body = buf.getvalue()
+    for encoding in ("", 'encoding = "latin-1"\n'):
+        reg = _registry(tmp_path, f'[su]\nprepare = "nltk-files"\n{encoding}[[su.files]]\n'
+                                  f'url = "https://example.org/su.zip"\nsha256 = "{hashlib.sha256(body).hexdigest()}"\n')
+        code, _, err = run_cli("data", "get", "su", "--dir", tmp_path / f"su{len(encoding)}", "--mirror", url, "-q",
+                               "--registry", reg)
+        if not encoding:
+            assert code == 1 and "not a readable zip archive" in err and len(err.strip().splitlines()) == 1
+        else:
+            assert code == 0, err
+            lines = (tmp_path / f"su{len(encoding)}" / "su" / "test.txt").read_text(encoding="utf-8").splitlines()
+            assert lines == ["address 9: na\u00efve caf\u00e9 \u00bd"]
