@@ -240,6 +240,12 @@ def head_share_for(counts):
                               f"would take {head[0]:,}, more than {HEAD_WORDS:,}")
 
 
+# A size qualifies with 7/8 of min_epochs: at exactly the preset's own time on Brown (31 min for
+# 8 epochs of its model with the full softmax) the base size fits 7.9 epochs by a measurement
+# with SAFETY's margin, and a cliff at 8 would hand the run to the small model.
+EPOCH_SLACK = 0.875
+
+
 def min_epochs(tokens):
     """The fewest passes a size must get to be chosen: 8 on a corpus of up to 1M tokens (as the
     presets), fewer on larger ones, where a pass holds more new text: 8 x sqrt(1M / tokens), at
@@ -269,8 +275,8 @@ def dropout_for(tokens, dense_params):
 def choose(candidates, windows, valid_windows, tconfig, budget_s, started, max_epochs, given_dropout=False,
            seconds=MEASURE_SECONDS, rates=None, rounds=ROUNDS):
     """Choose among `candidates` [(name, model)], smallest first: each is measured here, and the
-    largest whose fitted run gives at least min_epochs(tokens) passes is taken (the smallest when
-    none does); dropout from dropout_for() unless `given_dropout`; `rates`: each size's SGD rate
+    largest whose fitted run gives at least EPOCH_SLACK x min_epochs(tokens) passes is taken (the
+    smallest when none does); dropout from dropout_for() unless `given_dropout`; `rates`: each size's SGD rate
     by name (None: tconfig's); the run then fitted to what is left of the budget, capped at
     `max_epochs`. Returns (index, train config, plan).
 
@@ -308,7 +314,7 @@ def choose(candidates, windows, valid_windows, tconfig, budget_s, started, max_e
         measured.append(m)
     configs = list(zip(configs, measured))
     need = min_epochs(tokens)
-    able = [i for i, r in enumerate(rows) if r["epochs_fit"] >= need]
+    able = [i for i, r in enumerate(rows) if r["epochs_fit"] >= need * EPOCH_SLACK]
     pick = able[-1] if able else 0
     tc, m = configs[pick]
     p = plan(candidates[pick][1], windows, valid_windows, tc, budget_s, started, measured=m)
@@ -319,8 +325,9 @@ def choose(candidates, windows, valid_windows, tconfig, budget_s, started, max_e
     p["chosen"] = rows[pick]["size"]
     p["min_epochs"] = round(need, 2)
     p["max_epochs"] = max_epochs
-    why = (f"the largest with at least {need:.1f} epochs in the time" if able else
-           f"none fits {need:.1f} epochs in the time: the smallest")
+    why = (f"the largest with at least {need * EPOCH_SLACK:.1f} epochs in the time ({need:.1f} wanted, "
+           f"{EPOCH_SLACK:g} of it accepted)" if able else
+           f"none fits {need * EPOCH_SLACK:.1f} epochs in the time: the smallest")
     p["why"] = why
     return pick, tc, p
 

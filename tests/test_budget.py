@@ -165,6 +165,32 @@ def test_the_recipe_takes_the_largest_size_that_fits_its_epochs(monkeypatch):
     assert choose(models, windows, None, tc, 1.0 + budget.SAVE_SECONDS, None, max_epochs=8)[2]["chosen"] == "small"
 
 
+def test_a_size_one_pass_short_of_the_epochs_wanted_is_still_taken(monkeypatch):
+    """At a preset's own time its model fits 7.9 of the 8 epochs wanted, by a measurement with a
+    safety margin: 7/8 of the epochs qualifies a size (no cliff at exactly 8); 6.9 does not."""
+    import fflm.budget as budget
+    from fflm.model import FFNNLM, ModelConfig
+    from fflm.train import TrainConfig
+    from fflm.vocab import Vocabulary
+    from fflm.windows import Windows
+
+    sents = [s.split() for s in (SYNTH / "train.txt").read_text().splitlines()[:2000]]
+    vocab = Vocabulary.build(sents)
+    windows = Windows.from_sentences(sents, vocab, 3)
+    models = [(name, FFNNLM(vocab, ModelConfig(order=3, embed_dim=e, hidden=(h,)), seed=1))
+              for name, e, h in (("small", 8, 16), ("base", 16, 32))]
+    spe = -(-len(windows) // 64)
+    tc = TrainConfig(batch_size=64, lr=2.0, schedule="linear")
+    for epochs, chosen in ((7.9, "base"), (7.0, "base"), (6.9, "small")):
+        rate = epochs * spe / (60.0 - budget.SAVE_SECONDS) / budget.SAFETY + 1e-6  # base fits `epochs` in 60 s
+        speed = {id(models[0][1]): 100 * rate, id(models[1][1]): rate}
+        monkeypatch.setattr(budget, "measure", lambda m, *a, **k: {"steps_per_s": speed[id(m)], "eval_seconds": 0.0})
+        p = choose(models, windows, None, tc, 60.0, None, max_epochs=8)[2]
+        assert p["chosen"] == chosen, (epochs, p["sizes"])
+        if chosen == "base":
+            assert p["steps"] == int(epochs * spe) or abs(p["steps"] - epochs * spe) <= 2  # all the time it fits
+
+
 def test_a_load_in_one_round_of_measurement_does_not_change_the_choice(monkeypatch):
     """Each size is timed twice, in turn, and keeps its faster round: another run slowing the
     first round (as a 10-minute run measured beside one did) leaves the choice as alone."""
