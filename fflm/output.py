@@ -42,8 +42,9 @@ def auto_cutoffs(counts, min_cluster=64, head_share=None):
     [11, 65]
 
     `head_share` (`--head-share`): the head's share instead of 85%; a smaller head is cheaper
-    at a large vocabulary (BENCHMARKS.md: 12.0x the full softmax at 100k words with 75%,
-    against 7.4x with 85%).
+    at a large vocabulary (BENCHMARKS.md: 12.4x the full softmax at 100k words with 75%,
+    against 7.4x with 85%, at no measured perplexity cost); the budgeted recipe takes 75%
+    where the 85% head would pass 4,096 words (budget.head_share_for).
     """
     counts = np.asarray(counts, dtype=np.float64)
     V = len(counts)
