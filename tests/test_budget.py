@@ -138,19 +138,26 @@ def test_dropout_and_the_epochs_follow_the_corpus():
     assert min_epochs(10**6) > min_epochs(10**7) >= 2
 
 
-def test_the_recipe_takes_the_largest_size_that_fits_its_epochs(monkeypatch):
-    """Deterministic for a given measured speed: the speeds are given, not timed."""
-    import fflm.budget as budget
+def _sizes(n):
+    """The embedded corpus's first 2,000 sentences as windows, and n toy sizes to choose among."""
     from fflm.model import FFNNLM, ModelConfig
-    from fflm.train import TrainConfig
     from fflm.vocab import Vocabulary
     from fflm.windows import Windows
 
     sents = [s.split() for s in (SYNTH / "train.txt").read_text().splitlines()[:2000]]
     vocab = Vocabulary.build(sents)
     windows = Windows.from_sentences(sents, vocab, 3)
-    models = [(name, FFNNLM(vocab, ModelConfig(order=3, embed_dim=e, hidden=(h,)), seed=1))
-              for name, e, h in (("small", 8, 16), ("base", 16, 32), ("large", 32, 64))]
+    sizes = (("small", 8, 16), ("base", 16, 32), ("large", 32, 64))[:n]
+    return windows, [(name, FFNNLM(vocab, ModelConfig(order=3, embed_dim=e, hidden=(h,)), seed=1))
+                     for name, e, h in sizes]
+
+
+def test_the_recipe_takes_the_largest_size_that_fits_its_epochs(monkeypatch):
+    """Deterministic for a given measured speed: the speeds are given, not timed."""
+    import fflm.budget as budget
+    from fflm.train import TrainConfig
+
+    windows, models = _sizes(3)
     speed = {id(m): s for (_, m), s in zip(models, (400.0, 100.0, 10.0))}
     monkeypatch.setattr(budget, "measure", lambda m, *a, **k: {"steps_per_s": speed[id(m)], "eval_seconds": 0.0})
     tc = TrainConfig(batch_size=64, lr=2.0, schedule="linear")
@@ -169,16 +176,9 @@ def test_a_size_one_pass_short_of_the_epochs_wanted_is_still_taken(monkeypatch):
     """At a preset's own time its model fits 7.9 of the 8 epochs wanted, by a measurement with a
     safety margin: 7/8 of the epochs qualifies a size (no cliff at exactly 8); 6.9 does not."""
     import fflm.budget as budget
-    from fflm.model import FFNNLM, ModelConfig
     from fflm.train import TrainConfig
-    from fflm.vocab import Vocabulary
-    from fflm.windows import Windows
 
-    sents = [s.split() for s in (SYNTH / "train.txt").read_text().splitlines()[:2000]]
-    vocab = Vocabulary.build(sents)
-    windows = Windows.from_sentences(sents, vocab, 3)
-    models = [(name, FFNNLM(vocab, ModelConfig(order=3, embed_dim=e, hidden=(h,)), seed=1))
-              for name, e, h in (("small", 8, 16), ("base", 16, 32))]
+    windows, models = _sizes(2)
     spe = -(-len(windows) // 64)
     tc = TrainConfig(batch_size=64, lr=2.0, schedule="linear")
     for epochs, chosen in ((7.9, "base"), (7.0, "base"), (6.9, "small")):
@@ -195,16 +195,9 @@ def test_a_load_in_one_round_of_measurement_does_not_change_the_choice(monkeypat
     """Each size is timed twice, in turn, and keeps its faster round: another run slowing the
     first round (as a 10-minute run measured beside one did) leaves the choice as alone."""
     import fflm.budget as budget
-    from fflm.model import FFNNLM, ModelConfig
     from fflm.train import TrainConfig
-    from fflm.vocab import Vocabulary
-    from fflm.windows import Windows
 
-    sents = [s.split() for s in (SYNTH / "train.txt").read_text().splitlines()[:2000]]
-    vocab = Vocabulary.build(sents)
-    windows = Windows.from_sentences(sents, vocab, 3)
-    models = [(name, FFNNLM(vocab, ModelConfig(order=3, embed_dim=e, hidden=(h,)), seed=1))
-              for name, e, h in (("small", 8, 16), ("base", 16, 32), ("large", 32, 64))]
+    windows, models = _sizes(3)
     speed = {id(m): s for (_, m), s in zip(models, (400.0, 100.0, 10.0))}
     calls = []
 
