@@ -10,9 +10,10 @@ rate; fflm drives those tile instructions itself, through LLVM intrinsics that N
 What runs in bfloat16 (`--precision bf16`): the operands of the matrix products (the output
 layer's three and each hidden layer's three). Everything else stays float32: the master
 weights, gradients and optimizer state, the softmax and the losses, the products' sums.
-Where the CPU has no AMX the same packed operands are multiplied by numpy in float32 (the
-emulation: bfloat16-rounded operands, float32 sums), which gives the numbers of the fast path
-to float32 rounding, slowly; `--precision auto` picks bf16 only where AMX is there.
+Where the CPU has AVX512-BF16 but no AMX (AMD Zen 4, Intel Cooper Lake), a vdpbf16ps kernel
+multiplies the same packed operands; where it has neither, numpy does in float32 (the
+emulation: bfloat16-rounded operands, float32 sums), which gives the numbers of the fast paths
+to float32 rounding, slowly; `--precision auto` picks bf16 only where the hardware has it.
 
 The AMX operand layouts (Intel's "VNNI" pairs), made by the pack_* kernels below:
   A (M, K): row-major bfloat16, M and K padded with zeros to multiples of 32;
@@ -98,7 +99,8 @@ def best_engine():
 
 
 def resolve_precision(precision):
-    """'auto' as what it picks here: bf16 where AMX is there, else fp32.
+    """'auto' as what it picks here: bf16 where the CPU multiplies bfloat16 in hardware (AMX
+    tiles or AVX512-BF16), else fp32.
 
     >>> resolve_precision("fp32")
     'fp32'
@@ -106,7 +108,7 @@ def resolve_precision(precision):
     if precision not in PRECISIONS:
         raise FflmError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":
-        return "bf16" if amx_available() else "fp32"
+        return "bf16" if best_engine() != "emulated" else "fp32"
     return precision
 
 
@@ -119,7 +121,9 @@ def describe_precision(precision):
     engine = ENGINE_NAMES[best_engine()]
     if precision == "bf16":
         return f"bf16 operands, float32 sums ({engine})"
-    return "fp32" + ("" if amx_available() else " (no AMX here: --precision auto keeps fp32)")
+    if best_engine() == "emulated":
+        return "fp32 (no bfloat16 arithmetic here, neither AMX nor AVX512-BF16: --precision auto keeps fp32)"
+    return "fp32"
 
 
 # --- float32 -> bfloat16, and the operand layouts --------------------------------------------

@@ -144,10 +144,18 @@ def test_avx512_product_equals_the_emulation():
 
 def test_precision_choice(monkeypatch):
     assert bf16.resolve_precision("fp32") == "fp32" and bf16.resolve_precision("bf16") == "bf16"
-    assert bf16.resolve_precision("auto") == ("bf16" if bf16.amx_available() else "fp32")
+    assert bf16.resolve_precision("auto") == ("bf16" if bf16.best_engine() != "emulated" else "fp32")
     with pytest.raises(FflmError, match="--precision"):
         bf16.resolve_precision("fp16")
     assert bf16.tile_config()[0] == 1  # palette 1
+    # each kind of CPU, as its flags would say: the engine, what auto picks, what info says
+    for amx, avx, engine, auto in ((True, True, "amx", "bf16"), (False, True, "avx512", "bf16"),
+                                   (False, False, "emulated", "fp32")):
+        monkeypatch.setattr(bf16, "amx_available", lambda amx=amx: amx)
+        monkeypatch.setattr(bf16, "avx512_bf16_available", lambda avx=avx: avx)
+        assert bf16.best_engine() == engine and bf16.resolve_precision("auto") == auto
+        assert bf16.ENGINE_NAMES[engine] in bf16.describe_precision("bf16")
+        assert ("auto keeps fp32" in bf16.describe_precision("fp32")) == (engine == "emulated")
 
 
 @pytest.fixture(scope="module")
