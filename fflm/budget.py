@@ -276,9 +276,9 @@ def choose(candidates, windows, valid_windows, tconfig, budget_s, started, max_e
            seconds=MEASURE_SECONDS, rates=None, rounds=ROUNDS):
     """Choose among `candidates` [(name, model)], smallest first: each is measured here, and the
     largest whose fitted run gives at least EPOCH_SLACK x min_epochs(tokens) passes is taken (the
-    smallest when none does); dropout from dropout_for() unless `given_dropout`; `rates`: each size's SGD rate
-    by name (None: tconfig's); the run then fitted to what is left of the budget, capped at
-    `max_epochs`. Returns (index, train config, plan).
+    smallest when none does); dropout from dropout_for() unless `given_dropout`; `rates`: each
+    size's SGD rate by name (None: tconfig's); the run then fitted to what is left of the budget,
+    capped at `max_epochs`. Returns (index, train config, plan).
 
     The sizes are timed in turn, `rounds` times (`seconds` split among the rounds), and each keeps
     its fastest round: a load that comes and goes (another run, the test suite) slows one round,
@@ -312,11 +312,10 @@ def choose(candidates, windows, valid_windows, tconfig, budget_s, started, max_e
                      "epochs_fit": round(steps / spe, 2), "dropout": tc.dropout, "embed_dropout": tc.embed_dropout,
                      "lr": tc.lr})
         measured.append(m)
-    configs = list(zip(configs, measured))
     need = min_epochs(tokens)
     able = [i for i, r in enumerate(rows) if r["epochs_fit"] >= need * EPOCH_SLACK]
     pick = able[-1] if able else 0
-    tc, m = configs[pick]
+    tc, m = configs[pick], measured[pick]
     p = plan(candidates[pick][1], windows, valid_windows, tc, budget_s, started, measured=m)
     cap = max_epochs * spe
     if p["steps"] > cap:
