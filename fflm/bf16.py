@@ -85,7 +85,10 @@ def avx512_bf16_available():
         return False
     import llvmlite.binding as ll
 
-    return bool(ll.get_host_cpu_features().get("avx512bf16"))
+    if not ll.get_host_cpu_features().get("avx512bf16"):
+        return False
+    ll.initialize_native_asmparser()  # the kernel's inline vdpbf16ps needs it before it compiles; once a process
+    return True
 
 
 ENGINES = ("amx", "avx512", "emulated")
@@ -500,11 +503,8 @@ def _gemm_avx512_pass(A32, P32, C, k0, k1, accumulate):
 def gemm_avx512(A, P, C, kc=KC_AVX):
     """C = A · B with vdpbf16ps, in passes of kc values of k. A needs MR - 1 rows past C's (zeros)
     and P NR - 1 panels past N's, which Matmul's buffers have (ROWS_PAST, PANELS_PAST)."""
-    if not avx512_bf16_available():
+    if not avx512_bf16_available():  # also what readies LLVM's assembly parser, once a process
         raise RuntimeError("gemm_avx512: this CPU has no AVX512-BF16 (see avx512_bf16_available)")
-    import llvmlite.binding as ll
-
-    ll.initialize_native_asmparser()  # the kernel's inline vdpbf16ps, before it compiles
     M, N = C.shape
     Kp = A.shape[1]
     strips = -(-N // (TILE * NR))
