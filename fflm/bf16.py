@@ -220,6 +220,39 @@ def pack_panels_t(X, out):
                     out[p, r, c, 1] = 0
 
 
+@njit(cache=True, inline="always")
+def _pair(lo, hi):
+    """One 32-bit word of two bfloat16s: lo (bits of a float32) in the low half."""
+    return np.uint32(_round(lo)) | (np.uint32(_round(hi)) << np.uint32(16))
+
+
+@njit(cache=True, parallel=True)
+def pack_pairs(X, out):
+    """out[r, n] = the pair (X[2r, n], X[2r + 1, n]) for X (K, N), zero-padded to out's (Kp/2, Np):
+    B as rows of pairs, for the AVX-512 kernel. Unlike the panels, it is written in X's order,
+    a row of out from two rows of X, which costs a quarter of the panels' scattered writes."""
+    K, N = X.shape
+    for r in prange(out.shape[0]):
+        if 2 * r + 1 < K:
+            for n in range(N):
+                out[r, n] = _pair(X[2 * r, n], X[2 * r + 1, n])
+        elif 2 * r < K:
+            for n in range(N):
+                out[r, n] = _pair(X[2 * r, n], np.uint32(0))
+        else:
+            for n in range(N):
+                out[r, n] = 0
+        for n in range(N, out.shape[1]):
+            out[r, n] = 0
+
+
+def unpack_pairs(Q, N):
+    """Rows of pairs back as the float32 (Kp, N) matrix they hold."""
+    Kp = Q.shape[0] * 2
+    return unpack_rows(np.ascontiguousarray(Q[:, :N]).view(np.uint16).reshape(Q.shape[0], N, 2)
+                       .transpose(0, 2, 1).reshape(Kp, N))
+
+
 def unpack_rows(A):
     """A packed A operand back as float32 (what the emulation multiplies)."""
     return (A.astype(np.uint32) << 16).view(np.float32)
@@ -437,6 +470,9 @@ def gemm_emulated(A, P, C):
 # emitted as inline assembly (this LLVM spells its bfloat16 vectors in a type llvmlite lacks),
 # so LLVM's assembly parser must be initialised before the kernel compiles.
 MR, NR = 6, 4  # 24 accumulators + 4 B vectors + 1 broadcast: 29 of the 32 zmm registers
+# B's bytes in a group of strips: on Zen 4, base's step took 45.7 ms at 256 KB, 46.1 at 128 KB,
+# 49.1 at 512 KB, 48.6 with one strip at a time
+GROUP_BYTES = 1 << 18
 KC_AVX = 4096  # values of k per pass: the 4 panels' B strip (KC/2 x 64 bytes x 4 = 512 KB) stays in L2 (1 MB on Zen 4)
 _F16 = ir.VectorType(ir.FloatType(), 16)
 _I16 = ir.VectorType(ir.IntType(32), 16)
@@ -444,14 +480,15 @@ _I32 = ir.IntType(32)
 
 
 @intrinsic
-def _micro(typingctx, A, a0, a_stride, P, p0, p_stride, pairs, out):
+def _micro(typingctx, A, a0, a_stride, P, p0, p_stride, p_rstride, pairs, out):
     """out[ii, 16j:16j+16] = sum over r < pairs of the pair A32[a0 + ii*a_stride + r] (broadcast)
-    times the 16 pairs P32[p0 + j*p_stride + 16r :][:16], for ii < MR, j < NR (float32 sums)."""
+    times the 16 pairs P32[p0 + j*p_stride + 16 r p_rstride :][:16], for ii < MR, j < NR (float32
+    sums). p_rstride is 1 for panels; B's width / 16 for rows of pairs (Q[r, n, s] = B[2r+s, n])."""
     def codegen(context, builder, sig, args):
-        a_arr, a0_, a_stride_, p_arr, p0_, p_stride_, pairs_, out_arr = args
+        a_arr, a0_, a_stride_, p_arr, p0_, p_stride_, p_rstride_, pairs_, out_arr = args
         ap = context.make_array(sig.args[0])(context, builder, a_arr).data
         pp = context.make_array(sig.args[3])(context, builder, p_arr).data
-        op = builder.bitcast(context.make_array(sig.args[7])(context, builder, out_arr).data, _F16.as_pointer())
+        op = builder.bitcast(context.make_array(sig.args[8])(context, builder, out_arr).data, _F16.as_pointer())
         dot = ir.InlineAsm(ir.FunctionType(_F16, [_F16, _I16, _I16]), "vdpbf16ps $3, $2, $0", "=v,0,v,v")
         zero = ir.Constant(_F16, [0.0] * 16)
         acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(NR)] for _ in range(MR)]
@@ -460,7 +497,8 @@ def _micro(typingctx, A, a0, a_stride, P, p0, p_stride, pairs, out):
                                 _I16.as_pointer()) for j in range(NR)]
         undef, splat = ir.Constant(_I16, ir.Undefined), ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
         with cgutils.for_range(builder, pairs_) as loop:
-            b = [builder.load(builder.gep(cols[j], [loop.index]), align=4) for j in range(NR)]
+            step = builder.mul(loop.index, p_rstride_)
+            b = [builder.load(builder.gep(cols[j], [step]), align=4) for j in range(NR)]
             for i in range(MR):
                 word = builder.load(builder.gep(rows[i], [loop.index]), align=4)
                 a = builder.shuffle_vector(builder.insert_element(undef, word, _I32(0)), undef, splat)
@@ -471,33 +509,35 @@ def _micro(typingctx, A, a0, a_stride, P, p0, p_stride, pairs, out):
                 builder.store(builder.load(acc[i][j]), builder.gep(op, [_I64(i * NR + j)]), align=4)
         return context.get_dummy_value()
 
-    return types.void(A, a0, a_stride, P, p0, p_stride, pairs, out), codegen
+    return types.void(A, a0, a_stride, P, p0, p_stride, p_rstride, pairs, out), codegen
 
 
 @njit(cache=True, parallel=True)
-def _gemm_avx512_pass(A32, P32, C, k0, k1, accumulate):
-    """C (M, N) (+)= A[:, k0:k1] · B[k0:k1] (A32: A's pairs (Mp, Kp/2); P32: the panels' pairs
-    (Np/16, Kp/2, 16)). Threads split C's columns in strips of 16 NR; each strip's B stays in
-    cache while every MR-row block of A passes it."""
+def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_bytes):
+    """C (M, N) (+)= A[:, k0:k1] · B[k0:k1] (A32: A's pairs (Mp, Kp/2); P32: B's pairs, flat, 16
+    columns' pairs at P32[(n/16) panel + 16 r rstride :][:16] for the pair r of k). Threads take
+    groups of strips of 16 NR columns, as many as keep the group's B in L2 (half a megabyte);
+    every MR-row block of A passes the whole group before the next, so that C is written in
+    rows of the group's width rather than a strip's 256 bytes (a row of C is far from the next)."""
     M, N = C.shape
     half = A32.shape[1]
-    panel = P32.shape[1] * TILE  # 32-bit words in one panel
     W = TILE * NR
     pairs = (k1 - k0) // 2
-    for strip in prange((N + W - 1) // W):
+    G = max(1, group_bytes // (pairs * W * 4))  # strips per group
+    for g in prange((N + G * W - 1) // (G * W)):
         out = np.empty((MR, W), dtype=np.float32)
-        j = strip * W
-        p0 = (j // TILE) * panel + (k0 // 2) * TILE
-        width = min(W, N - j)
         for i in range(0, M, MR):
-            _micro(A32, i * half + k0 // 2, half, P32, p0, panel, pairs, out)
-            for r in range(min(MR, M - i)):
-                if accumulate:
-                    for c in range(width):
-                        C[i + r, j + c] += out[r, c]
-                else:
-                    for c in range(width):
-                        C[i + r, j + c] = out[r, c]
+            for j in range(g * G * W, min(g * G * W + G * W, N), W):
+                p0 = (j // TILE) * panel + (k0 // 2) * TILE * rstride
+                width = min(W, N - j)
+                _micro(A32, i * half + k0 // 2, half, P32, p0, panel, rstride, pairs, out)
+                for r in range(min(MR, M - i)):
+                    if accumulate:
+                        for c in range(width):
+                            C[i + r, j + c] += out[r, c]
+                    else:
+                        for c in range(width):
+                            C[i + r, j + c] = out[r, c]
 
 
 def gemm_avx512(A, P, C, kc=KC_AVX):
@@ -513,9 +553,27 @@ def gemm_avx512(A, P, C, kc=KC_AVX):
             and C.flags.c_contiguous):
         raise ValueError(f"gemm_avx512: operands {A.shape} and {P.shape} do not fit C {C.shape}")
     A32 = A.view(np.uint32)
-    P32 = P.view(np.uint32).reshape(P.shape[0], P.shape[1], TILE)
+    P32 = P.view(np.uint32).reshape(-1)
     for k0 in range(0, Kp, kc):
-        _gemm_avx512_pass(A32, P32, C, k0, min(k0 + kc, Kp), k0 > 0)
+        _gemm_avx512_pass(A32, P32, P.shape[1] * TILE, 1, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES)
+
+
+def gemm_avx512_rows(A, Q, C, kc=KC_AVX):
+    """C = A · B with B as rows of pairs (pack_pairs: Q[r, n] holds B[2r, n] and B[2r + 1, n],
+    n padded with zeros to whole strips of 16 NR columns)."""
+    if not avx512_bf16_available():
+        raise RuntimeError("gemm_avx512: this CPU has no AVX512-BF16 (see avx512_bf16_available)")
+    M, N = C.shape
+    Kp = A.shape[1]
+    W = TILE * NR
+    if not (A.shape[0] >= -(-M // MR) * MR and Q.shape[1] >= -(-N // W) * W and Q.shape[1] % TILE == 0
+            and Q.shape[0] * 2 == Kp and kc % 2 == 0 and A.flags.c_contiguous and Q.flags.c_contiguous
+            and C.flags.c_contiguous):
+        raise ValueError(f"gemm_avx512_rows: operands {A.shape} and {Q.shape} do not fit C {C.shape}")
+    A32 = A.view(np.uint32)
+    Q32 = Q.reshape(-1)
+    for k0 in range(0, Kp, kc):
+        _gemm_avx512_pass(A32, Q32, TILE, Q.shape[1] // TILE, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES)
 
 
 # --- the products a model asks for ------------------------------------------------------------------
@@ -523,56 +581,82 @@ class Matmul:
     """out = op(a) · op(b) with bfloat16 operands, for the model's np.dot calls: `a_t`/`b_t`
     say the operand arrives transposed (a is (K, M), b is (N, K)), as the backward's are.
     Packed operand buffers are kept by role and reused batch after batch. Inside `frozen()`
-    (inference, where the weights cannot change) a weight's packed copy is made once."""
+    (inference, where the weights cannot change) a weight's packed copy is made once.
+
+    The layouts: AMX (and its emulation) reads A as rows and B as panels. The AVX-512 kernel
+    reads B as rows of pairs where it can (pack_pairs writes them in the source's order), and
+    a product whose B arrives transposed and whose output is small, dh = dz·Uᵀ above all, runs
+    as outᵀ = b·op(a)ᵀ: the big operand U is then packed as plain rows, the transposing falls
+    on the small one, and out is transposed after (measured on the AMD machine, base: 7.6 ms of
+    packing U's two copies a step fell to 1.7)."""
 
     ROWS_PAST, PANELS_PAST = 8, NR  # zeros past A's rows and B's panels: the AVX-512 kernel reads whole blocks
+    STRIP = TILE * NR  # rows of pairs are padded to whole strips of columns
 
     def __init__(self, engine=None):
         if engine is not None and engine not in ENGINES:
             raise ValueError(f"Matmul: engine must be one of {ENGINES}, not {engine!r}")
         self.engine = engine or best_engine()
         self._buffers = {}
-        self._frozen = None  # (address, shape, transposed) -> a weight's packed copy, while frozen
+        self._frozen = None  # (address, shape, layout) -> a weight's packed copy, while frozen
 
     def _buffer(self, role, shape, dtype=np.uint16):
         buf = self._buffers.get(role)
-        if buf is None or buf.shape != shape:
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self._buffers[role] = np.empty(shape, dtype=dtype)
         return buf
 
-    def _a(self, a, a_t, role):
-        if not a.flags.c_contiguous and a.T.flags.c_contiguous:  # a transposed view: read it as is
-            a, a_t = a.T, not a_t
-        M, K = (a.shape[1], a.shape[0]) if a_t else a.shape
-        out = self._buffer(role, (padded(M) + self.ROWS_PAST, padded(K)))
-        (pack_rows_t if a_t else pack_rows)(np.ascontiguousarray(a).view(np.uint32), out)
-        return out
+    _PACKS = {"rows": pack_rows, "rows_t": pack_rows_t, "panels": pack_panels, "panels_t": pack_panels_t,
+              "pairs": pack_pairs}
 
-    def _b(self, b, b_t, role, weight):
-        if not b.flags.c_contiguous and b.T.flags.c_contiguous:  # the tied U is Eᵀ, a view
-            b, b_t = b.T, not b_t
-        key = (b.ctypes.data, b.shape, b_t)  # the weight's memory, not the view object's id
-        if weight and self._frozen is not None and key in self._frozen:
+    def _shape(self, x, layout):
+        """The packed buffer's shape and type for x in `layout` (x: (M, K) for rows, (K, M) for
+        rows_t; (K, N) for panels and pairs, (N, K) for panels_t)."""
+        if layout in ("rows", "rows_t"):
+            M, K = x.shape if layout == "rows" else x.shape[::-1]
+            return (padded(M) + self.ROWS_PAST, padded(K)), np.uint16
+        if layout == "pairs":
+            K, N = x.shape
+            return (padded(K) // 2, -(-N // self.STRIP) * self.STRIP), np.uint32
+        N, K = x.shape[::-1] if layout == "panels" else x.shape
+        return (padded(N) // TILE + self.PANELS_PAST, padded(K) // 2, TILE, 2), np.uint16
+
+    def _pack(self, x, layout, role, weight=False):
+        """x packed in `layout`, into role's buffer (a weight inside frozen(): once, kept)."""
+        keep = weight and self._frozen is not None
+        key = (x.ctypes.data, x.shape, layout)  # the weight's memory, not the view object's id
+        if keep and key in self._frozen:
             return self._frozen[key]
-        N, K = b.shape if b_t else (b.shape[1], b.shape[0])
-        shape = (padded(N) // TILE + self.PANELS_PAST, padded(K) // 2, TILE, 2)
-        out = np.empty(shape, dtype=np.uint16) if weight and self._frozen is not None else self._buffer(role, shape)
-        (pack_panels_t if b_t else pack_panels)(np.ascontiguousarray(b).view(np.uint32), out)
-        if weight and self._frozen is not None:
+        shape, dtype = self._shape(x, layout)
+        out = np.empty(shape, dtype=dtype) if keep else self._buffer(role, shape, dtype)
+        self._PACKS[layout](np.ascontiguousarray(x).view(np.uint32), out)
+        if keep:
             self._frozen[key] = out
         return out
 
     def dot(self, a, b, out, a_t=False, b_t=False, weight=False, role="mm"):
         """out[...] = op(a) · op(b); `weight`: b is a parameter (cached while frozen)."""
-        return self._product(self._a(a, a_t, role + ".a"), self._b(b, b_t, role + ".b", weight), out)
-
-    def _product(self, A, P, out):
-        if self.engine == "amx":
-            gemm_amx(A, P, out)
-        elif self.engine == "avx512":
-            gemm_avx512(A, P, out)
+        if not a.flags.c_contiguous and a.T.flags.c_contiguous:  # a transposed view: read it as is
+            a, a_t = a.T, not a_t
+        if not b.flags.c_contiguous and b.T.flags.c_contiguous:  # the tied U is Eᵀ, a view
+            b, b_t = b.T, not b_t
+        rows = "rows_t" if a_t else "rows"
+        if self.engine != "avx512":
+            A = self._pack(a, rows, role + ".a")
+            P = self._pack(b, "panels_t" if b_t else "panels", role + ".b", weight)
+            (gemm_amx if self.engine == "amx" else gemm_emulated)(A, P, out)
+        elif not b_t:
+            gemm_avx512_rows(self._pack(a, rows, role + ".a"), self._pack(b, "pairs", role + ".b", weight), out)
+        elif 4 * out.size <= b.size:  # outᵀ = b · op(a)ᵀ: b packed as rows, a as the B operand
+            outT = self._buffer(role + ".t", out.shape[::-1], np.float32)
+            Bt = self._pack(b, "rows", role + ".b", weight)
+            if a_t:
+                gemm_avx512_rows(Bt, self._pack(a, "pairs", role + ".a"), outT)
+            else:
+                gemm_avx512(Bt, self._pack(a, "panels_t", role + ".a"), outT)
+            out[...] = outT.T
         else:
-            gemm_emulated(A, P, out)
+            gemm_avx512(self._pack(a, rows, role + ".a"), self._pack(b, "panels_t", role + ".b", weight), out)
         return out
 
     def frozen(self):

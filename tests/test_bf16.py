@@ -73,10 +73,18 @@ def test_packed_layouts_hold_the_rounded_matrix_and_zero_padding(M, K):
     assert np.array_equal(P, Pt)
     full = bf16.unpack_panels(P)
     assert np.array_equal(full[:M, :K], want) and not full[M:].any() and not full[:, K:].any()
+    # as rows of pairs (the AVX-512 kernel's B), written over garbage: the padding must be zeroed
+    Q = np.full((bf16.padded(M) // 2, -(-K // 64) * 64), 0xFFFFFFFF, dtype=np.uint32)
+    bf16.pack_pairs(a.view(np.uint32), Q)
+    full = bf16.unpack_pairs(Q, Q.shape[1])
+    assert np.array_equal(full[:M, :K], want) and not full[M:].any() and not full[:, K:].any()
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (5, 7, 9), (32, 32, 32), (33, 70, 45), (256, 300, 1000)])
+# (7, 1030, 40) and (3, 64, 5): a product with b transposed and a small output (dh = dz·Uᵀ's
+# shape) runs on the AVX-512 engine as outᵀ = b·op(a)ᵀ
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (5, 7, 9), (32, 32, 32), (33, 70, 45), (256, 300, 1000),
+                                     (7, 1030, 40), (3, 64, 5)])
 def test_products_equal_the_float64_product_of_the_rounded_operands(engine, M, K, N):
     rng = np.random.default_rng(2)
     a = rng.standard_normal((M, K)).astype(np.float32)
@@ -121,13 +129,15 @@ def test_avx512_product_equals_the_emulation():
     """vdpbf16ps sums pairs, the emulation single products: equal to float32 rounding, on the
     model's shapes, at edges (rows and columns not multiples of the blocks) and in passes of k."""
     rng = np.random.default_rng(4)
-    for M, K, N in ((256, 512, 2085), (45, 70, 70), (7, 1030, 130), (512, 256, 64)):
+    for M, K, N in ((256, 512, 2085), (45, 70, 70), (7, 1030, 130), (512, 256, 64), (256, 2085, 64)):
         a = rng.standard_normal((M, K)).astype(np.float32)
         b = rng.standard_normal((K, N)).astype(np.float32)
-        fast, plain = np.full((M, N), np.nan, np.float32), np.empty((M, N), np.float32)
-        bf16.Matmul("avx512").dot(a, b, fast)
-        bf16.Matmul("emulated").dot(a, b, plain)
-        assert np.allclose(fast, plain, rtol=0, atol=2e-6 * np.sqrt(K) * np.abs(plain).max()), (M, K, N)
+        for a_t, b_t in ((False, False), (True, False), (False, True), (True, True)):  # every layout
+            fast, plain = np.full((M, N), np.nan, np.float32), np.empty((M, N), np.float32)
+            x, y = np.ascontiguousarray(a.T) if a_t else a, np.ascontiguousarray(b.T) if b_t else b
+            bf16.Matmul("avx512").dot(x, y, fast, a_t, b_t)
+            bf16.Matmul("emulated").dot(x, y, plain, a_t, b_t)
+            assert np.allclose(fast, plain, rtol=0, atol=2e-6 * np.sqrt(K) * np.abs(plain).max()), (M, K, N, a_t, b_t)
     A = np.zeros((64, 1056), np.uint16)
     bf16.pack_rows(rng.standard_normal((45, 1030)).astype(np.float32).view(np.uint32), A)
     P = np.zeros((bf16.padded(70) // 16 + bf16.NR, 528, 16, 2), np.uint16)
@@ -138,8 +148,17 @@ def test_avx512_product_equals_the_emulation():
     bf16.gemm_emulated(A, P, plain)
     for got in (one, passes):
         assert np.allclose(got, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+    # B as rows of pairs: the same sums, in the same order, in one pass and in 17
+    Q = np.zeros((528, 128), np.uint32)
+    bf16.pack_pairs(np.ascontiguousarray(bf16.unpack_panels(P)[:1030, :70]).view(np.uint32), Q)
+    for kc in (bf16.KC_AVX, 64):
+        rows = np.empty((45, 70), np.float32)
+        bf16.gemm_avx512_rows(A, Q, rows, kc=kc)
+        assert np.array_equal(rows, one if kc == bf16.KC_AVX else passes)
     with pytest.raises(ValueError, match="do not fit"):
         bf16.gemm_avx512(A[:40], P, one)  # the last row block would read past A
+    with pytest.raises(ValueError, match="do not fit"):
+        bf16.gemm_avx512_rows(A, Q[:, :64], rows)  # the second strip of columns would read past Q
 
 
 def test_precision_choice(monkeypatch):
