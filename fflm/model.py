@@ -270,7 +270,6 @@ class Workspace:
             self.out_in = np.empty((B, width), dtype=dt)
             self.d_out_in = np.empty((B, width), dtype=dt)
         self.nll = np.empty(B, dtype=dt)
-        self.ones = np.ones(B, dtype=dt)  # the constant input every bias multiplies
         self.mark = np.zeros(V, dtype=np.int8)
         self.rows = np.empty(B * (cfg.span - 1), dtype=np.int64)
         if noise_samples:  # the sampled objectives: at most B targets + k noise words a batch
@@ -552,7 +551,7 @@ class FFNNLM(LanguageModel):
             self._dot(dz, self._out_in(ws, B), self.dE, a_t=True, role="dU")  # (V, B) @ (B, m) -> (V, m)
         else:
             self._dot(self._out_in(ws, B), dz, self.dU_all, a_t=True, role="dU")  # (H, B) @ (B, V) -> (H, V)
-        np.dot(ws.ones[:B], dz, out=self.dc)  # 1ᵀ dz: the bias's input is a constant 1
+        K.column_sums(dz, self.dc)  # 1ᵀ dz: the bias's input is a constant 1
         self._dot(dz, self.U_all, self._d_out_in(ws, B), b_t=True, weight=True, role="dh")  # (B, V) @ (V, H)
         self.hidden_backward(x, ws)
 
@@ -589,7 +588,7 @@ class FFNNLM(LanguageModel):
                     skip[...] = dh
                 K.activation_backward(dh, hidden[l], self.kind)  # dL/da = dL/dh * g'(a)
                 self._dot(ws.linear_input(l, B), dh, self.dW[l], a_t=True, role=f"dW{l}")
-                np.dot(ws.ones[:B], dh, out=self.db[l])
+                K.column_sums(dh, self.db[l])
                 d_below = ws.dh[l - 1][:B] if l > 0 else ws.de[:B]
                 if self.ln and l > 0:
                     du = ws.du[l - 1][:B]
@@ -641,7 +640,7 @@ class FFNNLM(LanguageModel):
         nll = ws.nll[:B]
         K.sampled_loss_fused(z, pos, negw, offset, 1.0 / B, nll)  # z := dL/dz
         self._dot(inp, z, dUs, a_t=True, role="dU")
-        np.dot(ws.ones[:B], z, out=dcs)
+        K.column_sums(z, dcs)
         self._dot(z, Us, self._d_out_in(ws, B), b_t=True, role="dh")
         self.hidden_backward(x, ws)
         return float(nll.sum(dtype=np.float64)) / B, S

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import fflm  # noqa: F401  (before any test module imports numpy: fflm tells OpenBLAS's threads to sleep when idle)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FFLM_DATA", REPO.parent / "shared" / "data"))
 SYNTH = REPO / "data" / "synth"

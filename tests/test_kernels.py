@@ -150,8 +150,14 @@ def test_bias_pair():
         K.bias_forward(a, bias)
         return float((G * a).sum())
 
-    db = np.ones(6) @ G  # the backward model.py computes: 1ᵀ dout
+    db = np.empty(4)
+    K.column_sums(G, db)  # the backward model.py computes: 1ᵀ dout
     assert_close(db, numeric_grad(loss, bias))
+    # past one chunk of columns (1024), in float32, against numpy's float64 sum
+    x = RNG.standard_normal((37, 2500)).astype(np.float32)
+    out = np.full(2500, np.nan, dtype=np.float32)
+    K.column_sums(x, out)
+    assert np.allclose(out, x.astype(np.float64).sum(axis=0), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["tanh", "relu", "sigmoid"])

@@ -173,3 +173,39 @@ def test_damaged_checkpoints_are_refused(data, tmp_path):
     with pytest.raises(FflmError, match="lacks opt_E0"):
         Trainer.load_checkpoint(tmp_path / "missing.npz", same)
     assert zipfile.is_zipfile(tmp_path / "c.npz")
+
+
+_ORDER_SCRIPT = """
+import warnings
+{first}
+from threadpoolctl import threadpool_info
+from fflm import Vocabulary, Windows
+from fflm.model import FFNNLM, ModelConfig
+from fflm.train import TrainConfig, train
+s = [["a", "b", "c"]] * 20
+v = Vocabulary.build(s)
+spins = any(i["internal_api"] == "openblas" and i["num_threads"] > 1 for i in threadpool_info())
+for precision in ("fp32", "bf16"):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        train(FFNNLM(v, ModelConfig(order=3, embed_dim=4, hidden=(8,)), seed=0), Windows.from_sentences(s, v, 3),
+              None, TrainConfig(epochs=1, precision=precision))
+    print(precision, spins, any("imported before fflm" in str(r.message) for r in rec))
+"""
+
+
+@pytest.mark.parametrize("first", ["import numpy", "import fflm"])
+def test_numpy_imported_first_is_reported_in_fp32(first):
+    """numpy loaded before fflm: OpenBLAS read its settings before fflm could let its idle
+    threads sleep, and fp32 training (which calls BLAS) says so; bf16 (which does not) and a
+    script that imports fflm first do not."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", _ORDER_SCRIPT.format(first=first)], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    (p32, spins, warned32), (p16, _, warned16) = out[:3], out[3:]
+    assert (p32, p16) == ("fp32", "bf16")
+    assert warned32 == str(first == "import numpy" and spins == "True") and warned16 == "False"
