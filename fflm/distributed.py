@@ -91,6 +91,7 @@ class Replica:
         E, dense, dense_state, E_state, t = state
         m, opt = self.model, self.sgd.optimizer
         m.E[...], m.dense[...] = E, dense
+        m.weights_changed()
         for dst, src in zip((*opt.dense_state, *opt.E_state), (*dense_state, *E_state)):
             dst[...] = src
         opt.t = t
@@ -220,6 +221,7 @@ class Replica:
         m, opt = self.model, self.sgd.optimizer
         n = len(parts)
         _mean(m.dense, [p[1] for p in parts], n)
+        m.weights_changed()
         for i, a in enumerate(opt.dense_state):
             _mean(a, [p[2][i] for p in parts], n)
         targets = (m.E, *opt.E_state)
@@ -358,6 +360,7 @@ class RaySGD:
         E, dense, dense_state, E_state, t, streams = self._get(self.workers[0].state.remote())
         m, opt = self.model, self.optimizer
         m.E[...], m.dense[...] = E, dense
+        m.weights_changed()
         for dst, src in zip((*opt.dense_state, *opt.E_state), (*dense_state, *E_state)):
             dst[...] = src
         opt.t = t

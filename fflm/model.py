@@ -466,7 +466,21 @@ class FFNNLM(LanguageModel):
             self._bf16 = Matmul()  # kept, with its buffers, when precision switches back and forth
         self.precision = p
         self._mm = self._bf16 if p == "bf16" else None
+        self.weights_changed()
         return p
+
+    def kept_copies(self):
+        """The output matrix's bfloat16 copies for plain SGD to write as it updates U_all
+        (bf16.sgd_update_kept), or None: fp32, engines that pack every step, or no dense U."""
+        if self._mm is None or self.dU_all is None or self.U_start + self.U_all.size != self.n_weights:
+            return None
+        return self._mm.kept(self.U_all)
+
+    def weights_changed(self):
+        """Say the weights were written other than by the optimizer's step (a rollback, an
+        average of replicas, a load): bf16's kept copies of them are stale from here."""
+        if getattr(self, "_bf16", None) is not None:
+            self._bf16.forget()
 
     def _dot(self, a, b, out, a_t=False, b_t=False, weight=False, role="mm"):
         """out = op(a) · op(b), op transposing where a_t / b_t say: numpy's BLAS in fp32, the

@@ -257,6 +257,16 @@ class Optimizer:
     def update(self, m, rows, count, lr, weight_decay):
         w = m.n_weights
         regions = ((slice(0, w), weight_decay), (slice(w, None), 0.0))
+        kept = m.kept_copies() if self.name == "sgd" else None
+        if kept is not None:  # bf16: U's bfloat16 copies written by the pass that updates U
+            from .bf16 import sgd_update_kept
+
+            K.sgd_update(m.dense[: m.U_start], m.grad[: m.U_start], lr, weight_decay)
+            sgd_update_kept(m.U_all, m.dU_all, lr, weight_decay, *kept)
+            K.sgd_update(m.dense[w:], m.grad[w:], lr, 0.0)
+            K.sgd_update_rows(m.E, m.dE, rows, count, lr, weight_decay)
+            return
+        m.weights_changed()  # packed afresh by the next products
         if self.name == "sgd":
             for r, wd in regions:
                 K.sgd_update(m.dense[r], m.grad[r], lr, wd)
@@ -342,6 +352,7 @@ class SGD:
 
     def _sampled_apply(self, lr, weight_decay, clip):
         m, ws, rows, count = self.model, self.ws, self.rows, self.count
+        m.weights_changed()
         gw, gb, dUs, dcs = parts = self.sampled_parts()
         if clip > 0:
             norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in parts)
@@ -361,7 +372,7 @@ class SGD:
         pass
 
     def push(self):
-        pass
+        self.model.weights_changed()  # the Trainer wrote them (a rollback, the best weights, a resume)
 
     def worker_streams(self):
         """The random streams of other workers (fflm/distributed.py); none here."""
@@ -509,6 +520,7 @@ class Trainer:
             self._restore(self.good)
             if self.best is not None:
                 self.model.E[...], self.model.dense[...] = self.best
+                self.model.weights_changed()
             raise Diverged(f"training diverged {self.rollbacks} times ({why}); the best model so far is kept; "
                             f"try a smaller --lr than {self.config.lr:g}")
         self._restore(self.good)
@@ -747,6 +759,7 @@ class Trainer:
                     raise FflmError(f"{path}: the saved batch order does not fit the training corpus")
                 trainer.order = order.copy()
             model.E[...], model.dense[...] = loaded["E"], loaded["dense"]
+            model.weights_changed()
             for i, a in enumerate(opt.dense_state):
                 a[...] = loaded[f"opt_dense{i}"]
             for i, a in enumerate(opt.E_state):

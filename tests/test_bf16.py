@@ -289,3 +289,57 @@ def test_every_command_takes_precision_and_info_says_what_auto_picks(run_cli, tm
     assert gen[0] == gen[1] and gen[0].strip()  # seeded sampling stays deterministic in bf16
     code, _, err = run_cli("eval", model, valid_txt, "--precision", "fp8")
     assert code != 0 and "fp8" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("H", [6, 7])
+def test_sgd_update_kept_equals_the_update_then_the_packs(H):
+    """U's bfloat16 copies written in the SGD pass are the packs of the updated U, bit for bit,
+    and U itself is kernels.sgd_update's; an odd last row pairs with zeros; padding untouched."""
+    from fflm import kernels as K
+
+    rng = np.random.default_rng(7)
+    U = rng.standard_normal((H, 70)).astype(np.float32)
+    dU = rng.standard_normal((H, 70)).astype(np.float32)
+    mm = bf16.Matmul("emulated")  # the shapes and packs only; no product runs
+    want_U = U.copy()
+    K.sgd_update(want_U.reshape(-1), dU.reshape(-1), 0.1, 1e-3)
+    want_Q, want_R = mm._pack(want_U, "pairs", "q").copy(), mm._pack(want_U, "rows", "r").copy()
+    Q, R = np.zeros_like(want_Q), np.zeros_like(want_R)
+    bf16.sgd_update_kept(U, dU, 0.1, 1e-3, Q, R)
+    assert np.array_equal(U, want_U) and np.array_equal(Q, want_Q) and np.array_equal(R, want_R)
+
+
+@pytest.mark.skipif(not bf16.avx512_bf16_available(), reason="the kept copies are the AVX-512 engine's")
+def test_kept_copies_train_as_packing_every_step_does():
+    """Plain SGD in bf16 keeps U's copies current as it updates U: the same weights as packing
+    them every step, also across a rollback that writes the weights and says so; without the
+    word (weights_changed), the stale copies would give other weights."""
+    vocab = Vocabulary([f"w{i}" for i in range(40)])
+    rng = np.random.default_rng(8)
+    ids = np.concatenate([[Vocabulary.BOS_ID] * 2, rng.integers(3, len(vocab), 400)]).astype(np.int32)
+    windows = Windows(ids, 3)
+
+    def run(keep, tell=True):
+        from fflm.train import SGD
+
+        m = FFNNLM(vocab, ModelConfig(order=3, embed_dim=8, hidden=(16,)), seed=1)
+        m.set_precision("bf16")
+        if not keep:
+            m.kept_copies = lambda: None
+        sgd = SGD(m, 32)
+        batches = [np.arange(i, i + 32) for i in range(0, 320, 32)]
+        for ix in batches[:4]:
+            sgd.step(ix, windows, 0.5, 1e-4, 0.0)
+        saved = m.dense.copy(), m.E.copy()
+        for ix in batches[4:7]:
+            sgd.step(ix, windows, 0.5, 1e-4, 0.0)
+        m.dense[...], m.E[...] = saved  # a rollback
+        if tell:
+            m.weights_changed()
+        for ix in batches[7:]:
+            sgd.step(ix, windows, 0.5, 1e-4, 0.0)
+        return m.dense.copy()
+
+    plain = run(keep=False)
+    assert np.array_equal(run(keep=True), plain)
+    assert not np.array_equal(run(keep=True, tell=False), plain)
