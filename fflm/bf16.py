@@ -545,39 +545,53 @@ def _micro(typingctx, A, a0, a_stride, P, p0, p_stride, p_rstride, pairs, out):
 
 
 @njit(cache=True, parallel=True)
-def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_bytes):
-    """C (M, N) (+)= A[:, k0:k1] · B[k0:k1] (A32: A's pairs (Mp, Kp/2); P32: B's pairs, flat, 16
-    columns' pairs at P32[(n/16) panel + 16 r rstride :][:16] for the pair r of k). Threads take
-    groups of strips of 16 NR columns, as many as keep the group's B in L2 (half a megabyte);
-    every MR-row block of A passes the whole group before the next, so that C is written in
-    rows of the group's width rather than a strip's 256 bytes (a row of C is far from the next)."""
-    M, N = C.shape
+def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_bytes, transposed):
+    """C (M, N) (+)= A[:, k0:k1] · B[k0:k1], or with `transposed` Cᵀ (C then (N, M)) (A32: A's
+    pairs (Mp, Kp/2); P32: B's pairs, flat, 16 columns' pairs at P32[(n/16) panel + 16 r
+    rstride :][:16] for the pair r of k). Threads take groups of strips of 16 NR columns, as
+    many as keep the group's B in L2 (group_bytes); every MR-row block of A passes the whole
+    group before the next, so that C is written in rows of the group's width rather than a
+    strip's 256 bytes (a row of C is far from the next); transposed, the group's rows of C
+    stay in cache while the row blocks fill them MR values at a time."""
+    M, N = (C.shape[1], C.shape[0]) if transposed else C.shape
     half = A32.shape[1]
     W = TILE * NR
     pairs = (k1 - k0) // 2
-    G = max(1, group_bytes // (pairs * W * 4))  # strips per group
-    for g in prange((N + G * W - 1) // (G * W)):
+    strips = (N + W - 1) // W
+    G = max(1, min(group_bytes // (pairs * W * 4), strips // 4))  # strips per group; 4 groups at least
+    for g in prange((strips + G - 1) // G):
         out = np.empty((MR, W), dtype=np.float32)
         for i in range(0, M, MR):
+            rows = min(MR, M - i)
             for j in range(g * G * W, min(g * G * W + G * W, N), W):
                 p0 = (j // TILE) * panel + (k0 // 2) * TILE * rstride
                 width = min(W, N - j)
                 _micro(A32, i * half + k0 // 2, half, P32, p0, panel, rstride, pairs, out)
-                for r in range(min(MR, M - i)):
-                    if accumulate:
-                        for c in range(width):
-                            C[i + r, j + c] += out[r, c]
-                    else:
-                        for c in range(width):
-                            C[i + r, j + c] = out[r, c]
+                if transposed:
+                    for c in range(width):
+                        if accumulate:
+                            for r in range(rows):
+                                C[j + c, i + r] += out[r, c]
+                        else:
+                            for r in range(rows):
+                                C[j + c, i + r] = out[r, c]
+                else:
+                    for r in range(rows):
+                        if accumulate:
+                            for c in range(width):
+                                C[i + r, j + c] += out[r, c]
+                        else:
+                            for c in range(width):
+                                C[i + r, j + c] = out[r, c]
 
 
-def gemm_avx512(A, P, C, kc=KC_AVX):
-    """C = A · B with vdpbf16ps, in passes of kc values of k. A needs MR - 1 rows past C's (zeros)
-    and P NR - 1 panels past N's, which Matmul's buffers have (ROWS_PAST, PANELS_PAST)."""
+def gemm_avx512(A, P, C, kc=KC_AVX, transposed=False):
+    """C = A · B with vdpbf16ps, in passes of kc values of k (`transposed`: C = (A · B)ᵀ). A needs
+    MR - 1 rows past C's (zeros) and P NR - 1 panels past N's, which Matmul's buffers have
+    (ROWS_PAST, PANELS_PAST)."""
     if not avx512_bf16_available():  # also what readies LLVM's assembly parser, once a process
         raise RuntimeError("gemm_avx512: this CPU has no AVX512-BF16 (see avx512_bf16_available)")
-    M, N = C.shape
+    M, N = C.shape[::-1] if transposed else C.shape
     Kp = A.shape[1]
     strips = -(-N // (TILE * NR))
     if not (A.shape[0] >= -(-M // MR) * MR and P.shape[0] >= strips * NR and P.shape[1] * 2 == Kp
@@ -587,15 +601,15 @@ def gemm_avx512(A, P, C, kc=KC_AVX):
     A32 = A.view(np.uint32)
     P32 = P.view(np.uint32).reshape(-1)
     for k0 in range(0, Kp, kc):
-        _gemm_avx512_pass(A32, P32, P.shape[1] * TILE, 1, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES)
+        _gemm_avx512_pass(A32, P32, P.shape[1] * TILE, 1, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES, transposed)
 
 
-def gemm_avx512_rows(A, Q, C, kc=KC_AVX):
-    """C = A · B with B as rows of pairs (pack_pairs: Q[r, n] holds B[2r, n] and B[2r + 1, n],
-    n padded with zeros to whole strips of 16 NR columns)."""
+def gemm_avx512_rows(A, Q, C, kc=KC_AVX, transposed=False):
+    """C = A · B (or (A · B)ᵀ) with B as rows of pairs (pack_pairs: Q[r, n] holds B[2r, n] and
+    B[2r + 1, n], n padded with zeros to whole strips of 16 NR columns)."""
     if not avx512_bf16_available():
         raise RuntimeError("gemm_avx512: this CPU has no AVX512-BF16 (see avx512_bf16_available)")
-    M, N = C.shape
+    M, N = C.shape[::-1] if transposed else C.shape
     Kp = A.shape[1]
     W = TILE * NR
     if not (A.shape[0] >= -(-M // MR) * MR and Q.shape[1] >= -(-N // W) * W and Q.shape[1] % TILE == 0
@@ -605,7 +619,8 @@ def gemm_avx512_rows(A, Q, C, kc=KC_AVX):
     A32 = A.view(np.uint32)
     Q32 = Q.reshape(-1)
     for k0 in range(0, Kp, kc):
-        _gemm_avx512_pass(A32, Q32, TILE, Q.shape[1] // TILE, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES)
+        _gemm_avx512_pass(A32, Q32, TILE, Q.shape[1] // TILE, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES,
+                          transposed)
 
 
 # --- the products a model asks for ------------------------------------------------------------------
@@ -624,6 +639,7 @@ class Matmul:
 
     ROWS_PAST, PANELS_PAST = 8, NR  # zeros past A's rows and B's panels: the AVX-512 kernel reads whole blocks
     STRIP = TILE * NR  # rows of pairs are padded to whole strips of columns
+    FLIP_MAX_ROW = 2048  # values in a row of out, for it to be written transposed (64 rows: 512 KB)
 
     def __init__(self, engine=None):
         if engine is not None and engine not in ENGINES:
@@ -676,23 +692,29 @@ class Matmul:
             a, a_t = a.T, not a_t
         if not b.flags.c_contiguous and b.T.flags.c_contiguous:  # the tied U is Eᵀ, a view
             b, b_t = b.T, not b_t
-        rows = "rows_t" if a_t else "rows"
         if self.engine != "avx512":
-            A = self._pack(a, rows, role + ".a")
+            A = self._pack(a, "rows_t" if a_t else "rows", role + ".a")
             P = self._pack(b, "panels_t" if b_t else "panels", role + ".b", weight)
             (gemm_amx if self.engine == "amx" else gemm_emulated)(A, P, out)
-        elif not b_t:
-            gemm_avx512_rows(self._pack(a, rows, role + ".a"), self._pack(b, "pairs", role + ".b", weight), out)
-        elif 4 * out.size <= b.size:  # outᵀ = b · op(a)ᵀ: b packed as rows, a as the B operand
-            outT = self._buffer(role + ".t", out.shape[::-1], np.float32)
-            Bt = self._pack(b, "rows", role + ".b", weight)
-            if a_t:
-                gemm_avx512_rows(Bt, self._pack(a, "pairs", role + ".a"), outT)
+            return out
+        # out = op(a)·op(b), or outᵀ = op(b)ᵀ·op(a)ᵀ written transposed: whichever transposes
+        # less in its packs (rows_t and panels_t, against rows and pairs written in order). The
+        # transposed writes stay in cache only where out's rows are short (a group of strips
+        # fills 64 of them at a time, a few values each): a long row, z's, rules it out.
+        normal = (a.size if a_t else 0) + (b.size if b_t else 0)
+        flipped = (0 if b_t else b.size) + (0 if a_t else a.size)
+        if normal <= flipped or out.shape[1] > self.FLIP_MAX_ROW:
+            A = self._pack(a, "rows_t" if a_t else "rows", role + ".a")
+            if b_t:
+                gemm_avx512(A, self._pack(b, "panels_t", role + ".b", weight), out)
             else:
-                gemm_avx512(Bt, self._pack(a, "panels_t", role + ".a"), outT)
-            out[...] = outT.T
+                gemm_avx512_rows(A, self._pack(b, "pairs", role + ".b", weight), out)
         else:
-            gemm_avx512(self._pack(a, rows, role + ".a"), self._pack(b, "panels_t", role + ".b", weight), out)
+            A = self._pack(b, "rows" if b_t else "rows_t", role + ".b", weight)  # op(b)ᵀ
+            if a_t:
+                gemm_avx512_rows(A, self._pack(a, "pairs", role + ".a"), out, transposed=True)
+            else:
+                gemm_avx512(A, self._pack(a, "panels_t", role + ".a"), out, transposed=True)
         return out
 
     def frozen(self):

@@ -155,6 +155,10 @@ def test_avx512_product_equals_the_emulation():
         rows = np.empty((45, 70), np.float32)
         bf16.gemm_avx512_rows(A, Q, rows, kc=kc)
         assert np.array_equal(rows, one if kc == bf16.KC_AVX else passes)
+        for gemm, B in ((bf16.gemm_avx512_rows, Q), (bf16.gemm_avx512, P)):  # C written transposed
+            flipped = np.full((70, 45), np.nan, np.float32)
+            gemm(A, B, flipped, kc=kc, transposed=True)
+            assert np.array_equal(flipped, rows.T)
     with pytest.raises(ValueError, match="do not fit"):
         bf16.gemm_avx512(A[:40], P, one)  # the last row block would read past A
     with pytest.raises(ValueError, match="do not fit"):
