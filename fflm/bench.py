@@ -681,12 +681,13 @@ SOFTMAX_CONFIGS = {**SPEED_CONFIGS, "preset": {"order": 6, "embed_dim": 256, "hi
 
 
 def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=(50_000, 100_000, 200_000),
-                name="base", head_shares=(None,)):
+                name="base", head_shares=(None,), precision="fp32"):
     """Training and exact scoring speed of the full softmax and the adaptive one on the same
     model (`name`'s sizes), as the vocabulary grows; PyTorch's AdaptiveLogSoftmaxWithLoss with the
     same cutoffs and projection sizes beside fflm's adaptive softmax. `head_shares`: the adaptive
     layer's automatic head at each of these token shares (None: the default, 85%), timed in the
-    same rounds; PyTorch gets the first one's cutoffs."""
+    same rounds; PyTorch gets the first one's cutoffs. `precision` bf16: each layer also trained
+    and scored in bf16 (keys bf16_*), in the same rounds."""
     import numpy as np
 
     from fflm import Windows
@@ -699,7 +700,9 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
     tied, cross = spec.get("tied", False), spec.get("cross_sentence", False)
     dropout = spec.get("dropout", (0.0, 0.0))
     use_torch = use_torch and not tied  # PyTorch's adaptive softmax has no tied form
-    result = {"benchmark": "softmax", "config": name, "machine": machine(), "threads": used, "cases": []}
+    result = {"benchmark": "softmax", "config": name, "machine": machine(), "threads": used, "cases": [],
+              "precision": precision}
+    precisions = ("fp32", "bf16") if precision == "bf16" else ("fp32",)
     for case, vocab, train_s, score_s in _softmax_cases(data_dir, synth_vocabs):
         V = len(vocab)
         row = {"case": case, "vocabulary": V}
@@ -715,12 +718,15 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
                                  softmax=softmax, tied=tied, cross_sentence=cross).resolve(vocab.counts, share)
             model = FFNNLM(vocab, config, seed=1)
             sgd = SGD(model, B, dropout=dropout, seed=1)
-            steps[key] = (lambda sgd: lambda ix: sgd.step(ix, windows, lr, 0.0, 0.0))(sgd)
-            _timed_steps(steps[key], index[:3], 0.0)  # compiled, buffers touched
-            model.nll(contexts[:1024], targets[:1024])
-            t0 = time.perf_counter()
-            model.nll(contexts, targets)
-            row[f"{key}_score_tokens_per_s"] = len(targets) / (time.perf_counter() - t0)
+            for p in precisions:
+                k = key if p == "fp32" else f"bf16_{key}"
+                steps[k] = (lambda sgd, model, p: lambda ix: (model.set_precision(p),
+                                                              sgd.step(ix, windows, lr, 0.0, 0.0)))(sgd, model, p)
+                _timed_steps(steps[k], index[:3], 0.0)  # compiled, buffers touched
+                model.nll(contexts[:1024], targets[:1024])
+                t0 = time.perf_counter()
+                model.nll(contexts, targets)
+                row[f"{k}_score_tokens_per_s"] = len(targets) / (time.perf_counter() - t0)
             if softmax == "adaptive":
                 row[f"{key}_cutoffs" if key != "adaptive" else "cutoffs"] = list(model.config.cutoffs)
                 if adaptive_config is None:
@@ -751,6 +757,10 @@ def run_softmax(data_dir, threads=0, seconds=10.0, use_torch=True, synth_vocabs=
                 tail = key[len("adaptive"):]
                 row[f"train_ratio{tail}"] = row[f"{key}_train_tokens_per_s"] / row["full_train_tokens_per_s"]
                 row[f"score_ratio{tail}"] = row[f"{key}_score_tokens_per_s"] / row["full_score_tokens_per_s"]
+        for k in steps:
+            if k.startswith("bf16_"):
+                for what in ("train", "score"):
+                    row[f"{k}_{what}_vs_fp32"] = row[f"{k}_{what}_tokens_per_s"] / row[f"{k[5:]}_{what}_tokens_per_s"]
         if torch_model is not None:
             first = next(k for k in steps if k.startswith("adaptive"))
             row["vs_torch_adaptive"] = row[f"{first}_train_tokens_per_s"] / row["torch_adaptive_train_tokens_per_s"]
@@ -786,4 +796,12 @@ def format_softmax(r):
                 f"{c['score_ratio' + tail]:>5.1f}x  "
                 + (f"{torch_tps:>14,.0f} {c['vs_torch_adaptive']:>9.2f}x" if torch_tps and i == 0
                    else f"{'-':>14} {'-':>10}"))
+    if r.get("precision") == "bf16":
+        lines.append("in bf16 (tokens/s, and against the same layer in fp32):")
+        for c in r["cases"]:
+            parts = [f"{k[5:-len('_train_tokens_per_s')]} training {c[k]:,.0f} ({c[k[:-len('_tokens_per_s')] + '_vs_fp32']:.2f}x), "
+                     f"scoring {c[k.replace('train', 'score')]:,.0f} "
+                     f"({c[k.replace('train', 'score')[:-len('_tokens_per_s')] + '_vs_fp32']:.2f}x)"
+                     for k in c if k.startswith("bf16_") and k.endswith("_train_tokens_per_s")]
+            lines.append(f"  {c['case']:<16} " + "; ".join(parts))
     return "\n".join(lines)

@@ -651,10 +651,13 @@ class Matmul:
         self._kept_current = False
 
     def _buffer(self, role, shape, dtype=np.uint16):
+        """role's buffer of `shape`: the leading rows of the one kept for the role where only the
+        number of rows shrank (the adaptive softmax's clusters get another number of rows each
+        batch), else a new one."""
         buf = self._buffers.get(role)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
+        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != dtype:
             buf = self._buffers[role] = np.empty(shape, dtype=dtype)
-        return buf
+        return buf[: shape[0]]
 
     _PACKS = {"rows": pack_rows, "rows_t": pack_rows_t, "panels": pack_panels, "panels_t": pack_panels_t,
               "pairs": pack_pairs}
@@ -692,6 +695,10 @@ class Matmul:
             a, a_t = a.T, not a_t
         if not b.flags.c_contiguous and b.T.flags.c_contiguous:  # the tied U is Eᵀ, a view
             b, b_t = b.T, not b_t
+        if not out.flags.c_contiguous:  # a slice of columns (the tied adaptive head): through a buffer
+            whole = self.dot(a, b, self._buffer(role + ".out", out.shape, np.float32), a_t, b_t, weight, role)
+            out[...] = whole
+            return out
         if self.engine != "avx512":
             A = self._pack(a, "rows_t" if a_t else "rows", role + ".a")
             P = self._pack(b, "panels_t" if b_t else "panels", role + ".b", weight)

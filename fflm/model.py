@@ -464,9 +464,10 @@ class FFNNLM(LanguageModel):
             raise FflmError(f"--precision bf16 needs a float32 model, not {self.dtype}")
         if p == "bf16" and getattr(self, "_bf16", None) is None:
             self._bf16 = Matmul()  # kept, with its buffers, when precision switches back and forth
+        if p != getattr(self, "precision", None):  # fp32's steps did not keep bf16's copies
+            self.weights_changed()
         self.precision = p
         self._mm = self._bf16 if p == "bf16" else None
-        self.weights_changed()
         return p
 
     def kept_copies(self):

@@ -104,7 +104,6 @@ class Buffers:
         self.Q = np.empty(B * dmax, dtype=dtype)  # projections, (n_i, d_i) views
         self.dQ = np.empty(B * dmax, dtype=dtype)
         self.Z = np.empty(B * Vmax, dtype=dtype)  # a cluster's logits, (n_i, V_i) views
-        self.ones = np.ones(B, dtype=dtype)
 
 
 class AdaptiveSoftmax:
@@ -117,6 +116,7 @@ class AdaptiveSoftmax:
         self.head, self.C, self.H = int(self.bounds[0]), len(cfg.cutoffs), cfg.output_width
         self.dims = tail_dims(cfg)
         self.tied = cfg.tied
+        self.model = model  # whose precision the products follow (model._mm: bf16's Matmul, or None)
         p, g = model.params, model.grads
         E, dE = model.E, model.dE
         if cfg.tied:  # the head in two parts: the words' columns are E's rows, the clusters' Uc
@@ -138,6 +138,15 @@ class AdaptiveSoftmax:
             self.ct.append(p[f"c{i + 1}"])
             self.dct.append(g[f"c{i + 1}"])
 
+    def _mm(self, a, b, out, a_t=False, b_t=False, weight=False, role="out"):
+        """out = op(a) · op(b): numpy in fp32, bfloat16 operands in bf16 (fflm/bf16.py); `weight`:
+        b is a parameter (packed once while the model scores)."""
+        mm = self.model._mm
+        if mm is None:
+            np.matmul(a.T if a_t else a, b.T if b_t else b, out=out)
+        else:
+            mm.dot(a, b, out, a_t, b_t, weight, "adaptive." + role)
+
     def init_bias(self, log_unigram):
         """Biases that make an untrained layer the unigram model: log p(w) in the head, log p(cluster)
         for each cluster's entry, log p(w | cluster) inside it."""
@@ -152,10 +161,10 @@ class AdaptiveSoftmax:
 
     def _head_logits(self, inp, zh):
         if self.tied:
-            np.matmul(inp, self.U, out=zh[:, : self.head])  # (B, H) @ (H, head) -> (B, head)
-            np.matmul(inp, self.Uc, out=zh[:, self.head :])  # (B, H) @ (H, C) -> (B, C)
+            self._mm(inp, self.U, zh[:, : self.head], weight=True, role="head")  # (B, H) @ (H, head) -> (B, head)
+            self._mm(inp, self.Uc, zh[:, self.head :], weight=True, role="clusters")  # (B, H) @ (H, C) -> (B, C)
         else:
-            np.matmul(inp, self.U, out=zh)  # (B, H) @ (H, head + C)
+            self._mm(inp, self.U, zh, weight=True, role="head")  # (B, H) @ (H, head + C)
         K.bias_forward(zh, self.c)
 
     def _route(self, y, buf):
@@ -168,8 +177,8 @@ class AdaptiveSoftmax:
         n, d, size = len(A), self.dims[i], int(self.bounds[i + 1] - self.bounds[i])
         Q = buf.Q[: n * d].reshape(n, d)
         Z = buf.Z[: n * size].reshape(n, size)
-        np.matmul(A, self.P[i], out=Q)  # (n, H) @ (H, d_i)
-        np.matmul(Q, self.Ut[i], out=Z)  # (n, d_i) @ (d_i, V_i)
+        self._mm(A, self.P[i], Q, weight=True, role=f"P{i}")  # (n, H) @ (H, d_i)
+        self._mm(Q, self.Ut[i], Z, weight=True, role=f"U{i}")  # (n, d_i) @ (d_i, V_i)
         K.bias_forward(Z, self.ct[i])
         return Q, Z
 
@@ -198,18 +207,18 @@ class AdaptiveSoftmax:
         self._head_logits(inp, zh)
         head_y, nt = self._route(y, buf)
         K.softmax_xent_fused(zh, head_y, Vocabulary.BOS_ID, scale, nll)  # zh := dL/dzh
-        np.dot(buf.ones[:B], zh, out=self.dc)
+        K.column_sums(zh, self.dc)
         if self.tied:
             words, clusters = zh[:, : self.head], zh[:, self.head :]
-            np.matmul(words.T, inp, out=self.dU)  # dUᵀ = dzᵀ inp, straight into E's rows (head, H)
-            np.matmul(inp.T, clusters, out=self.dUc)
-            np.matmul(words, self.U.T, out=d_inp)  # (B, head) @ (head, H)
+            self._mm(words, inp, self.dU, a_t=True, role="dhead")  # dUᵀ = dzᵀ inp, straight into E's rows (head, H)
+            self._mm(inp, clusters, self.dUc, a_t=True, role="dclusters")
+            self._mm(words, self.U, d_inp, b_t=True, weight=True, role="dinp")  # (B, head) @ (head, H)
             tmp = buf.tmp[:B]
-            np.matmul(clusters, self.Uc.T, out=tmp)
+            self._mm(clusters, self.Uc, tmp, b_t=True, weight=True, role="dinp_c")
             d_inp += tmp
         else:
-            np.matmul(inp.T, zh, out=self.dU)  # (H, B) @ (B, head + C)
-            np.matmul(zh, self.U.T, out=d_inp)  # (B, head + C) @ (head + C, H)
+            self._mm(inp, zh, self.dU, a_t=True, role="dhead")  # (H, B) @ (B, head + C)
+            self._mm(zh, self.U, d_inp, b_t=True, weight=True, role="dinp")  # (B, head + C) @ (head + C, H)
         rows = buf.rows[:nt]
         if nt:
             K.gather_rows(inp, rows, buf.A[:nt])
@@ -225,14 +234,14 @@ class AdaptiveSoftmax:
             Q, Z = self._tail_logits(i, A, buf)
             K.softmax_xent_fused(Z, buf.tail_y[s:e], -1, scale, buf.tail_nll[s:e])  # Z := dL/dZ
             if self.tied:
-                np.matmul(Z.T, Q, out=self.dUt[i])  # (V_i, n) @ (n, m): E's rows of the cluster
+                self._mm(Z, Q, self.dUt[i], a_t=True, role=f"dU{i}")  # (V_i, n) @ (n, m): E's rows of the cluster
             else:
-                np.matmul(Q.T, Z, out=self.dUt[i])  # (d_i, n) @ (n, V_i)
-            np.dot(buf.ones[:n], Z, out=self.dct[i])
+                self._mm(Q, Z, self.dUt[i], a_t=True, role=f"dU{i}")  # (d_i, n) @ (n, V_i)
+            K.column_sums(Z, self.dct[i])
             dQ = buf.dQ[: n * self.dims[i]].reshape(n, self.dims[i])
-            np.matmul(Z, self.Ut[i].T, out=dQ)  # (n, V_i) @ (V_i, d_i)
-            np.matmul(A.T, dQ, out=self.dP[i])  # (H, n) @ (n, d_i)
-            np.matmul(dQ, self.P[i].T, out=buf.dA[s:e])  # (n, d_i) @ (d_i, H)
+            self._mm(Z, self.Ut[i], dQ, b_t=True, weight=True, role=f"dQ{i}")  # (n, V_i) @ (V_i, d_i)
+            self._mm(A, dQ, self.dP[i], a_t=True, role=f"dP{i}")  # (H, n) @ (n, d_i)
+            self._mm(dQ, self.P[i], buf.dA[s:e], b_t=True, weight=True, role=f"dA{i}")  # (n, d_i) @ (d_i, H)
         if nt:
             nll[rows] += buf.tail_nll[:nt]
             K.scatter_add_rows(buf.dA[:nt], rows, d_inp)

@@ -135,9 +135,15 @@ def test_recipe_with_seeds_trains_each_and_mixes_them(run_cli, fake_data, tmp_pa
 def test_softmax_benchmark_reports_both_layers_on_every_case(run_cli):
     data = shared_path("brown", "raw", "train.txt").parent.parent.parent
     code, out, err = run_cli("bench", "softmax", "--config", "small", "--vocabs", "3000", "--seconds", "0.5",
-                             "--no-torch", "--threads", "1", "--data", data, "--json")
+                             "--no-torch", "--threads", "1", "--data", data, "--precision", "bf16", "--json")
     assert code == 0, err
     r = json.loads(out)
+    assert r["precision"] == "bf16"
+    for c in r["cases"]:  # each layer in bf16 too, against itself in fp32
+        for layer in ("full", "adaptive"):
+            for what in ("train", "score"):
+                assert c[f"bf16_{layer}_{what}_vs_fp32"] == pytest.approx(
+                    c[f"bf16_{layer}_{what}_tokens_per_s"] / c[f"{layer}_{what}_tokens_per_s"])
     assert [c["case"] for c in r["cases"]] == ["brown-raw", "synth-3k"]
     raw, syn = r["cases"]
     assert raw["vocabulary"] == 24540 and syn["vocabulary"] == 3003  # every word of the process, and the specials
@@ -148,7 +154,7 @@ def test_softmax_benchmark_reports_both_layers_on_every_case(run_cli):
         assert "torch_adaptive_train_tokens_per_s" not in c
     from fflm.bench import format_softmax
 
-    assert "synth-3k" in format_softmax(r)
+    assert "synth-3k" in format_softmax(r) and "in bf16" in format_softmax(r)
 
 
 def test_softmax_benchmark_times_each_head_share_in_the_same_run(run_cli):

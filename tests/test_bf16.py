@@ -193,6 +193,10 @@ CONFIGS = {
     "untied": ModelConfig(order=4, embed_dim=16, hidden=(40, 24)),
     "tied": ModelConfig(order=4, embed_dim=24, hidden=(40, 24), tied=True),
     "direct": ModelConfig(order=4, embed_dim=16, hidden=(40,), direct=True),
+    # the adaptive softmax's own products (head, projections, clusters) run in bf16 too
+    "adaptive": ModelConfig(order=4, embed_dim=16, hidden=(40,), softmax="adaptive", cutoffs=(40, 100)),
+    "adaptive_tied": ModelConfig(order=4, embed_dim=16, hidden=(40, 16), softmax="adaptive", cutoffs=(40, 100),
+                                 tied=True),
 }
 
 
@@ -211,6 +215,8 @@ def test_bf16_gradients_match_fp32_to_bf16_tolerance(data, name, engine):
         model.dE[...] = 0
         loss = model.loss_and_grad(x, y, ws)
         grads[precision] = (loss, model.grad.copy(), model.dE.copy())
+        if precision == "bf16" and CONFIGS[name].softmax == "adaptive":  # its products ran in bf16
+            assert any(role.startswith("adaptive.") for role in model._mm._buffers)
     (l32, g32, e32), (l16, g16, e16) = grads["fp32"], grads["bf16"]
     assert l16 == pytest.approx(l32, rel=1e-2) and l16 != l32  # close, and really another arithmetic
     for a, b in ((g16, g32), (e16, e32)):
@@ -218,9 +224,10 @@ def test_bf16_gradients_match_fp32_to_bf16_tolerance(data, name, engine):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_bf16_scoring_is_normalised_and_close_to_fp32(data, engine):
+@pytest.mark.parametrize("name", ["tied", "adaptive", "adaptive_tied"])
+def test_bf16_scoring_is_normalised_and_close_to_fp32(data, engine, name):
     vocab, _, vw = data
-    model = FFNNLM(vocab, CONFIGS["tied"], seed=4)
+    model = FFNNLM(vocab, CONFIGS[name], seed=4)
     nll32 = model.nll(*vw.pairs(), batch_size=100)
     p32 = model.probs(vw.pairs()[0][:20])
     model.set_precision("bf16")
@@ -248,11 +255,12 @@ def test_frozen_weights_are_packed_again_once_they_change(data):
     assert np.array_equal(after, fresh.nll(*vw.pairs(), batch_size=64))
 
 
-def test_a_small_model_trained_in_bf16_is_within_1_percent_of_fp32(data):
+@pytest.mark.parametrize("name", ["untied", "adaptive"])
+def test_a_small_model_trained_in_bf16_is_within_1_percent_of_fp32(data, name):
     vocab, tw, vw = data
     ppl = {}
     for precision in ("fp32", "bf16"):
-        model = FFNNLM(vocab, CONFIGS["untied"], seed=6)
+        model = FFNNLM(vocab, CONFIGS[name], seed=6)
         model.set_precision(precision)
         train(model, tw, vw, TrainConfig(epochs=3, batch_size=64, lr=0.5, seed=6))
         model.set_precision("fp32")  # both scored alike, with the exact float32 arithmetic

@@ -103,8 +103,10 @@ def bench_ngram_build(texts, order, budgets, lmplz, temp_dir, repeat, no_in_memo
 @click.option("--head-shares", default="", metavar="SHARES",
               help="Time the adaptive layer with its automatic head at each of these token shares "
                    "(0.85,0.75), in the same rounds [default: the automatic 85%].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
+              help="bf16 (or auto where it picks bf16): each layer also in bf16, beside fp32, in the same rounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, head_shares, as_json):
+def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, head_shares, precision, as_json):
     """Training and exact scoring speed of the full and the adaptive softmax as the vocabulary grows."""
     from ..bench import format_softmax, run_softmax
 
@@ -122,7 +124,9 @@ def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, he
         raise FflmError(f"--head-shares takes shares separated by commas, not {head_shares!r}") from None
     if any(s is not None and not 0 < s < 1 for s in shares):
         raise FflmError(f"--head-shares: each share lies strictly between 0 and 1, not {head_shares}")
-    result = run_softmax(data_dir, threads, seconds, use_torch, sizes, config_name, shares)
+    from ..bf16 import resolve_precision
+
+    result = run_softmax(data_dir, threads, seconds, use_torch, sizes, config_name, shares, resolve_precision(precision))
     _echo_json(result) if as_json else click.echo(format_softmax(result))
 
 
