@@ -15,10 +15,14 @@ multiplies the same packed operands; where it has neither, numpy does in float32
 emulation: bfloat16-rounded operands, float32 sums), which gives the numbers of the fast paths
 to float32 rounding, slowly; `--precision auto` picks bf16 only where the hardware has it.
 
-The AMX operand layouts (Intel's "VNNI" pairs), made by the pack_* kernels below:
-  A (M, K): row-major bfloat16, M and K padded with zeros to multiples of 32;
-  B (K, N): panels of 16 columns, P[p, r, c, s] = B[2r + s, 16p + c], so that one 1 KB tile
-            load reads 32 values of k for 16 columns, as tdpbf16ps wants them.
+The operand layouts (pairs of k in one 32-bit word: Intel's "VNNI" pairs), made by the pack_*
+kernels below, M, N and K padded with zeros:
+  A (M, K): row-major bfloat16 (both engines);
+  B (K, N): for AMX, panels of 16 columns, P[p, r, c, s] = B[2r + s, 16p + c], so that one 1 KB
+            tile load reads 32 values of k for 16 columns, as tdpbf16ps wants them; for the
+            AVX-512 kernel, rows of pairs, Q[r, n] = (B[2r, n], B[2r + 1, n]), which it reads
+            64 bytes at a time as well and which are written in B's own order (a quarter of the
+            panels' cost).
 """
 
 import ctypes
@@ -632,10 +636,11 @@ class Matmul:
 
     The layouts: AMX (and its emulation) reads A as rows and B as panels. The AVX-512 kernel
     reads B as rows of pairs where it can (pack_pairs writes them in the source's order), and
-    a product whose B arrives transposed and whose output is small, dh = dz·Uᵀ above all, runs
-    as outᵀ = b·op(a)ᵀ: the big operand U is then packed as plain rows, the transposing falls
-    on the small one, and out is transposed after (measured on the AMD machine, base: 7.6 ms of
-    packing U's two copies a step fell to 1.7)."""
+    a product whose packs would transpose the bigger operand runs as outᵀ = op(b)ᵀ·op(a)ᵀ, the
+    kernel writing out transposed, where out's rows are short enough for that to stay in
+    cache: dh = dz·Uᵀ then packs U as plain rows and transposes dz instead, the tied dE = dzᵀ·h
+    transposes h instead of dz (measured on the AMD machine, base: packing U's two copies went
+    from 7.6 ms a step to 1.7; BENCHMARKS.md). Plain SGD keeps U's two copies itself (kept())."""
 
     ROWS_PAST, PANELS_PAST = 8, NR  # zeros past A's rows and B's panels: the AVX-512 kernel reads whole blocks
     STRIP = TILE * NR  # rows of pairs are padded to whole strips of columns

@@ -355,3 +355,12 @@ def test_kept_copies_train_as_packing_every_step_does():
     plain = run(keep=False)
     assert np.array_equal(run(keep=True), plain)
     assert not np.array_equal(run(keep=True, tell=False), plain)
+    # asking for the precision in use keeps the copies (bin/bench asks before every step);
+    # fp32's steps do not keep them, so a switch forgets them
+    m = FFNNLM(vocab, ModelConfig(order=3, embed_dim=8, hidden=(16,)), seed=1)
+    m.set_precision("bf16")
+    assert m.kept_copies() is not None and m._mm._kept_current
+    m.set_precision("bf16")
+    assert m._mm._kept_current
+    m.set_precision("fp32")
+    assert not m._bf16._kept_current
