@@ -571,6 +571,8 @@ def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_byt
                 p0 = (j // TILE) * panel + (k0 // 2) * TILE * rstride
                 width = min(W, N - j)
                 _micro(A32, i * half + k0 // 2, half, P32, p0, panel, rstride, pairs, out)
+                # the two orders written out, each inner loop along C's memory, and `accumulate`
+                # tested outside it (C is read only when a pass adds to it)
                 if transposed:
                     for c in range(width):
                         if accumulate:
