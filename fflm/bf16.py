@@ -558,37 +558,50 @@ def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_byt
     strip's 256 bytes (a row of C is far from the next); transposed, the group's rows of C
     stay in cache while the row blocks fill them MR values at a time."""
     M, N = (C.shape[1], C.shape[0]) if transposed else C.shape
-    half = A32.shape[1]
     W = TILE * NR
     pairs = (k1 - k0) // 2
     strips = (N + W - 1) // W
     G = max(1, min(group_bytes // (pairs * W * 4), strips // 4))  # strips per group; 4 groups at least
-    for g in prange((strips + G - 1) // G):
-        out = np.empty((MR, W), dtype=np.float32)
-        for i in range(0, M, MR):
-            rows = min(MR, M - i)
-            for j in range(g * G * W, min(g * G * W + G * W, N), W):
-                p0 = (j // TILE) * panel + (k0 // 2) * TILE * rstride
-                width = min(W, N - j)
-                _micro(A32, i * half + k0 // 2, half, P32, p0, panel, rstride, pairs, out)
-                # the two orders written out, each inner loop along C's memory, and `accumulate`
-                # tested outside it (C is read only when a pass adds to it)
-                if transposed:
-                    for c in range(width):
-                        if accumulate:
-                            for r in range(rows):
-                                C[j + c, i + r] += out[r, c]
-                        else:
-                            for r in range(rows):
-                                C[j + c, i + r] = out[r, c]
+    if strips < 4:  # too few strips to share (the adaptive softmax's narrow products): share A's row blocks
+        for ib in prange((M + MR - 1) // MR):
+            out = np.empty((MR, W), dtype=np.float32)
+            _block_row(A32, P32, panel, rstride, C, k0, pairs, accumulate, transposed, ib * MR, 0, N, M, N, out)
+    else:
+        for g in prange((strips + G - 1) // G):
+            out = np.empty((MR, W), dtype=np.float32)
+            for i in range(0, M, MR):
+                _block_row(A32, P32, panel, rstride, C, k0, pairs, accumulate, transposed, i, g * G * W,
+                           min(g * G * W + G * W, N), M, N, out)
+
+
+@njit(cache=True)
+def _block_row(A32, P32, panel, rstride, C, k0, pairs, accumulate, transposed, i, j0, j1, M, N, out):
+    """C's MR rows from row i, columns j0 to j1, one strip at a time (out: the block's scratch)."""
+    W = TILE * NR
+    half = A32.shape[1]
+    rows = min(MR, M - i)
+    for j in range(j0, j1, W):
+        p0 = (j // TILE) * panel + (k0 // 2) * TILE * rstride
+        width = min(W, N - j)
+        _micro(A32, i * half + k0 // 2, half, P32, p0, panel, rstride, pairs, out)
+        # the two orders written out, each inner loop along C's memory, and `accumulate`
+        # tested outside it (C is read only when a pass adds to it)
+        if transposed:
+            for c in range(width):
+                if accumulate:
+                    for r in range(rows):
+                        C[j + c, i + r] += out[r, c]
                 else:
                     for r in range(rows):
-                        if accumulate:
-                            for c in range(width):
-                                C[i + r, j + c] += out[r, c]
-                        else:
-                            for c in range(width):
-                                C[i + r, j + c] = out[r, c]
+                        C[j + c, i + r] = out[r, c]
+        else:
+            for r in range(rows):
+                if accumulate:
+                    for c in range(width):
+                        C[i + r, j + c] += out[r, c]
+                else:
+                    for c in range(width):
+                        C[i + r, j + c] = out[r, c]
 
 
 def gemm_avx512(A, P, C, kc=KC_AVX, transposed=False):
