@@ -541,8 +541,11 @@ class Trainer:
         and Interrupted raised. on_checkpoint also runs every `checkpoint_seconds` and after each
         epoch. on_event(message) hears about rollbacks.
         """
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught and rolled back below
-            return self._run(progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught and rolled back below
+                return self._run(progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds)
+        finally:  # bf16's kept copies live while the steps keep them: a caller may write the weights next
+            self.model.weights_changed()
 
     def _run(self, progress, on_epoch, should_stop, on_checkpoint, on_event, checkpoint_seconds):
         config, windows, sgd = self.config, self.windows, self.sgd

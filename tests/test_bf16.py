@@ -364,3 +364,6 @@ def test_kept_copies_train_as_packing_every_step_does():
     assert m._mm._kept_current
     m.set_precision("fp32")
     assert not m._bf16._kept_current
+    # after training, a caller may write the weights (as test_frozen_weights... does): the copies go
+    train(m, windows, None, TrainConfig(epochs=1, batch_size=32, lr=0.5, precision="bf16"))
+    assert m.precision == "bf16" and not m._mm._kept_current
