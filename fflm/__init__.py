@@ -25,13 +25,14 @@ The API (each with runnable examples in its docstring):
 import os
 import sys
 
+# Where numpy was imported first (a script's `import numpy` above `import fflm`), OpenBLAS has
+# read its settings already and the one below comes too late: train() warns then, in fp32 (a
+# bf16 step makes no BLAS call).
+BLAS_LOADED_FIRST = "numpy" in sys.modules and "OPENBLAS_THREAD_TIMEOUT" not in os.environ
 # OpenBLAS's threads busy-wait for a while after every matrix product, and on a small machine
 # that steals the cores from the Numba kernel that runs next: measured, a softmax right after a
 # GEMM took 11.4 ms instead of 6.0. Letting them sleep almost at once costs the large products
 # nothing. It must be set before numpy loads OpenBLAS; a user's own setting wins.
-# Where numpy was imported first (a script's `import numpy` above `import fflm`), OpenBLAS has
-# read its settings already: train() warns then, in fp32 (a bf16 step makes no BLAS call).
-BLAS_LOADED_FIRST = "numpy" in sys.modules and "OPENBLAS_THREAD_TIMEOUT" not in os.environ
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .errors import FflmError, FflmWarning  # noqa: E402

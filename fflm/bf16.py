@@ -284,8 +284,9 @@ def sgd_update_kept(U, dU, lr, weight_decay, Q, R):
     """U -= lr (dU + weight_decay U) for U (H, V), writing U's two bfloat16 copies from the new
     values in the same pass: Q as rows of pairs (the B of z = h·U) and R as rows (the A of
     dhᵀ = U·dzᵀ). Equal, bit for bit, to kernels.sgd_update then pack_pairs and pack_rows, at
-    about 70% of their time (one read of U instead of three); the copies' padding is left as
-    it was (zeros, from Matmul.kept)."""
+    about 70% of their time measured alone (one read of U instead of three; in a step, where U
+    and dU come from memory, the difference was within the machine's noise); the copies'
+    padding is left as it was (zeros, from Matmul.kept)."""
     _sgd_update_kept(U, U.view(np.uint32), dU, lr, weight_decay, Q, R)
 
 
