@@ -17,12 +17,14 @@ to float32 rounding, slowly; `--precision auto` picks bf16 only where the hardwa
 
 The operand layouts (pairs of k in one 32-bit word: Intel's "VNNI" pairs), made by the pack_*
 kernels below, M, N and K padded with zeros:
-  A (M, K): row-major bfloat16 (both engines);
-  B (K, N): for AMX, panels of 16 columns, P[p, r, c, s] = B[2r + s, 16p + c], so that one 1 KB
-            tile load reads 32 values of k for 16 columns, as tdpbf16ps wants them; for the
-            AVX-512 kernel, rows of pairs, Q[r, n] = (B[2r, n], B[2r + 1, n]), which it reads
-            64 bytes at a time as well and which are written in B's own order (a quarter of the
-            panels' cost).
+  A (M, K): row-major bfloat16;
+  B (K, N): rows of pairs, Q[r, n] = (B[2r, n], B[2r + 1, n]), written in B's own order, where
+            B arrives untransposed; else (B arrives as Bᵀ, whose rows hold the pairs of k)
+            panels of 16 columns, P[p, r, c, s] = B[2r + s, 16p + c]. Both kernels read 16
+            columns' pairs (64 bytes) for a pair of k at a time from either: a row of an AMX
+            tile, a zmm register of vdpbf16ps.
+The AMX kernel also runs on software tiles (the engine "amx_sim"), so its code is tested on
+every machine; only its arithmetic on the hardware needs the hardware.
 """
 
 import ctypes
@@ -33,7 +35,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.core.extending import intrinsic
+from numba.core.extending import intrinsic, overload
 
 from .errors import FflmError
 
@@ -95,7 +97,7 @@ def avx512_bf16_available():
     return True
 
 
-ENGINES = ("amx", "avx512", "emulated")
+ENGINES = ("amx", "avx512", "emulated", "amx_sim")  # amx_sim: the AMX kernel on software tiles, for tests
 
 
 def best_engine():
@@ -119,7 +121,7 @@ def resolve_precision(precision):
     return precision
 
 
-ENGINE_NAMES = {"amx": "AMX tiles", "avx512": "AVX512-BF16 vdpbf16ps",
+ENGINE_NAMES = {"amx": "AMX tiles", "avx512": "AVX512-BF16 vdpbf16ps", "amx_sim": "AMX's kernel on software tiles",
                 "emulated": "emulated: numpy float32 on bf16-rounded operands, slower than fp32"}
 
 
@@ -233,7 +235,7 @@ def _pair(lo, hi):
 @njit(cache=True, parallel=True)
 def pack_pairs(X, out):
     """out[r, n] = the pair (X[2r, n], X[2r + 1, n]) for X (K, N), zero-padded to out's (Kp/2, Np):
-    B as rows of pairs, for the AVX-512 kernel. Unlike the panels, it is written in X's order,
+    B as rows of pairs, for both kernels. Unlike the panels, it is written in X's order,
     a row of out from two rows of X, which costs a quarter of the panels' scattered writes."""
     K, N = X.shape
     for r in prange(out.shape[0]):
@@ -401,95 +403,247 @@ def tile_config():
 _CFG = tile_config()
 
 
+# --- the tile operations the kernel calls: the hardware's, or the same in software ----------------
+# Each has two bodies, chosen by the type of its first argument: None runs the instruction (the
+# intrinsics above); an (8, 16, 16) uint32 array (a thread's tile registers, from _tiles_new) runs
+# it in software as Intel's pseudo-code defines it. So the AMX kernel itself (its addressing, its
+# edges, its passes over k, its transposed writes) is tested on every machine, as the engine
+# "amx_sim" (slowly); only the hardware's own arithmetic needs the hardware.
+def _tiles_new(tiles):
+    pass
+
+
+@overload(_tiles_new)
+def _ov_tiles_new(tiles):
+    if isinstance(tiles, types.NoneType):
+        return lambda tiles: None
+    return lambda tiles: np.zeros((8, TILE, TILE), dtype=np.uint32)
+
+
+def _tile_config(tiles, cfg):
+    pass
+
+
+@overload(_tile_config)
+def _ov_tile_config(tiles, cfg):
+    if isinstance(tiles, types.NoneType):
+        return lambda tiles, cfg: _ldtilecfg(cfg)
+    return lambda tiles, cfg: None  # software tiles are always 16 rows of 64 bytes
+
+
+def _tile_release(tiles):
+    pass
+
+
+@overload(_tile_release)
+def _ov_tile_release(tiles):
+    if isinstance(tiles, types.NoneType):
+        return lambda tiles: _tilerelease()
+    return lambda tiles: None
+
+
+def _tile_zero(tiles, t):
+    pass
+
+
+@overload(_tile_zero, prefer_literal=True)
+def _ov_tile_zero(tiles, t):
+    if isinstance(tiles, types.NoneType):
+        return lambda tiles, t: _tilezero(t)
+
+    def zero(tiles, t):
+        tiles[t] = 0
+    return zero
+
+
+def _tile_load(tiles, t, arr, offset, stride_bytes):
+    pass
+
+
+@overload(_tile_load, prefer_literal=True)
+def _ov_tile_load(tiles, t, arr, offset, stride_bytes):
+    """Tile t = 16 rows of 64 bytes from arr's element `offset` on, rows stride_bytes apart."""
+    if isinstance(tiles, types.NoneType):
+        return lambda tiles, t, arr, offset, stride_bytes: _tileload(t, arr, offset, stride_bytes)
+
+    def load(tiles, t, arr, offset, stride_bytes):
+        words = arr.reshape(-1).view(np.uint32)
+        for r in range(TILE):
+            w = (offset * arr.itemsize + r * stride_bytes) // 4
+            for c in range(TILE):
+                tiles[t, r, c] = words[w + c]
+    return load
+
+
+def _tile_store(tiles, t, arr, offset, stride_bytes):
+    pass
+
+
+@overload(_tile_store, prefer_literal=True)
+def _ov_tile_store(tiles, t, arr, offset, stride_bytes):
+    if isinstance(tiles, types.NoneType):
+        return lambda tiles, t, arr, offset, stride_bytes: _tilestore(t, arr, offset, stride_bytes)
+
+    def store(tiles, t, arr, offset, stride_bytes):
+        words = arr.reshape(-1).view(np.uint32)
+        for r in range(TILE):
+            w = (offset * arr.itemsize + r * stride_bytes) // 4
+            for c in range(TILE):
+                words[w + c] = tiles[t, r, c]
+    return store
+
+
+def _tile_dp(tiles, c, a, b):
+    pass
+
+
+@overload(_tile_dp, prefer_literal=True)
+def _ov_tile_dp(tiles, c, a, b):
+    """Tile c (16 x 16 float32) += tile a (16 x 32 bfloat16) · tile b (16 pairs of k x 16 columns)."""
+    if isinstance(tiles, types.NoneType):
+        return lambda tiles, c, a, b: _tdpbf16ps(c, a, b)
+
+    def dp(tiles, c, a, b):
+        fa, fb = np.empty((TILE, 2 * TILE), np.float32), np.empty((TILE, 2 * TILE), np.float32)
+        ua, ub = fa.view(np.uint32), fb.view(np.uint32)
+        for r in range(TILE):
+            for k in range(TILE):  # a's pair k of row r; b's pair for column k of row (pair) r
+                ua[r, 2 * k], ua[r, 2 * k + 1] = tiles[a, r, k] << 16, tiles[a, r, k] & 0xFFFF0000
+                ub[r, 2 * k], ub[r, 2 * k + 1] = tiles[b, r, k] << 16, tiles[b, r, k] & 0xFFFF0000
+        acc = tiles[c].view(np.float32)
+        for m in range(TILE):
+            for n in range(TILE):
+                s = acc[m, n]
+                for k in range(TILE):
+                    s += fa[m, 2 * k] * fb[k, 2 * n]
+                    s += fa[m, 2 * k + 1] * fb[k, 2 * n + 1]
+                acc[m, n] = s
+    return dp
+
+
 @njit(cache=True, inline="always")
-def _load_block(C, c0, n):
+def _load_block(tl, C, c0, n):
     """Tiles 0-3 from the 32 x 32 float32 block of C at element c0 (rows n elements apart)."""
-    _tileload(0, C, c0, n * 4)
-    _tileload(1, C, c0 + TILE, n * 4)
-    _tileload(2, C, c0 + TILE * n, n * 4)
-    _tileload(3, C, c0 + TILE * n + TILE, n * 4)
+    _tile_load(tl, 0, C, c0, n * 4)
+    _tile_load(tl, 1, C, c0 + TILE, n * 4)
+    _tile_load(tl, 2, C, c0 + TILE * n, n * 4)
+    _tile_load(tl, 3, C, c0 + TILE * n + TILE, n * 4)
 
 
 @njit(cache=True, inline="always")
-def _store_block(C, c0, n):
-    _tilestore(0, C, c0, n * 4)
-    _tilestore(1, C, c0 + TILE, n * 4)
-    _tilestore(2, C, c0 + TILE * n, n * 4)
-    _tilestore(3, C, c0 + TILE * n + TILE, n * 4)
+def _store_block(tl, C, c0, n):
+    _tile_store(tl, 0, C, c0, n * 4)
+    _tile_store(tl, 1, C, c0 + TILE, n * 4)
+    _tile_store(tl, 2, C, c0 + TILE * n, n * 4)
+    _tile_store(tl, 3, C, c0 + TILE * n + TILE, n * 4)
 
 
 KC = 2048  # values of k per pass: A's slice for a whole batch then stays in L2 (B x 2048 bf16 = 1 MB)
 
 
 @njit(cache=True, parallel=True)
-def _gemm_amx_pass(A, P, C, cfg, k0, k1, accumulate):
-    """C (M, N) (+)= A[:, k0:k1] · B[k0:k1], A packed (Mp, Kp), B as panels P (Np/16, Kp/2, 16, 2).
+def _gemm_amx_pass(tiles, A, B32, panel, rstride, C, cfg, k0, k1, accumulate, transposed, rows_outer):
+    """C (M, N) (+)= A[:, k0:k1] · B[k0:k1], or with `transposed` Cᵀ (C then (N, M)); A packed
+    (Mp, Kp), B32 B's pairs as words (the 16 columns from n for the pair r of k at
+    B32[(n/16) panel + 16 r rstride :][:16], panels or rows of pairs). C in blocks of 32 x 32
+    (tiles 0-3) from two A tiles (4, 5) and two B tiles (6, 7), 32 values of k at a time.
+    Threads split the side that is read once: `rows_outer`, each takes A's row blocks and
+    passes them over all of B's slice (which stays in cache); else B's column blocks, and A's
+    slice stays in cache. Tile state is per thread: each loads the configuration and releases
+    the tiles after; `tiles` is None on the hardware, else what the software tiles need."""
+    M, N = (C.shape[1], C.shape[0]) if transposed else C.shape
+    mb, nb = (M + BLOCK - 1) // BLOCK, (N + BLOCK - 1) // BLOCK
+    if rows_outer:
+        for ib in prange(mb):
+            tl = _tiles_new(tiles)
+            scratch = np.zeros((BLOCK, BLOCK), dtype=np.float32)
+            _tile_config(tl, cfg)
+            for jb in range(nb):
+                _amx_block(tl, A, B32, panel, rstride, C, scratch, ib * BLOCK, jb * BLOCK, k0, k1, accumulate,
+                           transposed, M, N)
+            _tile_release(tl)
+    else:
+        for jb in prange(nb):
+            tl = _tiles_new(tiles)
+            scratch = np.zeros((BLOCK, BLOCK), dtype=np.float32)
+            _tile_config(tl, cfg)
+            for ib in range(mb):
+                _amx_block(tl, A, B32, panel, rstride, C, scratch, ib * BLOCK, jb * BLOCK, k0, k1, accumulate,
+                           transposed, M, N)
+            _tile_release(tl)
 
-    C blocks of 32 x 32 (tiles 0-3) from two A tiles (4, 5) and two B tiles (6, 7), 32 values
-    of k at a time. Threads split the columns; each walks every row block for its columns, so
-    a column strip of B (k1 - k0 values x 32 columns) stays in cache while A streams past it.
-    Blocks that run past C's edge go through a scratch block. Tile state is per thread: each
-    strip loads the configuration and releases the tiles after."""
-    M, N = C.shape
+
+@njit(cache=True, inline="always")
+def _amx_block(tl, A, B32, panel, rstride, C, scratch, i, j, k0, k1, accumulate, transposed, M, N):
+    """C's 32 x 32 block at (i, j) (of Cᵀ's, transposed); edge blocks and transposed ones pass
+    through scratch."""
     Kp = A.shape[1]
-    a_stride = Kp * 2  # bytes between rows of A
-    panel = P.shape[1] * 2 * TILE  # elements in one panel
-    for bn in prange((N + BLOCK - 1) // BLOCK):
-        _ldtilecfg(cfg)
-        j = bn * BLOCK
-        p0 = (j // TILE) * panel
-        p1 = p0 + panel
-        scratch = np.zeros((BLOCK, BLOCK), dtype=np.float32)
-        for i in range(0, M, BLOCK):
-            inside = i + BLOCK <= M and j + BLOCK <= N
-            c0 = i * N + j
-            if not accumulate:
-                _tilezero(0)
-                _tilezero(1)
-                _tilezero(2)
-                _tilezero(3)
-            elif inside:
-                _load_block(C, c0, N)
-            else:
-                for r in range(min(BLOCK, M - i)):
-                    for c in range(min(BLOCK, N - j)):
-                        scratch[r, c] = C[i + r, j + c]
-                _load_block(scratch, 0, BLOCK)
-            a0 = i * Kp
-            a1 = a0 + TILE * Kp
-            for k in range(k0, k1, BLOCK):
-                _tileload(4, A, a0 + k, a_stride)
-                _tileload(5, A, a1 + k, a_stride)
-                _tileload(6, P, p0 + k * TILE, 64)
-                _tileload(7, P, p1 + k * TILE, 64)
-                _tdpbf16ps(0, 4, 6)
-                _tdpbf16ps(1, 4, 7)
-                _tdpbf16ps(2, 5, 6)
-                _tdpbf16ps(3, 5, 7)
-            if inside:
-                _store_block(C, c0, N)
-            else:
-                _store_block(scratch, 0, BLOCK)
-                for r in range(min(BLOCK, M - i)):
-                    for c in range(min(BLOCK, N - j)):
-                        C[i + r, j + c] = scratch[r, c]
-        _tilerelease()
+    rows, cols = min(BLOCK, M - i), min(BLOCK, N - j)
+    direct = not transposed and rows == BLOCK and cols == BLOCK
+    if not accumulate:
+        _tile_zero(tl, 0)
+        _tile_zero(tl, 1)
+        _tile_zero(tl, 2)
+        _tile_zero(tl, 3)
+    elif direct:
+        _load_block(tl, C, i * N + j, N)
+    else:
+        for r in range(rows):
+            for c in range(cols):
+                scratch[r, c] = C[j + c, i + r] if transposed else C[i + r, j + c]
+        _load_block(tl, scratch, 0, BLOCK)
+    a_stride, b_stride = Kp * 2, rstride * TILE * 4  # bytes between rows of A, between pairs of k in B
+    for k in range(k0, k1, BLOCK):
+        _tile_load(tl, 4, A, i * Kp + k, a_stride)
+        _tile_load(tl, 5, A, (i + TILE) * Kp + k, a_stride)
+        b0 = (j // TILE) * panel + (k // 2) * TILE * rstride
+        _tile_load(tl, 6, B32, b0, b_stride)
+        _tile_load(tl, 7, B32, b0 + panel, b_stride)
+        _tile_dp(tl, 0, 4, 6)
+        _tile_dp(tl, 1, 4, 7)
+        _tile_dp(tl, 2, 5, 6)
+        _tile_dp(tl, 3, 5, 7)
+    if direct:
+        _store_block(tl, C, i * N + j, N)
+    else:
+        _store_block(tl, scratch, 0, BLOCK)
+        if transposed:
+            for c in range(cols):
+                for r in range(rows):
+                    C[j + c, i + r] = scratch[r, c]
+        else:
+            for r in range(rows):
+                for c in range(cols):
+                    C[i + r, j + c] = scratch[r, c]
 
 
-def gemm_amx(A, P, C, kc=KC):
-    """C = A · B on AMX tiles, in passes of kc values of k (a long k, as the output layer's
-    backward has with k = V, would otherwise stream all of A from memory once per column strip)."""
-    if not amx_available():  # also what asks Linux for the tile state, once per process
+def _b_words(B):
+    """B's pairs as flat 32-bit words and where its columns are (see _gemm_amx_pass), with the
+    Kp and the columns it holds: rows of pairs (Kp/2, Np) uint32, or panels (Np/16, Kp/2, 16, 2)."""
+    if B.dtype == np.uint32:
+        return B.reshape(-1), TILE, B.shape[1] // TILE, B.shape[0] * 2, B.shape[1]
+    return B.view(np.uint32).reshape(-1), B.shape[1] * TILE, 1, B.shape[1] * 2, B.shape[0] * TILE
+
+
+def gemm_amx(A, B, C, kc=KC, transposed=False, software=False):
+    """C = A · B on AMX tiles (`transposed`: C = (A · B)ᵀ), B as panels or rows of pairs, in
+    passes of kc values of k (a long k, as the output layer's backward has with k = V, would
+    otherwise stream all of A from memory once per column strip). `software`: the same kernel
+    on software tiles, anywhere (for the tests: slow)."""
+    if not software and not amx_available():  # also what asks Linux for the tile state, once per process
         raise RuntimeError("gemm_amx: this CPU or process has no AMX (see amx_available)")
+    words, panel, rstride, Kb, Nb = _b_words(B)
+    M, N = C.shape[::-1] if transposed else C.shape
     Kp = A.shape[1]
-    M, N = C.shape
     # the tiles read whole 32 x 32 blocks: operands smaller than that would be read past their end
-    if not (A.shape[0] >= padded(M) and P.shape[0] * TILE >= padded(N) and P.shape[1] * 2 == Kp
-            and Kp % BLOCK == 0 and kc % BLOCK == 0 and A.flags.c_contiguous and P.flags.c_contiguous
-            and C.flags.c_contiguous):
-        raise ValueError(f"gemm_amx: operands {A.shape} and {P.shape} do not fit C {C.shape}")
+    if not (A.shape[0] >= padded(M) and Nb >= padded(N) and Nb % TILE == 0 and Kb == Kp and Kp % BLOCK == 0
+            and kc % BLOCK == 0 and A.flags.c_contiguous and B.flags.c_contiguous and C.flags.c_contiguous):
+        raise ValueError(f"gemm_amx: operands {A.shape} and {B.shape} do not fit C {C.shape}")
+    # read the bigger of A's and B's slices once, the smaller from cache (dhᵀ = U·dzᵀ: U's rows)
+    rows_outer = M > N
+    tiles = np.empty((0, 0, 0), np.uint32) if software else None
     for k0 in range(0, Kp, kc):
-        _gemm_amx_pass(A, P, C, _CFG, k0, min(k0 + kc, Kp), k0 > 0)
+        _gemm_amx_pass(tiles, A, words, panel, rstride, C, _CFG, k0, min(k0 + kc, Kp), k0 > 0, transposed, rows_outer)
 
 
 def gemm_emulated(A, P, C):
@@ -501,7 +655,8 @@ def gemm_emulated(A, P, C):
 
 # --- AVX512-BF16: vdpbf16ps from Numba ---------------------------------------------------------
 # The same packed operands as the tiles': A row-major (a bfloat16 pair of k is one 32-bit word,
-# broadcast to all 16 lanes), B as panels (16 columns' pairs, 64 bytes, per pair of k). A
+# broadcast to all 16 lanes), B as rows of pairs or panels (16 columns' pairs, 64 bytes, per
+# pair of k). A
 # micro-kernel keeps an MR x (16 NR) block of C in MR * NR zmm registers over a run of k, each
 # step one broadcast of A per row, NR loads of B and MR * NR vdpbf16ps. The instruction is
 # emitted as inline assembly (this LLVM spells its bfloat16 vectors in a type llvmlite lacks),
@@ -605,42 +760,23 @@ def _block_row(A32, P32, panel, rstride, C, k0, pairs, accumulate, transposed, i
                         C[i + r, j + c] = out[r, c]
 
 
-def gemm_avx512(A, P, C, kc=KC_AVX, transposed=False):
-    """C = A · B with vdpbf16ps, in passes of kc values of k (`transposed`: C = (A · B)ᵀ). A needs
-    MR - 1 rows past C's (zeros) and P NR - 1 panels past N's, which Matmul's buffers have
-    (ROWS_PAST, PANELS_PAST)."""
+def gemm_avx512(A, B, C, kc=KC_AVX, transposed=False):
+    """C = A · B with vdpbf16ps, in passes of kc values of k (`transposed`: C = (A · B)ᵀ), B as
+    panels or rows of pairs (pack_pairs: Q[r, n] holds B[2r, n] and B[2r + 1, n]). A needs
+    MR - 1 rows past C's (zeros) and B whole strips of 16 NR columns, which Matmul's buffers
+    have (ROWS_PAST, PANELS_PAST, STRIP)."""
     if not avx512_bf16_available():  # also what readies LLVM's assembly parser, once a process
         raise RuntimeError("gemm_avx512: this CPU has no AVX512-BF16 (see avx512_bf16_available)")
+    words, panel, rstride, Kb, Nb = _b_words(B)
     M, N = C.shape[::-1] if transposed else C.shape
     Kp = A.shape[1]
-    strips = -(-N // (TILE * NR))
-    if not (A.shape[0] >= -(-M // MR) * MR and P.shape[0] >= strips * NR and P.shape[1] * 2 == Kp
-            and Kp % 2 == 0 and kc % 2 == 0 and A.flags.c_contiguous and P.flags.c_contiguous
+    if not (A.shape[0] >= -(-M // MR) * MR and Nb >= -(-N // (TILE * NR)) * TILE * NR and Nb % TILE == 0
+            and Kb == Kp and kc % 2 == 0 and A.flags.c_contiguous and B.flags.c_contiguous
             and C.flags.c_contiguous):
-        raise ValueError(f"gemm_avx512: operands {A.shape} and {P.shape} do not fit C {C.shape}")
+        raise ValueError(f"gemm_avx512: operands {A.shape} and {B.shape} do not fit C {C.shape}")
     A32 = A.view(np.uint32)
-    P32 = P.view(np.uint32).reshape(-1)
     for k0 in range(0, Kp, kc):
-        _gemm_avx512_pass(A32, P32, P.shape[1] * TILE, 1, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES, transposed)
-
-
-def gemm_avx512_rows(A, Q, C, kc=KC_AVX, transposed=False):
-    """C = A · B (or (A · B)ᵀ) with B as rows of pairs (pack_pairs: Q[r, n] holds B[2r, n] and
-    B[2r + 1, n], n padded with zeros to whole strips of 16 NR columns)."""
-    if not avx512_bf16_available():
-        raise RuntimeError("gemm_avx512: this CPU has no AVX512-BF16 (see avx512_bf16_available)")
-    M, N = C.shape[::-1] if transposed else C.shape
-    Kp = A.shape[1]
-    W = TILE * NR
-    if not (A.shape[0] >= -(-M // MR) * MR and Q.shape[1] >= -(-N // W) * W and Q.shape[1] % TILE == 0
-            and Q.shape[0] * 2 == Kp and kc % 2 == 0 and A.flags.c_contiguous and Q.flags.c_contiguous
-            and C.flags.c_contiguous):
-        raise ValueError(f"gemm_avx512_rows: operands {A.shape} and {Q.shape} do not fit C {C.shape}")
-    A32 = A.view(np.uint32)
-    Q32 = Q.reshape(-1)
-    for k0 in range(0, Kp, kc):
-        _gemm_avx512_pass(A32, Q32, TILE, Q.shape[1] // TILE, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES,
-                          transposed)
+        _gemm_avx512_pass(A32, words, panel, rstride, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES, transposed)
 
 
 # --- the products a model asks for ------------------------------------------------------------------
@@ -650,13 +786,14 @@ class Matmul:
     Packed operand buffers are kept by role and reused batch after batch. Inside `frozen()`
     (inference, where the weights cannot change) a weight's packed copy is made once.
 
-    The layouts: AMX (and its emulation) reads A as rows and B as panels. The AVX-512 kernel
-    reads B as rows of pairs where it can (pack_pairs writes them in the source's order), and
-    a product whose packs would transpose the bigger operand runs as outᵀ = op(b)ᵀ·op(a)ᵀ, the
-    kernel writing out transposed, where out's rows are short enough for that to stay in
-    cache: dh = dz·Uᵀ then packs U as plain rows and transposes dz instead, the tied dE = dzᵀ·h
+    The layouts: both kernels (AVX-512's and AMX's) read A as rows and B as rows of pairs
+    where it can (pack_pairs writes them in the source's order), else as panels; a product
+    whose packs would transpose the bigger operand runs as outᵀ = op(b)ᵀ·op(a)ᵀ, the kernel
+    writing out transposed, where out's rows are short enough for that to stay in cache:
+    dh = dz·Uᵀ then packs U as plain rows and transposes dz instead, the tied dE = dzᵀ·h
     transposes h instead of dz (measured on the AMD machine, base: packing U's two copies went
-    from 7.6 ms a step to 1.7; BENCHMARKS.md). Plain SGD keeps U's two copies itself (kept())."""
+    from 7.6 ms a step to 1.7; BENCHMARKS.md). Plain SGD keeps U's two copies itself (kept()).
+    The emulation reads rows and panels, as numpy multiplies them unpacked."""
 
     ROWS_PAST, PANELS_PAST = 8, NR  # zeros past A's rows and B's panels: the AVX-512 kernel reads whole blocks
     STRIP = TILE * NR  # rows of pairs are padded to whole strips of columns
@@ -720,11 +857,11 @@ class Matmul:
             whole = self.dot(a, b, self._buffer(role + ".out", out.shape, np.float32), a_t, b_t, weight, role)
             out[...] = whole
             return out
-        if self.engine != "avx512":
+        if self.engine == "emulated":
             A = self._pack(a, "rows_t" if a_t else "rows", role + ".a")
-            P = self._pack(b, "panels_t" if b_t else "panels", role + ".b", weight)
-            (gemm_amx if self.engine == "amx" else gemm_emulated)(A, P, out)
+            gemm_emulated(A, self._pack(b, "panels_t" if b_t else "panels", role + ".b", weight), out)
             return out
+        gemm = gemm_avx512 if self.engine == "avx512" else functools.partial(gemm_amx, software=self.engine == "amx_sim")
         # out = op(a)·op(b), or outᵀ = op(b)ᵀ·op(a)ᵀ written transposed: whichever transposes
         # less in its packs (rows_t and panels_t, against rows and pairs written in order). The
         # transposed writes stay in cache only where out's rows are short (a group of strips
@@ -733,16 +870,10 @@ class Matmul:
         flipped = (0 if b_t else b.size) + (0 if a_t else a.size)
         if normal <= flipped or out.shape[1] > self.FLIP_MAX_ROW:
             A = self._pack(a, "rows_t" if a_t else "rows", role + ".a")
-            if b_t:
-                gemm_avx512(A, self._pack(b, "panels_t", role + ".b", weight), out)
-            else:
-                gemm_avx512_rows(A, self._pack(b, "pairs", role + ".b", weight), out)
+            gemm(A, self._pack(b, "panels_t" if b_t else "pairs", role + ".b", weight), out)
         else:
             A = self._pack(b, "rows" if b_t else "rows_t", role + ".b", weight)  # op(b)ᵀ
-            if a_t:
-                gemm_avx512_rows(A, self._pack(a, "pairs", role + ".a"), out, transposed=True)
-            else:
-                gemm_avx512(A, self._pack(a, "panels_t", role + ".a"), out, transposed=True)
+            gemm(A, self._pack(a, "pairs" if a_t else "panels_t", role + ".a"), out, transposed=True)
         return out
 
     def frozen(self):
@@ -753,9 +884,9 @@ class Matmul:
     # weights_changed()), and the products pack them again until the next step keeps them.
     def kept(self, w):
         """w's copies in the layouts its products read (rows of pairs, rows), for the optimizer
-        to write as it updates w, after which they are current; None on engines that read
-        other layouts (AMX, the emulation), which pack every step."""
-        if self.engine != "avx512":
+        to write as it updates w, after which they are current; None on the emulation, which
+        reads other layouts and packs every step."""
+        if self.engine == "emulated":
             return None
         copies = []
         for layout in ("pairs", "rows"):

@@ -9,8 +9,10 @@ from fflm import FflmError, Vocabulary, Windows, bf16
 from fflm.model import FFNNLM, ModelConfig, Workspace
 from fflm.train import TrainConfig, evaluate_ppl, train
 
-# the emulation everywhere, each hardware engine where this CPU has it
-ENGINES = ["emulated"] + (["amx"] if bf16.amx_available() else []) + (["avx512"] if bf16.avx512_bf16_available() else [])
+# the emulation and AMX's kernel on software tiles everywhere, each hardware engine where this CPU has it
+ENGINES = (["emulated", "amx_sim"] + (["amx"] if bf16.amx_available() else [])
+           + (["avx512"] if bf16.avx512_bf16_available() else []))
+KEEPING = [e for e in ENGINES if e != "emulated"]  # the engines whose products read the kept copies
 
 
 def reference_round(x):
@@ -101,27 +103,41 @@ def test_products_equal_the_float64_product_of_the_rounded_operands(engine, M, K
     assert np.abs(out - want).max() <= tol
 
 
-@pytest.mark.skipif(not bf16.amx_available(), reason="this CPU has no AMX (the emulation is tested above)")
-def test_amx_product_equals_the_emulation():
+@pytest.mark.parametrize("software", [True] + ([False] if bf16.amx_available() else []))
+def test_amx_kernel_equals_the_emulation(software):
+    """AMX's kernel (on the tiles where the CPU has them, on software tiles everywhere) against
+    numpy on the same operands: B as panels and as rows of pairs, C plain and transposed, in one
+    pass over k and in several that add to C, with threads taking A's row blocks (more rows
+    than columns) or B's column blocks, and blocks past C's edges (45 rows, 70 columns)."""
     rng = np.random.default_rng(3)
-    a = rng.standard_normal((256, 512)).astype(np.float32)
-    b = rng.standard_normal((512, 2085)).astype(np.float32)
-    fast, plain = np.empty((256, 2085), np.float32), np.empty((256, 2085), np.float32)
-    bf16.Matmul("amx").dot(a, b, fast)
-    bf16.Matmul("emulated").dot(a, b, plain)
-    assert np.allclose(fast, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
-    # a long k goes in passes that add to C: edge blocks included (45 rows, 70 columns)
-    a, b = a[:45], b[:, :70]
-    A = np.empty((64, 512), np.uint16)
-    bf16.pack_rows(a.view(np.uint32), A)
-    P = np.empty((bf16.padded(70) // 16, 256, 16, 2), np.uint16)
-    bf16.pack_panels(np.ascontiguousarray(b).view(np.uint32), P)
-    one, passes, plain = (np.empty((45, 70), np.float32) for _ in range(3))
-    bf16.gemm_amx(A, P, one)
-    bf16.gemm_amx(A, P, passes, kc=64)  # 8 passes
-    bf16.gemm_emulated(A, P, plain)
-    assert np.allclose(one, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
-    assert np.allclose(passes, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+    if not software:  # the model's shapes, on the hardware
+        a = rng.standard_normal((256, 512)).astype(np.float32)
+        b = rng.standard_normal((512, 2085)).astype(np.float32)
+        fast, plain = np.empty((256, 2085), np.float32), np.empty((256, 2085), np.float32)
+        bf16.Matmul("amx").dot(a, b, fast)
+        bf16.Matmul("emulated").dot(a, b, plain)
+        assert np.allclose(fast, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
+    for M, N in ((45, 70), (70, 45)):
+        A = np.zeros((bf16.padded(M), 512), np.uint16)
+        bf16.pack_rows(rng.standard_normal((M, 500)).astype(np.float32).view(np.uint32), A)
+        P = np.zeros((bf16.padded(N) // 16, 256, 16, 2), np.uint16)
+        bf16.pack_panels(rng.standard_normal((500, N)).astype(np.float32).view(np.uint32), P)
+        Q = np.zeros((256, bf16.padded(N)), np.uint32)
+        bf16.pack_pairs(np.ascontiguousarray(bf16.unpack_panels(P)[:500, :N]).view(np.uint32), Q)
+        plain = np.empty((M, N), np.float32)
+        bf16.gemm_emulated(A, P, plain)
+        for B in (P, Q):
+            for kc in (bf16.KC, 64):  # one pass, 8
+                got = np.full((M, N), np.nan, np.float32)
+                bf16.gemm_amx(A, B, got, kc=kc, software=software)
+                assert np.allclose(got, plain, rtol=0, atol=1e-4 * np.abs(plain).max()), (M, N, B.dtype, kc)
+                flipped = np.full((N, M), np.nan, np.float32)
+                bf16.gemm_amx(A, B, flipped, kc=kc, transposed=True, software=software)
+                assert np.array_equal(flipped, got.T)
+        with pytest.raises(ValueError, match="do not fit"):
+            bf16.gemm_amx(A[:32], P, plain, software=software)  # the last row block would read past A
+        with pytest.raises(ValueError, match="do not fit"):
+            bf16.gemm_amx(A, Q[:, :32], plain, software=software)  # the last column block would read past B
 
 
 @pytest.mark.skipif(not bf16.avx512_bf16_available(), reason="this CPU has no AVX512-BF16 (the emulation is tested above)")
@@ -153,16 +169,16 @@ def test_avx512_product_equals_the_emulation():
     bf16.pack_pairs(np.ascontiguousarray(bf16.unpack_panels(P)[:1030, :70]).view(np.uint32), Q)
     for kc in (bf16.KC_AVX, 64):
         rows = np.empty((45, 70), np.float32)
-        bf16.gemm_avx512_rows(A, Q, rows, kc=kc)
+        bf16.gemm_avx512(A, Q, rows, kc=kc)
         assert np.array_equal(rows, one if kc == bf16.KC_AVX else passes)
-        for gemm, B in ((bf16.gemm_avx512_rows, Q), (bf16.gemm_avx512, P)):  # C written transposed
+        for B in (Q, P):  # C written transposed
             flipped = np.full((70, 45), np.nan, np.float32)
-            gemm(A, B, flipped, kc=kc, transposed=True)
+            bf16.gemm_avx512(A, B, flipped, kc=kc, transposed=True)
             assert np.array_equal(flipped, rows.T)
     with pytest.raises(ValueError, match="do not fit"):
         bf16.gemm_avx512(A[:40], P, one)  # the last row block would read past A
     with pytest.raises(ValueError, match="do not fit"):
-        bf16.gemm_avx512_rows(A, Q[:, :64], rows)  # the second strip of columns would read past Q
+        bf16.gemm_avx512(A, Q[:, :64], rows)  # the second strip of columns would read past Q
 
 
 def test_precision_choice(monkeypatch):
@@ -321,8 +337,8 @@ def test_sgd_update_kept_equals_the_update_then_the_packs(H):
     assert np.array_equal(U, want_U) and np.array_equal(Q, want_Q) and np.array_equal(R, want_R)
 
 
-@pytest.mark.skipif(not bf16.avx512_bf16_available(), reason="the kept copies are the AVX-512 engine's")
-def test_kept_copies_train_as_packing_every_step_does():
+@pytest.mark.parametrize("engine", KEEPING)
+def test_kept_copies_train_as_packing_every_step_does(engine):
     """Plain SGD in bf16 keeps U's copies current as it updates U: the same weights as packing
     them every step, also across a rollback that writes the weights and says so; without the
     word (weights_changed), the stale copies would give other weights."""
@@ -336,6 +352,7 @@ def test_kept_copies_train_as_packing_every_step_does():
 
         m = FFNNLM(vocab, ModelConfig(order=3, embed_dim=8, hidden=(16,)), seed=1)
         m.set_precision("bf16")
+        m._mm.engine = engine
         if not keep:
             m.kept_copies = lambda: None
         sgd = SGD(m, 32)
@@ -359,6 +376,7 @@ def test_kept_copies_train_as_packing_every_step_does():
     # fp32's steps do not keep them, so a switch forgets them
     m = FFNNLM(vocab, ModelConfig(order=3, embed_dim=8, hidden=(16,)), seed=1)
     m.set_precision("bf16")
+    m._mm.engine = engine
     assert m.kept_copies() is not None and m._mm._kept_current
     m.set_precision("bf16")
     assert m._mm._kept_current
