@@ -413,7 +413,7 @@ def _tiles_new(tiles):
     pass
 
 
-@overload(_tiles_new)
+@overload(_tiles_new, inline="always")
 def _ov_tiles_new(tiles):
     if isinstance(tiles, types.NoneType):
         return lambda tiles: None
@@ -424,7 +424,7 @@ def _tile_config(tiles, cfg):
     pass
 
 
-@overload(_tile_config)
+@overload(_tile_config, inline="always")
 def _ov_tile_config(tiles, cfg):
     if isinstance(tiles, types.NoneType):
         return lambda tiles, cfg: _ldtilecfg(cfg)
@@ -435,7 +435,7 @@ def _tile_release(tiles):
     pass
 
 
-@overload(_tile_release)
+@overload(_tile_release, inline="always")
 def _ov_tile_release(tiles):
     if isinstance(tiles, types.NoneType):
         return lambda tiles: _tilerelease()
@@ -446,13 +446,14 @@ def _tile_zero(tiles, t):
     pass
 
 
-@overload(_tile_zero, prefer_literal=True)
+@overload(_tile_zero, prefer_literal=True, inline="always")
 def _ov_tile_zero(tiles, t):
     if isinstance(tiles, types.NoneType):
         return lambda tiles, t: _tilezero(t)
 
     def zero(tiles, t):
         tiles[t] = 0
+
     return zero
 
 
@@ -460,65 +461,74 @@ def _tile_load(tiles, t, arr, offset, stride_bytes):
     pass
 
 
-@overload(_tile_load, prefer_literal=True)
+@overload(_tile_load, prefer_literal=True, inline="always")
 def _ov_tile_load(tiles, t, arr, offset, stride_bytes):
     """Tile t = 16 rows of 64 bytes from arr's element `offset` on, rows stride_bytes apart."""
     if isinstance(tiles, types.NoneType):
         return lambda tiles, t, arr, offset, stride_bytes: _tileload(t, arr, offset, stride_bytes)
-
-    def load(tiles, t, arr, offset, stride_bytes):
-        words = arr.reshape(-1).view(np.uint32)
-        for r in range(TILE):
-            w = (offset * arr.itemsize + r * stride_bytes) // 4
-            for c in range(TILE):
-                tiles[t, r, c] = words[w + c]
-    return load
+    return lambda tiles, t, arr, offset, stride_bytes: _soft_load(tiles[t], arr, offset, stride_bytes)
 
 
 def _tile_store(tiles, t, arr, offset, stride_bytes):
     pass
 
 
-@overload(_tile_store, prefer_literal=True)
+@overload(_tile_store, prefer_literal=True, inline="always")
 def _ov_tile_store(tiles, t, arr, offset, stride_bytes):
     if isinstance(tiles, types.NoneType):
         return lambda tiles, t, arr, offset, stride_bytes: _tilestore(t, arr, offset, stride_bytes)
-
-    def store(tiles, t, arr, offset, stride_bytes):
-        words = arr.reshape(-1).view(np.uint32)
-        for r in range(TILE):
-            w = (offset * arr.itemsize + r * stride_bytes) // 4
-            for c in range(TILE):
-                words[w + c] = tiles[t, r, c]
-    return store
+    return lambda tiles, t, arr, offset, stride_bytes: _soft_store(tiles[t], arr, offset, stride_bytes)
 
 
 def _tile_dp(tiles, c, a, b):
     pass
 
 
-@overload(_tile_dp, prefer_literal=True)
+@overload(_tile_dp, prefer_literal=True, inline="always")
 def _ov_tile_dp(tiles, c, a, b):
     """Tile c (16 x 16 float32) += tile a (16 x 32 bfloat16) · tile b (16 pairs of k x 16 columns)."""
     if isinstance(tiles, types.NoneType):
         return lambda tiles, c, a, b: _tdpbf16ps(c, a, b)
+    return lambda tiles, c, a, b: _soft_dp(tiles[c], tiles[a], tiles[b])
 
-    def dp(tiles, c, a, b):
-        fa, fb = np.empty((TILE, 2 * TILE), np.float32), np.empty((TILE, 2 * TILE), np.float32)
-        ua, ub = fa.view(np.uint32), fb.view(np.uint32)
-        for r in range(TILE):
-            for k in range(TILE):  # a's pair k of row r; b's pair for column k of row (pair) r
-                ua[r, 2 * k], ua[r, 2 * k + 1] = tiles[a, r, k] << 16, tiles[a, r, k] & 0xFFFF0000
-                ub[r, 2 * k], ub[r, 2 * k + 1] = tiles[b, r, k] << 16, tiles[b, r, k] & 0xFFFF0000
-        acc = tiles[c].view(np.float32)
-        for m in range(TILE):
-            for n in range(TILE):
-                s = acc[m, n]
-                for k in range(TILE):
-                    s += fa[m, 2 * k] * fb[k, 2 * n]
-                    s += fa[m, 2 * k + 1] * fb[k, 2 * n + 1]
-                acc[m, n] = s
-    return dp
+
+# The software bodies are functions of their own (inlined, their loops slow the compile a lot)
+@njit(cache=True)
+def _soft_load(tile, arr, offset, stride_bytes):
+    words = arr.reshape(-1).view(np.uint32)
+    for r in range(TILE):
+        w = (offset * arr.itemsize + r * stride_bytes) // 4
+        for c in range(TILE):
+            tile[r, c] = words[w + c]
+
+
+@njit(cache=True)
+def _soft_store(tile, arr, offset, stride_bytes):
+    words = arr.reshape(-1).view(np.uint32)
+    for r in range(TILE):
+        w = (offset * arr.itemsize + r * stride_bytes) // 4
+        for c in range(TILE):
+            words[w + c] = tile[r, c]
+
+
+@njit(cache=True)
+def _soft_dp(tc, ta, tb):
+    """tdpbf16ps: for each pair k, c[m, n] += a[m, 2k] b[k, 2n] then += a[m, 2k+1] b[k, 2n+1],
+    each a float32 addition (the products of bfloat16s are exact)."""
+    fa, fb = np.empty((TILE, 2 * TILE), np.float32), np.empty((TILE, 2 * TILE), np.float32)
+    ua, ub = fa.view(np.uint32), fb.view(np.uint32)
+    for r in range(TILE):
+        for k in range(TILE):  # a's pair k of row r; b's pair of k r for column k
+            ua[r, 2 * k], ua[r, 2 * k + 1] = ta[r, k] << 16, ta[r, k] & 0xFFFF0000
+            ub[r, 2 * k], ub[r, 2 * k + 1] = tb[r, k] << 16, tb[r, k] & 0xFFFF0000
+    acc = tc.view(np.float32)
+    for m in range(TILE):
+        for n in range(TILE):
+            s = acc[m, n]
+            for k in range(TILE):
+                s += fa[m, 2 * k] * fb[k, 2 * n]
+                s += fa[m, 2 * k + 1] * fb[k, 2 * n + 1]
+            acc[m, n] = s
 
 
 @njit(cache=True, inline="always")

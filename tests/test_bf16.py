@@ -140,6 +140,36 @@ def test_amx_kernel_equals_the_emulation(software):
             bf16.gemm_amx(A, Q[:, :32], plain, software=software)  # the last column block would read past B
 
 
+_AMX_COMPILE = """
+import re
+import numpy as np
+from fflm import bf16
+args = (None, np.zeros((64, 64), np.uint16), np.zeros(32 * 64, np.uint32), 16, 4, np.zeros((40, 40), np.float32),
+        bf16._CFG, 0, 64, False, False, True)
+sig = tuple(bf16._gemm_amx_pass.typeof_pyval(a) for a in args)
+bf16._gemm_amx_pass.compile(sig)
+asm = bf16._gemm_amx_pass.overloads[sig].library.get_asm_str()
+ops = ("ldtilecfg", "tilezero", "tileloadd", "tdpbf16ps", "tilestored", "tilerelease")
+print(*[len(re.findall(r"\\b" + op + r"\\b", asm)) for op in ops], int("_soft_" in asm))
+"""
+
+
+def test_amx_kernel_compiles_to_tile_instructions_for_sapphire_rapids(tmp_path):
+    """The hardware side of the tile operations (what amx_sim does not run), compiled on any
+    machine for an AMX CPU (not run): every operation becomes its instruction and none of the
+    software bodies is left in."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_CPU_NAME="sapphirerapids",
+               NUMBA_CPU_FEATURES="+amx-tile,+amx-bf16,+avx512f,+avx512bf16,+avx2,+fma,+sse4.2")
+    out = subprocess.run([sys.executable, "-c", _AMX_COMPILE], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    *counts, soft = map(int, out.stdout.split())
+    assert all(n > 0 for n in counts) and soft == 0, out.stdout
+
+
 @pytest.mark.skipif(not bf16.avx512_bf16_available(), reason="this CPU has no AVX512-BF16 (the emulation is tested above)")
 def test_avx512_product_equals_the_emulation():
     """vdpbf16ps sums pairs, the emulation single products: equal to float32 rounding, on the
