@@ -471,11 +471,22 @@ class FFNNLM(LanguageModel):
         return p
 
     def kept_copies(self):
-        """The output matrix's bfloat16 copies for plain SGD to write as it updates U_all
-        (bf16.sgd_update_kept), or None: fp32, engines that pack every step, or no dense U."""
-        if self._mm is None or self.dU_all is None or self.U_start + self.U_all.size != self.n_weights:
+        """For plain SGD in bf16: (W, dW, Q, R) for each weight matrix in `dense` as the products
+        read it (each hidden layer's, the output layer's: U_all, or the adaptive layer's), Q and R
+        its bfloat16 copies for the update to write as it updates W (bf16.sgd_update_kept); or
+        None: fp32, engines that pack every step, or matrices that do not cover dense's weights
+        exactly (so that each weight is updated once)."""
+        if self._mm is None:
             return None
-        return self._mm.kept(self.U_all)
+        mats = list(zip(self.W, self.dW))
+        if self.output is not None:
+            mats += self.output.dense_weights()
+        elif self.dU_all is not None:
+            mats.append((self.U_all, self.dU_all))
+        if sum(w.size for w, _ in mats) != self.n_weights or not all(np.shares_memory(w, self.dense) for w, _ in mats):
+            return None
+        kept = [self._mm.kept(w) for w, _ in mats]
+        return None if kept[0] is None else [(w, dw, *copies) for (w, dw), copies in zip(mats, kept)]
 
     def weights_changed(self):
         """Say the weights were written other than by the optimizer's step (a rollback, an

@@ -138,6 +138,13 @@ class AdaptiveSoftmax:
             self.ct.append(p[f"c{i + 1}"])
             self.dct.append(g[f"c{i + 1}"])
 
+    def dense_weights(self):
+        """(matrix, gradient) for each of the layer's weight matrices in the model's `dense` (not
+        the tied ones, which are E's rows): what bf16's SGD step keeps copies of."""
+        head = [(self.Uc, self.dUc)] if self.tied else [(self.U, self.dU)]
+        tails = [(self.Ut[i], self.dUt[i]) for i in range(self.C)] if not self.tied else []
+        return head + [(self.P[i], self.dP[i]) for i in range(self.C)] + tails
+
     def _mm(self, a, b, out, a_t=False, b_t=False, weight=False, role="out"):
         """out = op(a) · op(b): numpy in fp32, bfloat16 operands in bf16 (fflm/bf16.py); `weight`:
         b is a parameter (packed once while the model scores)."""

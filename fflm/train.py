@@ -258,11 +258,11 @@ class Optimizer:
         w = m.n_weights
         regions = ((slice(0, w), weight_decay), (slice(w, None), 0.0))
         kept = m.kept_copies() if self.name == "sgd" else None
-        if kept is not None:  # bf16: U's bfloat16 copies written by the pass that updates U
+        if kept is not None:  # bf16: each weight matrix's bfloat16 copies written by the pass that updates it
             from .bf16 import sgd_update_kept
 
-            K.sgd_update(m.dense[: m.U_start], m.grad[: m.U_start], lr, weight_decay)
-            sgd_update_kept(m.U_all, m.dU_all, lr, weight_decay, *kept)
+            for W, dW, Q, R in kept:
+                sgd_update_kept(W, dW, lr, weight_decay, Q, R)
             K.sgd_update(m.dense[w:], m.grad[w:], lr, 0.0)
             K.sgd_update_rows(m.E, m.dE, rows, count, lr, weight_decay)
             return

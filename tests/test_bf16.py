@@ -367,20 +367,32 @@ def test_sgd_update_kept_equals_the_update_then_the_packs(H):
     assert np.array_equal(U, want_U) and np.array_equal(Q, want_Q) and np.array_equal(R, want_R)
 
 
+KEPT_CONFIGS = {  # and how many weight matrices each keeps copies of
+    "one_layer": (ModelConfig(order=3, embed_dim=8, hidden=(16,)), 2),
+    "two_layers_direct": (ModelConfig(order=3, embed_dim=8, hidden=(16, 12), direct=True), 3),
+    "adaptive": (ModelConfig(order=3, embed_dim=8, hidden=(16,), softmax="adaptive", cutoffs=(12, 25)), 6),
+    "adaptive_tied": (ModelConfig(order=3, embed_dim=8, hidden=(16, 8), softmax="adaptive", cutoffs=(12, 25),
+                                  tied=True), 5),
+}
+
+
 @pytest.mark.parametrize("engine", KEEPING)
-def test_kept_copies_train_as_packing_every_step_does(engine):
-    """Plain SGD in bf16 keeps U's copies current as it updates U: the same weights as packing
-    them every step, also across a rollback that writes the weights and says so; without the
-    word (weights_changed), the stale copies would give other weights."""
+@pytest.mark.parametrize("name", KEPT_CONFIGS)
+def test_kept_copies_train_as_packing_every_step_does(engine, name):
+    """Plain SGD in bf16 keeps each weight matrix's copies current as it updates it (hidden
+    layers, the output layer, the adaptive layer's head, projections and clusters): the same
+    weights as packing them every step, also across a rollback that writes the weights and
+    says so; without the word (weights_changed), the stale copies would give other weights."""
     vocab = Vocabulary([f"w{i}" for i in range(40)])
     rng = np.random.default_rng(8)
     ids = np.concatenate([[Vocabulary.BOS_ID] * 2, rng.integers(3, len(vocab), 400)]).astype(np.int32)
     windows = Windows(ids, 3)
+    config, n_kept = KEPT_CONFIGS[name]
 
     def run(keep, tell=True):
         from fflm.train import SGD
 
-        m = FFNNLM(vocab, ModelConfig(order=3, embed_dim=8, hidden=(16,)), seed=1)
+        m = FFNNLM(vocab, config, seed=1)
         m.set_precision("bf16")
         m._mm.engine = engine
         if not keep:
@@ -397,6 +409,7 @@ def test_kept_copies_train_as_packing_every_step_does(engine):
             m.weights_changed()
         for ix in batches[7:]:
             sgd.step(ix, windows, 0.5, 1e-4, 0.0)
+        assert len(m._mm._kept) == (2 * n_kept if keep else 0)  # two copies of each matrix
         return m.dense.copy()
 
     plain = run(keep=False)
