@@ -44,7 +44,7 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what
 def machine():
     import numpy
 
-    from .bf16 import cpu_flags
+    from .cpu import cpu_flags
 
     return {
         "cpus": os.cpu_count(),

@@ -5,7 +5,7 @@ the same model in fp32."""
 import numpy as np
 import pytest
 
-from fflm import FflmError, Vocabulary, Windows, bf16
+from fflm import FflmError, Vocabulary, Windows, amx, avx512, bf16
 from fflm.model import FFNNLM, ModelConfig, Workspace
 from fflm.train import TrainConfig, evaluate_ppl, train
 
@@ -127,28 +127,28 @@ def test_amx_kernel_equals_the_emulation(software):
         plain = np.empty((M, N), np.float32)
         bf16.gemm_emulated(A, P, plain)
         for B in (P, Q):
-            for kc in (bf16.KC, 64):  # one pass, 8
+            for kc in (amx.KC, 64):  # one pass, 8
                 got = np.full((M, N), np.nan, np.float32)
-                bf16.gemm_amx(A, B, got, kc=kc, software=software)
+                amx.gemm_amx(A, B, got, kc=kc, software=software)
                 assert np.allclose(got, plain, rtol=0, atol=1e-4 * np.abs(plain).max()), (M, N, B.dtype, kc)
                 flipped = np.full((N, M), np.nan, np.float32)
-                bf16.gemm_amx(A, B, flipped, kc=kc, transposed=True, software=software)
+                amx.gemm_amx(A, B, flipped, kc=kc, transposed=True, software=software)
                 assert np.array_equal(flipped, got.T)
         with pytest.raises(ValueError, match="do not fit"):
-            bf16.gemm_amx(A[:32], P, plain, software=software)  # the last row block would read past A
+            amx.gemm_amx(A[:32], P, plain, software=software)  # the last row block would read past A
         with pytest.raises(ValueError, match="do not fit"):
-            bf16.gemm_amx(A, Q[:, :32], plain, software=software)  # the last column block would read past B
+            amx.gemm_amx(A, Q[:, :32], plain, software=software)  # the last column block would read past B
 
 
 _AMX_COMPILE = """
 import re
+from fflm import amx
 import numpy as np
-from fflm import bf16
 args = (None, np.zeros((64, 64), np.uint16), np.zeros(32 * 64, np.uint32), 16, 4, np.zeros((40, 40), np.float32),
-        bf16._CFG, 0, 64, False, False, True)
-sig = tuple(bf16._gemm_amx_pass.typeof_pyval(a) for a in args)
-bf16._gemm_amx_pass.compile(sig)
-asm = bf16._gemm_amx_pass.overloads[sig].library.get_asm_str()
+        amx._CFG, 0, 64, False, False, True)
+sig = tuple(amx._gemm_amx_pass.typeof_pyval(a) for a in args)
+amx._gemm_amx_pass.compile(sig)
+asm = amx._gemm_amx_pass.overloads[sig].library.get_asm_str()
 ops = ("ldtilecfg", "tilezero", "tileloadd", "tdpbf16ps", "tilestored", "tilerelease")
 print(*[len(re.findall(r"\\b" + op + r"\\b", asm)) for op in ops], int("_soft_" in asm))
 """
@@ -186,29 +186,29 @@ def test_avx512_product_equals_the_emulation():
             assert np.allclose(fast, plain, rtol=0, atol=2e-6 * np.sqrt(K) * np.abs(plain).max()), (M, K, N, a_t, b_t)
     A = np.zeros((64, 1056), np.uint16)
     bf16.pack_rows(rng.standard_normal((45, 1030)).astype(np.float32).view(np.uint32), A)
-    P = np.zeros((bf16.padded(70) // 16 + bf16.NR, 528, 16, 2), np.uint16)
+    P = np.zeros((bf16.padded(70) // 16 + avx512.NR, 528, 16, 2), np.uint16)
     bf16.pack_panels(rng.standard_normal((1030, 70)).astype(np.float32).view(np.uint32), P)
     one, passes, plain = (np.empty((45, 70), np.float32) for _ in range(3))
-    bf16.gemm_avx512(A, P, one)
-    bf16.gemm_avx512(A, P, passes, kc=64)  # 17 passes, the last a short one
+    avx512.gemm_avx512(A, P, one)
+    avx512.gemm_avx512(A, P, passes, kc=64)  # 17 passes, the last a short one
     bf16.gemm_emulated(A, P, plain)
     for got in (one, passes):
         assert np.allclose(got, plain, rtol=0, atol=1e-4 * np.abs(plain).max())
     # B as rows of pairs: the same sums, in the same order, in one pass and in 17
     Q = np.zeros((528, 128), np.uint32)
     bf16.pack_pairs(np.ascontiguousarray(bf16.unpack_panels(P)[:1030, :70]).view(np.uint32), Q)
-    for kc in (bf16.KC_AVX, 64):
+    for kc in (avx512.KC_AVX, 64):
         rows = np.empty((45, 70), np.float32)
-        bf16.gemm_avx512(A, Q, rows, kc=kc)
-        assert np.array_equal(rows, one if kc == bf16.KC_AVX else passes)
+        avx512.gemm_avx512(A, Q, rows, kc=kc)
+        assert np.array_equal(rows, one if kc == avx512.KC_AVX else passes)
         for B in (Q, P):  # C written transposed
             flipped = np.full((70, 45), np.nan, np.float32)
-            bf16.gemm_avx512(A, B, flipped, kc=kc, transposed=True)
+            avx512.gemm_avx512(A, B, flipped, kc=kc, transposed=True)
             assert np.array_equal(flipped, rows.T)
     with pytest.raises(ValueError, match="do not fit"):
-        bf16.gemm_avx512(A[:40], P, one)  # the last row block would read past A
+        avx512.gemm_avx512(A[:40], P, one)  # the last row block would read past A
     with pytest.raises(ValueError, match="do not fit"):
-        bf16.gemm_avx512(A, Q[:, :64], rows)  # the second strip of columns would read past Q
+        avx512.gemm_avx512(A, Q[:, :64], rows)  # the second strip of columns would read past Q
 
 
 def test_precision_choice(monkeypatch):
@@ -216,12 +216,12 @@ def test_precision_choice(monkeypatch):
     assert bf16.resolve_precision("auto") == ("bf16" if bf16.best_engine() != "emulated" else "fp32")
     with pytest.raises(FflmError, match="--precision"):
         bf16.resolve_precision("fp16")
-    assert bf16.tile_config()[0] == 1  # palette 1
+    assert amx.tile_config()[0] == 1  # palette 1
     # each kind of CPU, as its flags would say: the engine, what auto picks, what info says
-    for amx, avx, engine, auto in ((True, True, "amx", "bf16"), (False, True, "avx512", "bf16"),
-                                   (False, False, "emulated", "fp32")):
-        monkeypatch.setattr(bf16, "amx_available", lambda amx=amx: amx)
-        monkeypatch.setattr(bf16, "avx512_bf16_available", lambda avx=avx: avx)
+    for has_amx, has_avx, engine, auto in ((True, True, "amx", "bf16"), (False, True, "avx512", "bf16"),
+                                           (False, False, "emulated", "fp32")):
+        monkeypatch.setattr(bf16, "amx_available", lambda has=has_amx: has)
+        monkeypatch.setattr(bf16, "avx512_bf16_available", lambda has=has_avx: has)
         assert bf16.best_engine() == engine and bf16.resolve_precision("auto") == auto
         assert bf16.ENGINE_NAMES[engine] in bf16.describe_precision("bf16")
         assert ("auto keeps fp32" in bf16.describe_precision("fp32")) == (engine == "emulated")
