@@ -215,3 +215,49 @@ def test_budget_benchmark_trains_as_a_user_and_scores_beside_kn5(run_cli, tmp_pa
     assert r["command"].endswith("--embed-dim 8 --hidden 16") and "--budget 10s" in r["command"]
     code, _, err = run_cli("bench", "budget", train, os.path.join(SYNTH, "missing.txt"), "--budget", "10s")
     assert code == 1 and "missing.txt: not found" in err
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_profile_times_each_product_and_kernel_and_takes_its_timers_off(run_cli, precision):
+    from fflm import bf16
+    from fflm.model import FFNNLM
+    from fflm.output import AdaptiveSoftmax
+
+    originals = FFNNLM._dot, AdaptiveSoftmax._mm, bf16.Matmul._pack, bf16.gemm_avx512
+    data = shared_path("brown", "train.txt").parent.parent
+    code, out, err = run_cli("bench", "profile", "--config", "small", "--steps", "3", "--threads", "1",
+                             "--data", data, "--precision", precision, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["precision"] == precision and r["steps"] == 3 and r["vocabulary"] > 10_000
+    parts, inside = r["parts_ms"], r["inside_products_ms"]
+    for role in ("U", "dU", "dh", "W0", "dW0", "dx0"):  # every product of a one-layer model, by its role
+        assert parts[f"product {role}"] > 0, role
+    assert parts["softmax_xent_fused"] > 0 and parts["embedding_forward"] > 0
+    assert r["rest_ms"] == pytest.approx(r["profiled_step_ms"] - sum(parts.values()))
+    if precision == "fp32":
+        assert not inside and "sgd_update" in parts  # numpy's products have no parts of their own
+    else:
+        engine = bf16.best_engine()
+        assert inside[f"gemm_{'emulated' if engine == 'emulated' else engine}"] > 0
+        assert any(k.startswith("pack dh.") for k in inside)
+        assert ("sgd_update_kept" in parts) == (engine != "emulated")  # the kept copies, where products read them
+    assert (FFNNLM._dot, AdaptiveSoftmax._mm, bf16.Matmul._pack, bf16.gemm_avx512) == originals  # timers off
+
+
+def test_profile_of_the_adaptive_softmax_and_timers_off_after_an_error(run_cli):
+    from fflm import kernels as K
+    from fflm.benchprofile import _Timers, _timed_parts
+    from fflm.model import FFNNLM
+
+    data = shared_path("brown", "train.txt").parent.parent
+    code, out, err = run_cli("bench", "profile", "--config", "small", "--softmax", "adaptive", "--steps", "2",
+                             "--threads", "1", "--data", data)
+    assert code == 0, err
+    assert "product adaptive.head" in out and "the rest" in out
+    before = FFNNLM._dot, K.softmax_xent_fused
+    with pytest.raises(RuntimeError):
+        with _timed_parts(_Timers()):
+            assert FFNNLM._dot is not before[0] and K.softmax_xent_fused is not before[1]
+            raise RuntimeError("a step failed")
+    assert (FFNNLM._dot, K.softmax_xent_fused) == before

@@ -130,6 +130,29 @@ def bench_softmax(config_name, vocabs, data_dir, threads, seconds, use_torch, he
     _echo_json(result) if as_json else click.echo(format_softmax(result))
 
 
+@bench.command("profile")
+@click.option("--config", "config_name", type=click.Choice(["small", "base", "preset"]), default="base",
+              show_default=True, help="The model's sizes (as for bin/bench --config).")
+@click.option("--softmax", type=click.Choice(["full", "adaptive"]), default="full", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=60, show_default=True, help="Training steps timed.")
+@click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Cores to use (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_profile(config_name, softmax, precision, steps, data_dir, threads, as_json):
+    """Where a training step's time goes: each product by its role (and, in bf16, its packs and
+    kernel calls), each Numba kernel, the rest; Brown's vocabulary."""
+    from ..bench import recipe_paths
+    from ..benchprofile import format_profile, run_profile
+
+    data_dir = data_dir or os.environ.get("FFLM_DATA") or os.path.join("..", "shared", "data")
+    train = recipe_paths(data_dir, "brown")[0]
+    if not os.path.isfile(train):
+        raise FflmError(f"{train}: not found; pass --data or set FFLM_DATA")
+    result = run_profile(data_dir, config_name, threads, steps, precision, softmax)
+    _echo_json(result) if as_json else click.echo(format_profile(result))
+
+
 @bench.command("recipe")
 @click.argument("corpus", metavar="CORPUS", type=click.Choice(sorted(PRESETS)))
 @click.option("--data", "data_dir", default=None, help="Shared data folder (default: $FFLM_DATA or ../shared/data).")
