@@ -3,7 +3,7 @@ from Numba, on bf16.py's packed layouts (A as rows, B as rows of pairs or panels
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
@@ -62,7 +62,7 @@ def _micro(typingctx, A, a0, a_stride, P, p0, p_stride, p_rstride, pairs, out):
 
 
 @njit(cache=True, parallel=True)
-def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_bytes, transposed):
+def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_bytes, transposed, threads):
     """C (M, N) (+)= A[:, k0:k1] · B[k0:k1], or with `transposed` Cᵀ (C then (N, M)) (A32: A's
     pairs (Mp, Kp/2); P32: B's pairs, flat, 16 columns' pairs at P32[(n/16) panel + 16 r
     rstride :][:16] for the pair r of k). Threads take groups of strips of 16 NR columns, as
@@ -80,11 +80,15 @@ def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_byt
             out = np.empty((MR, W), dtype=np.float32)
             _block_row(A32, P32, panel, rstride, C, k0, pairs, accumulate, transposed, ib * MR, 0, N, M, N, out)
     else:
-        for g in prange((strips + G - 1) // G):
+        # as many groups as a multiple of the threads, the strips spread evenly over them: each
+        # thread gets a contiguous run of groups, so 5 groups of up to 8 strips (the adaptive
+        # head's dU, 37 strips) gave one thread 24 strips and the other 13
+        groups = -(-(-(-strips // G)) // threads) * threads
+        for g in prange(groups):
             out = np.empty((MR, W), dtype=np.float32)
+            j0, j1 = (g * strips // groups) * W, min(((g + 1) * strips // groups) * W, N)
             for i in range(0, M, MR):
-                _block_row(A32, P32, panel, rstride, C, k0, pairs, accumulate, transposed, i, g * G * W,
-                           min(g * G * W + G * W, N), M, N, out)
+                _block_row(A32, P32, panel, rstride, C, k0, pairs, accumulate, transposed, i, j0, j1, M, N, out)
 
 
 @njit(cache=True)
@@ -132,5 +136,7 @@ def gemm_avx512(A, B, C, kc=KC_AVX, transposed=False):
             and C.flags.c_contiguous):
         raise ValueError(f"gemm_avx512: operands {A.shape} and {B.shape} do not fit C {C.shape}")
     A32 = A.view(np.uint32)
+    threads = get_num_threads()  # (read here: inside the kernel it would keep Numba from caching it)
     for k0 in range(0, Kp, kc):
-        _gemm_avx512_pass(A32, words, panel, rstride, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES, transposed)
+        _gemm_avx512_pass(A32, words, panel, rstride, C, k0, min(k0 + kc, Kp), k0 > 0, GROUP_BYTES, transposed,
+                          threads)
