@@ -170,6 +170,33 @@ def test_amx_kernel_compiles_to_tile_instructions_for_sapphire_rapids(tmp_path):
     assert all(n > 0 for n in counts) and soft == 0, out.stdout
 
 
+_AMX_BOUNDS = """
+from fflm import bf16
+import numpy as np
+rng = np.random.default_rng(0)
+mm = bf16.Matmul("amx_sim")
+for M, K, N in ((1, 1, 1), (33, 70, 45), (70, 45, 33), (7, 1030, 40), (40, 130, 300)):
+    a, b = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32)
+    for a_t, b_t in ((False, False), (True, False), (False, True), (True, True)):
+        out = np.empty((M, N), np.float32)
+        mm.dot(np.ascontiguousarray(a.T) if a_t else a, np.ascontiguousarray(b.T) if b_t else b, out, a_t, b_t)
+print("ok")
+"""
+
+
+def test_amx_kernel_reads_and_writes_only_inside_its_operands(tmp_path):
+    """The tiles read whole 32 x 32 blocks, past the matrices' edges into their padding: the
+    software tiles, which address memory as the hardware's do, run under Numba's bounds checks
+    (an access past an operand raises) on every layout and edge the model's products meet."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _AMX_BOUNDS], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 @pytest.mark.skipif(not bf16.avx512_bf16_available(), reason="this CPU has no AVX512-BF16 (the emulation is tested above)")
 def test_avx512_product_equals_the_emulation():
     """vdpbf16ps sums pairs, the emulation single products: equal to float32 rounding, on the
