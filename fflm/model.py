@@ -483,7 +483,9 @@ class FFNNLM(LanguageModel):
             mats += self.output.dense_weights()
         elif self.dU_all is not None:
             mats.append((self.U_all, self.dU_all))
-        if sum(w.size for w, _ in mats) != self.n_weights or not all(np.shares_memory(w, self.dense) for w, _ in mats):
+        in_dense = all(np.shares_memory(w, self.dense) for w, _ in mats)
+        covered = in_dense and sum(w.size for w, _ in mats) == self.n_weights
+        if not mats or not covered:
             return None
         kept = [self._mm.kept(w) for w, _ in mats]
         return None if kept[0] is None else [(w, dw, *copies) for (w, dw), copies in zip(mats, kept)]

@@ -397,6 +397,7 @@ def test_sgd_update_kept_equals_the_update_then_the_packs(H):
 KEPT_CONFIGS = {  # and how many weight matrices each keeps copies of
     "one_layer": (ModelConfig(order=3, embed_dim=8, hidden=(16,)), 2),
     "two_layers_direct": (ModelConfig(order=3, embed_dim=8, hidden=(16, 12), direct=True), 3),
+    "tied": (ModelConfig(order=3, embed_dim=8, hidden=(16, 8), tied=True), 2),  # U is E's rows: the W's only
     "adaptive": (ModelConfig(order=3, embed_dim=8, hidden=(16,), softmax="adaptive", cutoffs=(12, 25)), 6),
     "adaptive_tied": (ModelConfig(order=3, embed_dim=8, hidden=(16, 8), softmax="adaptive", cutoffs=(12, 25),
                                   tied=True), 5),
