@@ -453,6 +453,11 @@ def test_kept_copies_train_as_packing_every_step_does(engine, name):
     assert m._mm._kept_current
     m.set_precision("fp32")
     assert not m._bf16._kept_current
+    # a model with no weight matrix in dense (a tied bigram model: U is E's rows) keeps none
+    bigram = FFNNLM(vocab, ModelConfig(order=2, embed_dim=8, hidden=(), tied=True), seed=1)
+    bigram.set_precision("bf16")
+    bigram._mm.engine = engine
+    assert bigram.n_weights == 0 and bigram.kept_copies() is None
     # after training, a caller may write the weights (as test_frozen_weights... does): the copies go
     train(m, windows, None, TrainConfig(epochs=1, batch_size=32, lr=0.5, precision="bf16"))
     assert m.precision == "bf16" and not m._mm._kept_current
