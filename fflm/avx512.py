@@ -69,7 +69,8 @@ def _gemm_avx512_pass(A32, P32, panel, rstride, C, k0, k1, accumulate, group_byt
     many as keep the group's B in L2 (group_bytes); every MR-row block of A passes the whole
     group before the next, so that C is written in rows of the group's width rather than a
     strip's 256 bytes (a row of C is far from the next); transposed, the group's rows of C
-    stay in cache while the row blocks fill them MR values at a time."""
+    stay in cache while the row blocks fill them MR values at a time. `threads`: Numba's, so
+    that the groups divide evenly among them."""
     M, N = (C.shape[1], C.shape[0]) if transposed else C.shape
     W = TILE * NR
     pairs = (k1 - k0) // 2

@@ -1,10 +1,9 @@
 """`fflm bench profile`: where a training step's time goes, part by part.
 
 The step is timed on the same batches as it runs (before and after, the faster kept) and with
-a timer around each part
-(each product by its role, each Numba kernel of fflm/kernels.py, the bf16 SGD pass that keeps
-the weights' copies) and, inside the products, around each operand pack and each bfloat16
-kernel call. What the timers do not cover (Python, numpy's small operations) is "the rest".
+a timer around each part (each product by its role, each Numba kernel of fflm/kernels.py, the
+bf16 SGD pass that keeps the weights' copies) and, inside the products, around each operand
+pack and each bfloat16 kernel call. What the timers do not cover (Python, numpy's small operations) is "the rest".
 The timers cost a little (the profiled step is a few percent slower); the parts are for
 finding where the time goes, the unprofiled step for the speed itself.
 """
